@@ -1,0 +1,1 @@
+"""kinko.cli: click commands. Thin: parse, call, map errors (one table, kinko.cli.errors)."""

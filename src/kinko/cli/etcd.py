@@ -1,0 +1,10 @@
+"""`kinko etcd`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def etcd() -> None:
+    """(being built)"""

@@ -1,0 +1,125 @@
+"""Shared value types of the pure core: what a transformer is and what a read returns.
+
+A *transformer* is one (provider, key) pair with its full prefix, e.g. the aescbc key ``key1``
+is the transformer with prefix ``k8s:enc:aescbc:v1:key1:``. A provider chain is an ordered list
+of transformers: the first seals, every one whose prefix matches is tried on a read.
+The core draws no randomness of its own: transformers take an ``Rng`` at construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Protocol
+
+#: Returns ``n`` random bytes. ``os.urandom`` in production, a seeded source in vectors.
+Rng = Callable[[int], bytes]
+
+
+class DekSourceType(IntEnum):
+    """``EncryptedObject.encryptedDEKSourceType`` (KMS v2)."""
+
+    AES_GCM_KEY = 0
+    HKDF_SHA256_XNONCE_AES_GCM_SEED = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The result of reading one stored value.
+
+    ``stale`` is true when the value is not what the chain would write now: another
+    provider or key than the first, a KMS v2 key_id or DEK source type other than the
+    current write state, or a KMS v1 CBC payload. Migration rewrites stale values.
+    """
+
+    plaintext: bytes = field(repr=False)
+    stale: bool
+    provider: str  # identity | aescbc | aesgcm | secretbox | kms
+    key_name: str  # key name for local providers, KMS name for kms, "" for identity
+    key_id: str | None = None  # KMS v2 key_id of the stored value
+    dek_source_type: DekSourceType | None = None  # KMS v2 only
+
+
+class Transformer(Protocol):
+    """One (provider, key) with its full prefix. Implementations never log or leak bytes."""
+
+    @property
+    def kind(self) -> str:
+        """``identity``, ``aescbc``, ``aesgcm``, ``secretbox`` or ``kms``."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """The key name or KMS name; ``""`` for identity."""
+        ...
+
+    @property
+    def prefix(self) -> bytes:
+        """The full prefix including the key name and trailing colon; ``b""`` for identity."""
+        ...
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Return ``prefix || payload``.
+
+        Raises InvalidArgument (a read-only provider), PluginError (KMS unavailable).
+        """
+        ...
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Open ``value`` (prefix included). ``stale`` reflects only this transformer's view.
+
+        Raises DecryptionError (opaque), PluginError (KMS unavailable).
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedObject:
+    """KMS v2 ``EncryptedObject`` as stored after the ``k8s:enc:kms:v2:<name>:`` prefix."""
+
+    encrypted_data: bytes = field(repr=False)
+    key_id: str
+    encrypted_dek_source: bytes = field(repr=False)
+    annotations: Mapping[str, bytes]
+    dek_source_type: DekSourceType
+
+
+@dataclass(frozen=True, slots=True)
+class KmsWriteState:
+    """The current KMS v2 write state: one seed wrapped once per key_id."""
+
+    seed: bytes = field(repr=False)
+    key_id: str
+    encrypted_dek_source: bytes = field(repr=False)
+    annotations: Mapping[str, bytes]
+
+
+class KmsV2Keys(Protocol):
+    """What the KMS v2 transformer needs from a plugin session (``kinko.kms.envelope``).
+
+    The in-memory twin and the gRPC client both satisfy it.
+    """
+
+    def write_state(self) -> KmsWriteState:
+        """The seed to write with. Raises PluginError when no healthy state is usable."""
+        ...
+
+    def dek_source(self, obj: EncryptedObject) -> bytes:
+        """The plaintext of ``obj.encrypted_dek_source`` (a seed or a DEK), cached.
+
+        Raises DecryptionError (the plugin refused it), PluginError (unavailable).
+        """
+        ...
+
+    def current_key_id(self) -> str | None:
+        """The key_id of the current write state, or None if the plugin was never healthy."""
+        ...
+
+
+class KmsV1Unwrapper(Protocol):
+    """What the read-only KMS v1 transformer needs: unwrap one per-value DEK."""
+
+    def decrypt(self, cipher: bytes) -> bytes:
+        """Raises DecryptionError (refused), PluginError (unavailable)."""
+        ...

@@ -1,0 +1,44 @@
+"""The KMS v2 plugin API as a Python port: three methods, no transport.
+
+``KmsV2Api`` is what kube-apiserver sees of a plugin. The gRPC client
+(``kinko.kms.client.GrpcKmsV2Api``) speaks it over a unix socket; a plugin's own core
+(``kinko.kms.plugin.LocalKeyPlugin``) implements it directly, which makes the core its own
+in-memory twin for fast tests. Field rules are those of kube-apiserver
+(``kinko.kms.validation``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StatusResult:
+    version: str
+    healthz: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptResult:
+    ciphertext: bytes = field(repr=False)
+    key_id: str
+    annotations: Mapping[str, bytes]
+
+
+class KmsV2Api(Protocol):
+    def status(self) -> StatusResult:
+        """Raises PluginError when the plugin cannot be reached or answers garbage."""
+        ...
+
+    def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptResult:
+        """Wrap ``plaintext`` (a seed). Raises InvalidArgument, PluginError."""
+        ...
+
+    def decrypt(
+        self, ciphertext: bytes, *, uid: str, key_id: str, annotations: Mapping[str, bytes]
+    ) -> bytes:
+        """Unwrap. Raises InvalidArgument (bad request), DecryptionError, PluginError."""
+        ...

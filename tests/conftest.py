@@ -1,0 +1,35 @@
+"""Shared test configuration.
+
+With ``KINKO_REQUIRE_REAL_PARTS=1`` (set by ``.ci/run``) a test marked ``etcd`` or ``hsm``
+that is skipped counts as a failure: real-part tests may not silently vanish.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+
+import pytest
+
+REAL_PART_MARKERS = ("etcd", "hsm")
+
+
+def _require_real_parts() -> bool:
+    return os.environ.get("KINKO_REQUIRE_REAL_PARTS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not (_require_real_parts() and report.skipped):
+        return
+    markers = [m for m in REAL_PART_MARKERS if item.get_closest_marker(m) is not None]
+    if markers:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"real-part test ({', '.join(markers)}) was skipped, "
+            "but KINKO_REQUIRE_REAL_PARTS=1 requires it to run"
+        )

@@ -1,0 +1,38 @@
+"""The CLI's error table: each error class maps to its own exit code."""
+
+from __future__ import annotations
+
+import pytest
+
+from kinko import errors
+from kinko.cli.errors import exit_code_for
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.ConfigError("resources[0]", "bad"), 3),
+        (errors.InvalidArgument("x"), 4),
+        (errors.EnvelopeError("x"), 4),
+        (errors.DecryptionError(), 5),
+        (errors.NotFound("x"), 6),
+        (errors.Conflict("x"), 7),
+        (errors.PluginError("x"), 10),
+        (errors.StoreUnavailable("x"), 11),
+        (errors.KinkoError("x"), 1),
+    ],
+)
+def test_exit_code_for_each_error_class(exc: errors.KinkoError, code: int) -> None:
+    assert exit_code_for(exc) == code
+
+
+def test_config_error_names_its_field_path() -> None:
+    exc = errors.ConfigError("resources[1].providers[0].aescbc.keys[0].secret", "bad size")
+    assert str(exc) == "resources[1].providers[0].aescbc.keys[0].secret: bad size"
+    assert exc.path.endswith(".secret")
+
+
+def test_decryption_error_is_opaque() -> None:
+    assert str(errors.DecryptionError()) == (
+        "cannot decrypt value: no configured provider could decrypt the value"
+    )
