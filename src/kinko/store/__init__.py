@@ -1,1 +1,1 @@
-"""kinko.store: key-value stores (etcd today; SQLite and the Store port come with the cluster store)."""
+"""kinko.store: key-value stores (etcd today; SQLite and the Store port come later)."""
