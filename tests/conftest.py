@@ -23,7 +23,7 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, None]:
     outcome = yield
-    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    report: pytest.TestReport = outcome.get_result()
     if not (_require_real_parts() and report.skipped):
         return
     markers = [m for m in REAL_PART_MARKERS if item.get_closest_marker(m) is not None]

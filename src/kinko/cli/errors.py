@@ -28,5 +28,5 @@ def exit_code_for(exc: errors.KinkoError) -> int:
     """The exit code of the most specific class of ``exc`` that the table names."""
     for cls in type(exc).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return 1
