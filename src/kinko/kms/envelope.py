@@ -1,0 +1,417 @@
+"""The API-server side of KMS v2: one plugin session holding the write seed and the DEK cache.
+
+:class:`KmsV2Session` is what kube-apiserver's KMS v2 transformer keeps per provider
+(``config.go`` ``kmsv2PluginProbe``, ``envelope.go``, ``cache.go``), behind the
+:class:`~kinko.crypto.types.KmsV2Keys` protocol:
+
+- :meth:`KmsV2Session.check` is one Status probe. The answer must be healthy (``healthz`` exactly
+  ``ok``), of version ``v2`` or ``v2beta1`` and the same version as the first healthy answer, and
+  carry a valid key_id. When the key_id differs from the write state's (or there is none yet) a
+  fresh 32-byte seed is wrapped with one Encrypt, whose answer must pass kube-apiserver's field
+  rules and name the same key_id as Status; only then does it become the write state.
+- Every successful check sets the write state's expiry to 3 minutes after the check *started*;
+  writes fail after that ("coasting" ends), reads go on.
+- A failed check raises :class:`~kinko.errors.PluginError` and changes nothing.
+- :meth:`KmsV2Session.dek_source` unwraps stored seeds/DEKs through a bounded LRU cache keyed
+  as kube-apiserver keys its cache (:func:`dek_cache_key`). The write seed is in the cache, and
+  every :meth:`~KmsV2Session.write_state` touches it, so reads of fresh data never miss.
+
+:class:`KmsV2Poller` runs the checks in the background at kube-apiserver's intervals
+(1 minute while healthy, 10 seconds while not).
+
+Invariants: seeds, DEKs and wrapped seeds never appear in a message or a log line; a failed
+check never changes the state; all state is guarded by one lock, and plugin calls are never
+made while holding it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TypeVar
+
+from kinko.crypto import kms_rules
+from kinko.crypto.types import DekSourceType, EncryptedObject, KmsWriteState, Rng
+from kinko.errors import (
+    DecryptionError,
+    EnvelopeError,
+    InvalidArgument,
+    KinkoError,
+    PluginError,
+)
+from kinko.kms.port import KmsV2Api
+
+log = logging.getLogger(__name__)
+
+#: kube-apiserver's hard-coded timings (``config.go``), in seconds.
+WRITE_STATE_TTL = 3 * 60.0
+POSITIVE_INTERVAL = 60.0
+NEGATIVE_INTERVAL = 10.0
+SUPPORTED_VERSIONS = frozenset({"v2", "v2beta1"})
+AES_KEY_SIZES = frozenset({16, 24, 32})
+DEFAULT_CACHE_SIZE = 1000
+_U16_MAX = 0xFFFF
+
+_T = TypeVar("_T")
+
+
+def dek_cache_key(
+    dek_source_type: DekSourceType,
+    encrypted_dek_source: bytes,
+    key_id: str,
+    annotations: Mapping[str, bytes],
+) -> bytes:
+    """kube-apiserver's DEK cache key: SHA-256 over its cryptobyte encoding (§2.2.5).
+
+    ``uint32(type) ‖ u16len(source) ‖ u16len(key_id)`` and, when there are annotations,
+    ``uint32(count)`` then ``u16len(key) ‖ u16len(value)`` for each key in sorted order.
+
+    Raises EnvelopeError: a field longer than 65535 bytes (cryptobyte cannot encode it).
+    """
+
+    def u16(name: str, data: bytes) -> bytes:
+        if len(data) > _U16_MAX:
+            raise EnvelopeError(f"{name}: expected at most {_U16_MAX} bytes, got {len(data)}")
+        return struct.pack(">H", len(data)) + data
+
+    parts = [
+        struct.pack(">I", int(dek_source_type)),
+        u16("encryptedDEKSource", encrypted_dek_source),
+        u16("keyID", key_id.encode()),
+    ]
+    if annotations:
+        parts.append(struct.pack(">I", len(annotations)))
+        for name in sorted(annotations):
+            parts.append(u16("annotations key", name.encode()))
+            parts.append(u16(f"annotations[{name[:64]!r}]", annotations[name]))
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def key_id_hash(key_id: str) -> str:
+    """``sha256:<hex>`` of a key_id, as kube-apiserver names key_ids in metrics and errors."""
+    return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """DEK cache counters: ``misses`` is the number of Decrypt calls the cache caused."""
+
+    hits: int
+    misses: int
+    size: int
+
+
+def _as_plugin_error(exc: KinkoError, *, name: str, what: str) -> PluginError:
+    if isinstance(exc, PluginError):
+        return exc
+    return PluginError(f"KMS plugin {name}: {what}: {exc}")
+
+
+class KmsV2Session:
+    """One KMS v2 provider's session with its plugin (see the module docstring).
+
+    ``clock`` is monotonic seconds; ``rng`` makes seeds. Thread-safe.
+
+    Raises InvalidArgument at construction: an empty name or a cache size below 1.
+    """
+
+    def __init__(
+        self,
+        api: KmsV2Api,
+        *,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Rng = os.urandom,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        if not name:
+            raise InvalidArgument("name: expected a non-empty KMS provider name")
+        if cache_size < 1:
+            raise InvalidArgument(f"cache_size: expected at least 1, got {cache_size}")
+        self._api = api
+        self._name = name
+        self._clock = clock
+        self._rng = rng
+        self._cache_size = cache_size
+        # Guards every field below; never held during a plugin call.
+        self._lock = threading.Lock()
+        # Serialises checks, so that two concurrent checks never wrap two seeds.
+        self._check_lock = threading.Lock()
+        self._state: KmsWriteState | None = None
+        self._state_cache_key = b""
+        self._expires_at = 0.0
+        self._last_healthy_at: float | None = None
+        self._version: str | None = None
+        self._primed = False
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._hits = 0
+        self._misses = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    # -- the Status probe ---------------------------------------------------------------
+
+    def check(self) -> None:
+        """One Status probe, and one Encrypt when the key_id changed (module docstring).
+
+        Raises PluginError: the plugin is unreachable or unhealthy, or answered anything
+        kube-apiserver would reject. InvalidArgument: ``rng`` returned other than 32 bytes.
+        On any failure the state is unchanged.
+        """
+        with self._check_lock:
+            with self._lock:
+                self._primed = True
+                state = self._state
+                version_seen = self._version
+            started = self._clock()
+            status = self._call("Status", self._api.status)
+            if status.healthz != "ok":
+                raise PluginError(
+                    f"KMS plugin {self._name}: got unexpected healthz status: "
+                    f"{status.healthz[:64]!r}"
+                )
+            if status.version not in SUPPORTED_VERSIONS:
+                raise PluginError(
+                    f"KMS plugin {self._name}: expected KMSv2 API version v2 or v2beta1, "
+                    f"got {status.version[:64]!r}"
+                )
+            if version_seen is not None and status.version != version_seen:
+                raise PluginError(
+                    f"KMS plugin {self._name}: expected KMSv2 API version {version_seen} "
+                    f"(as first reported), got {status.version}"
+                )
+            self._check_field("Status", kms_rules.check_key_id, status.key_id)
+            if state is not None and state.key_id == status.key_id:
+                with self._lock:
+                    self._extend(started, version=status.version)
+                return
+            new_state = self._rotate(status.key_id)
+            new_key = dek_cache_key(
+                DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+                new_state.encrypted_dek_source,
+                new_state.key_id,
+                new_state.annotations,
+            )
+            with self._lock:
+                self._state = new_state
+                self._state_cache_key = new_key
+                self._cache_put(new_key, new_state.seed)
+                self._extend(started, version=status.version)
+            log.info(
+                "KMS plugin %s: new write seed for key_id hash %s",
+                self._name,
+                key_id_hash(new_state.key_id),
+            )
+
+    def _extend(self, started: float, *, version: str) -> None:
+        self._expires_at = started + WRITE_STATE_TTL
+        self._last_healthy_at = started
+        self._version = version
+
+    def _rotate(self, key_id: str) -> KmsWriteState:
+        """Wrap a fresh seed for ``key_id``; the answer must satisfy every Encrypt rule."""
+        seed = self._rng(kms_rules.SEED_SIZE)
+        if len(seed) != kms_rules.SEED_SIZE:
+            raise InvalidArgument(f"rng: expected {kms_rules.SEED_SIZE} bytes, got {len(seed)}")
+        uid = str(uuid.uuid4())
+        resp = self._call("Encrypt", lambda: self._api.encrypt(seed, uid=uid))
+        self._check_field("Encrypt", kms_rules.check_encrypted_dek_source, resp.ciphertext)
+        self._check_field("Encrypt", kms_rules.check_key_id, resp.key_id)
+        if resp.key_id != key_id:
+            raise PluginError(
+                f"KMS plugin {self._name}: Encrypt returned key_id hash "
+                f"{key_id_hash(resp.key_id)}, expected the Status key_id hash "
+                f"{key_id_hash(key_id)}; keeping the previous write state"
+            )
+        annotations = MappingProxyType(dict(resp.annotations))
+        self._check_field("Encrypt", kms_rules.check_annotations, annotations)
+        return KmsWriteState(
+            seed=seed,
+            key_id=key_id,
+            encrypted_dek_source=bytes(resp.ciphertext),
+            annotations=annotations,
+        )
+
+    def _call(self, method: str, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except KinkoError as exc:
+            raise _as_plugin_error(exc, name=self._name, what=f"{method} failed") from exc
+
+    def _check_field(self, method: str, rule: Callable[[_T], None], value: _T) -> None:
+        try:
+            rule(value)
+        except EnvelopeError as exc:
+            raise PluginError(f"KMS plugin {self._name}: invalid {method} response: {exc}") from exc
+
+    # -- KmsV2Keys ----------------------------------------------------------------------
+
+    def _prime(self) -> PluginError | None:
+        """Run the first check if none ever ran; return its failure, if any."""
+        with self._lock:
+            if self._primed:
+                return None
+        try:
+            self.check()
+        except PluginError as exc:
+            return exc
+        return None
+
+    def write_state(self) -> KmsWriteState:
+        """The seed to write with; the first call runs the first check.
+
+        Raises PluginError: the plugin was never healthy, or the state expired (no healthy
+        Status for 3 minutes).
+        """
+        failure = self._prime()
+        with self._lock:
+            state = self._state
+            if state is None:
+                msg = f"KMS plugin {self._name} has never been healthy; no write state"
+                raise PluginError(f"{msg}: {failure}" if failure else msg)
+            now = self._clock()
+            if now > self._expires_at:
+                since = now - (self._last_healthy_at or 0.0)
+                raise PluginError(
+                    f'encryptedDEKSource with keyID hash "{key_id_hash(state.key_id)}" '
+                    f"expired; the KMS plugin {self._name} has not been healthy for {since:.0f}s"
+                )
+            # Re-inserting the write seed keeps it the most recently used cache entry.
+            self._cache_put(self._state_cache_key, state.seed)
+            return state
+
+    def current_key_id(self) -> str | None:
+        """The write state's key_id, or None if the plugin was never healthy.
+
+        The first call runs the first check. Raises nothing.
+        """
+        self._prime()
+        with self._lock:
+            return self._state.key_id if self._state is not None else None
+
+    def dek_source(self, obj: EncryptedObject) -> bytes:
+        """The plaintext seed (type 1) or DEK (type 0) of ``obj``, from the cache or Decrypt.
+
+        A miss makes one Decrypt with a fresh uid and the object's key_id and annotations.
+        Reads do not need a healthy Status: only the plugin's Decrypt.
+
+        Raises DecryptionError: the plugin refused the request or answered a seed shorter than
+        32 bytes / a DEK that is not an AES key size. PluginError: the plugin is unavailable.
+        EnvelopeError: a field is too long to form a cache key.
+        """
+        cache_key = dek_cache_key(
+            obj.dek_source_type, obj.encrypted_dek_source, obj.key_id, obj.annotations
+        )
+        with self._lock:
+            cached = self._cache.get(cache_key)
+            if cached is not None:
+                self._cache.move_to_end(cache_key)
+                self._hits += 1
+                return cached
+            self._misses += 1
+        try:
+            plaintext = self._api.decrypt(
+                obj.encrypted_dek_source,
+                uid=str(uuid.uuid4()),
+                key_id=obj.key_id,
+                annotations=obj.annotations,
+            )
+        except (DecryptionError, PluginError):
+            raise
+        except InvalidArgument:
+            # A plugin refusing the request (unknown key_id, bad annotations) cannot unwrap
+            # this value as stored: opaque, like every decryption failure.
+            raise DecryptionError() from None
+        except KinkoError as exc:
+            raise _as_plugin_error(exc, name=self._name, what="Decrypt failed") from exc
+        if obj.dek_source_type == DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED:
+            valid = len(plaintext) >= kms_rules.SEED_SIZE
+        else:
+            valid = len(plaintext) in AES_KEY_SIZES
+        if not valid:
+            raise DecryptionError()
+        plaintext = bytes(plaintext)
+        with self._lock:
+            self._cache_put(cache_key, plaintext)
+        return plaintext
+
+    def _cache_put(self, key: bytes, value: bytes) -> None:
+        self._cache[key] = value
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def cache_stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(hits=self._hits, misses=self._misses, size=len(self._cache))
+
+    def expires_in(self) -> float | None:
+        """Seconds until writes stop (negative once expired), or None with no write state."""
+        with self._lock:
+            if self._state is None:
+                return None
+            return self._expires_at - self._clock()
+
+
+class KmsV2Poller:
+    """Calls ``session.check()`` in a daemon thread: every ``positive_interval`` seconds after a
+    healthy check, every ``negative_interval`` seconds after a failed one. The first check runs
+    at once. Waits are on an Event, so :meth:`stop` returns promptly.
+
+    Raises InvalidArgument at construction: a non-positive interval.
+    """
+
+    def __init__(
+        self,
+        session: KmsV2Session,
+        *,
+        positive_interval: float = POSITIVE_INTERVAL,
+        negative_interval: float = NEGATIVE_INTERVAL,
+    ) -> None:
+        if positive_interval <= 0 or negative_interval <= 0:
+            raise InvalidArgument("poller intervals: expected positive numbers of seconds")
+        self._session = session
+        self._positive = positive_interval
+        self._negative = negative_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (once). Raises InvalidArgument when already started."""
+        if self._thread is not None:
+            raise InvalidArgument("poller: already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"kms-poller-{self._session.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to stop and wait for it (a running check finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._session.check()
+                interval = self._positive
+            except PluginError as exc:
+                log.warning("KMS plugin %s: check failed: %s", self._session.name, exc)
+                interval = self._negative
+            except Exception:
+                # A bug must not end the polling silently; the traceback carries no key bytes.
+                log.exception("KMS plugin %s: check crashed", self._session.name)
+                interval = self._negative
+            self._stop.wait(interval)
