@@ -1,0 +1,117 @@
+"""An ordered provider chain for one resource: the first transformer seals, any may open.
+
+Job: kube-apiserver's ``prefixTransformers`` (reference §2.1). A write always goes through
+the first transformer. A read tries, in order, every transformer whose prefix the value
+starts with, and the first that opens it wins; the read is stale when that was not the
+first transformer, or when the transformer itself says so.
+
+Invariants:
+
+- A matching transformer that fails does not stop the search: overlapping prefixes are
+  legal (two ``aescbc`` entries during a rotation), so later matches are tried.
+- ``identity`` (empty prefix) matches every value but refuses ``k8s:enc:`` data; as upstream,
+  that refusal does not count as a match.
+- Errors: if no transformer opened the value and any of them hit an environment failure
+  (``UnavailableError``, e.g. ``PluginError``), the first such failure is raised unchanged:
+  the value may open once the plugin is back, so it must not look undecryptable. Otherwise
+  a prefix matched but nothing opened → ``DecryptionError()``; nothing matched →
+  ``DecryptionError(DecryptionError.NO_MATCHING_PROVIDER)``.
+- Unprefixed values (not starting ``k8s:enc:``) with no ``identity`` in the chain: upstream
+  kube-apiserver refuses them ("no matching prefix found"), and so does this chain by
+  default. ``read_unprefixed_as_identity=True`` opts in to reading them as plaintext, always
+  stale, for a migration that must pick up data written before encryption was enabled. It
+  is off by default because it lets anyone who can write the store plant a value that
+  bypasses the configured encryption and its AAD binding to the storage key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from kinko.crypto.formats import ENCRYPTED_PREFIX, Identity
+from kinko.crypto.types import Opened, Transformer
+from kinko.errors import DecryptionError, InvalidArgument, UnavailableError
+
+
+class ProviderChain:
+    """The transformers of one resource in EncryptionConfiguration order (never empty)."""
+
+    __slots__ = ("_read_unprefixed_as_identity", "_transformers")
+
+    def __init__(
+        self,
+        transformers: Sequence[Transformer],
+        *,
+        read_unprefixed_as_identity: bool = False,
+    ) -> None:
+        """Raises InvalidArgument if ``transformers`` is empty."""
+        if not transformers:
+            raise InvalidArgument("provider chain: expected at least one transformer, got none")
+        self._transformers: tuple[Transformer, ...] = tuple(transformers)
+        self._read_unprefixed_as_identity = read_unprefixed_as_identity
+
+    @classmethod
+    def identity(cls) -> ProviderChain:
+        """The chain for a resource that is not encrypted."""
+        return cls([Identity()])
+
+    @property
+    def first(self) -> Transformer:
+        """The transformer every write goes through."""
+        return self._transformers[0]
+
+    @property
+    def transformers(self) -> tuple[Transformer, ...]:
+        return self._transformers
+
+    @property
+    def read_unprefixed_as_identity(self) -> bool:
+        return self._read_unprefixed_as_identity
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{t.kind}:{t.name}" if t.name else t.kind for t in self._transformers)
+        return f"ProviderChain([{names}])"
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Seal with the first transformer.
+
+        Raises InvalidArgument (read-only first provider), PluginError (KMS unavailable).
+        """
+        return self._transformers[0].seal(plaintext, aad=aad)
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Open ``value`` with the first matching transformer that succeeds.
+
+        Raises DecryptionError (``NO_MATCHING_PROVIDER`` when no prefix matched, opaque
+        otherwise), UnavailableError such as PluginError (an environment failure stopped a
+        matching transformer and no other one opened the value).
+        """
+        matched = False
+        unavailable: UnavailableError | None = None
+        for index, transformer in enumerate(self._transformers):
+            prefix = transformer.prefix
+            if not value.startswith(prefix):
+                continue
+            if prefix:
+                matched = True
+            elif value.startswith(ENCRYPTED_PREFIX):
+                continue
+            try:
+                opened = transformer.open(value, aad=aad)
+            except DecryptionError:
+                continue
+            except UnavailableError as exc:
+                if unavailable is None:
+                    unavailable = exc
+                continue
+            if index != 0 and not opened.stale:
+                return dataclasses.replace(opened, stale=True)
+            return opened
+        if unavailable is not None:
+            raise unavailable
+        if matched:
+            raise DecryptionError()
+        if self._read_unprefixed_as_identity and not value.startswith(ENCRYPTED_PREFIX):
+            return Opened(plaintext=bytes(value), stale=True, provider="identity", key_name="")
+        raise DecryptionError(DecryptionError.NO_MATCHING_PROVIDER)

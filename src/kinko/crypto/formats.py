@@ -1,0 +1,371 @@
+"""The value formats kube-apiserver stores in etcd, one transformer per (provider, key).
+
+Job: seal a plaintext into ``prefix ‖ payload`` and open it again, byte-compatible with
+kube-apiserver (reference §2): ``identity``, ``aescbc``, ``aesgcm``, ``secretbox``, KMS v1
+(read-only) and KMS v2. Each class satisfies :class:`kinko.crypto.types.Transformer`.
+
+Invariants:
+
+- Pure: no I/O, no clock. Randomness (IVs, nonces, HKDF ``info``) comes only from the ``Rng``
+  given to the constructor; KMS keys come only from the ``KmsV2Keys`` / ``KmsV1Unwrapper``.
+- Constructors check key sizes and names and raise ``InvalidArgument`` with sizes, never bytes.
+- Every failure to open (bad tag, wrong key, wrong AAD, truncated or malformed payload, bad
+  padding) raises exactly ``DecryptionError()``, raised ``from None`` so that no cause leaks
+  into a traceback. Environment failures of the KMS port (``PluginError``) pass unchanged.
+- ``Opened.stale`` reflects only the transformer's own view (KMS v1 CBC payload; KMS v2 key_id
+  or DEK source type not current); :class:`kinko.crypto.chain.ProviderChain` adds position.
+- AAD (the storage key) binds ``aesgcm``, KMS v1 GCM payloads and KMS v2; ``aescbc``,
+  ``secretbox`` and KMS v1 CBC payloads have none, exactly as upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nacl.exceptions
+import nacl.secret
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kinko.crypto import kmsv2
+from kinko.crypto.types import (
+    DekSourceType,
+    EncryptedObject,
+    KmsV1Unwrapper,
+    KmsV2Keys,
+    Opened,
+    Rng,
+)
+from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument
+
+#: Every encrypted value starts with this; identity refuses to read it.
+ENCRYPTED_PREFIX = b"k8s:enc:"
+AESCBC_PREFIX = b"k8s:enc:aescbc:v1:"
+AESGCM_PREFIX = b"k8s:enc:aesgcm:v1:"
+SECRETBOX_PREFIX = b"k8s:enc:secretbox:v1:"
+KMS_V1_PREFIX = b"k8s:enc:kms:v1:"
+KMS_V2_PREFIX = b"k8s:enc:kms:v2:"
+
+AES_KEY_SIZES = (16, 24, 32)
+SECRETBOX_KEY_SIZE = 32
+CBC_BLOCK_SIZE = 16
+GCM_NONCE_SIZE = 12
+GCM_TAG_SIZE = 16
+SECRETBOX_NONCE_SIZE = 24
+SECRETBOX_TAG_SIZE = 16
+
+
+def _draw(rng: Rng, size: int) -> bytes:
+    """``size`` bytes from ``rng``; a source that returns another size is refused."""
+    out = rng(size)
+    if len(out) != size:
+        raise InvalidArgument(f"rng: expected {size} bytes, got {len(out)}")
+    return out
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name:
+        raise InvalidArgument(f"{kind}: expected a non-empty key name")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{kind}: expected the key name to be valid UTF-8 text") from None
+
+
+def _check_aes_key(kind: str, name: str, key: bytes) -> None:
+    if len(key) not in AES_KEY_SIZES:
+        raise InvalidArgument(f"{kind} key {name!r}: expected 16, 24 or 32 bytes, got {len(key)}")
+
+
+def _payload(prefix: bytes, value: bytes) -> bytes:
+    """``value`` without ``prefix``; a value under another prefix cannot be opened here."""
+    if not value.startswith(prefix):
+        raise DecryptionError()
+    return value[len(prefix) :]
+
+
+def _cbc_decrypt(algorithm: algorithms.AES, data: bytes) -> bytes:
+    """``IV(16) ‖ AES-CBC(PKCS#7)``, strictly checked. Raises DecryptionError.
+
+    Padding must be 1..16 bytes, each equal to the pad length. Go's reader would also take
+    a pad longer than one block; no writer produces one, so refusing it loses nothing.
+    """
+    size = len(data)
+    if size < 2 * CBC_BLOCK_SIZE or size % CBC_BLOCK_SIZE:
+        raise DecryptionError()
+    decryptor = Cipher(algorithm, modes.CBC(data[:CBC_BLOCK_SIZE])).decryptor()
+    padded = decryptor.update(data[CBC_BLOCK_SIZE:]) + decryptor.finalize()
+    unpadder = padding.PKCS7(algorithms.AES.block_size).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise DecryptionError() from None
+
+
+def _cbc_encrypt(algorithm: algorithms.AES, iv: bytes, plaintext: bytes) -> bytes:
+    padder = padding.PKCS7(algorithms.AES.block_size).padder()
+    padded = padder.update(plaintext) + padder.finalize()
+    encryptor = Cipher(algorithm, modes.CBC(iv)).encryptor()
+    return iv + encryptor.update(padded) + encryptor.finalize()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Identity:
+    """No encryption: the value is the plaintext. Refuses anything starting ``k8s:enc:``."""
+
+    @property
+    def kind(self) -> str:
+        return "identity"
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def prefix(self) -> bytes:
+        return b""
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Return ``plaintext`` unchanged. Raises nothing."""
+        return bytes(plaintext)
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Return ``value`` as the plaintext. Raises DecryptionError for encrypted data."""
+        if value.startswith(ENCRYPTED_PREFIX):
+            raise DecryptionError()
+        return Opened(plaintext=bytes(value), stale=False, provider="identity", key_name="")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AesCbc:
+    """``k8s:enc:aescbc:v1:<name>:`` ‖ IV(16) ‖ AES-CBC(PKCS#7). No AAD and no MAC.
+
+    The format is malleable: a changed byte can yield a different plaintext instead of an
+    error. Kubernetes keeps it for old data; kinko reads and writes it only when configured.
+    """
+
+    name: str
+    key: bytes = field(repr=False)
+    rng: Rng = field(repr=False, kw_only=True)
+    prefix: bytes = field(init=False)
+    _algorithm: algorithms.AES = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("aescbc", self.name)
+        _check_aes_key("aescbc", self.name, self.key)
+        object.__setattr__(self, "prefix", AESCBC_PREFIX + self.name.encode() + b":")
+        object.__setattr__(self, "_algorithm", algorithms.AES(self.key))
+
+    @property
+    def kind(self) -> str:
+        return "aescbc"
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Raises InvalidArgument if the rng misbehaves."""
+        iv = _draw(self.rng, CBC_BLOCK_SIZE)
+        return self.prefix + _cbc_encrypt(self._algorithm, iv, plaintext)
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Raises DecryptionError (opaque)."""
+        plaintext = _cbc_decrypt(self._algorithm, _payload(self.prefix, value))
+        return Opened(plaintext=plaintext, stale=False, provider="aescbc", key_name=self.name)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AesGcm:
+    """``k8s:enc:aesgcm:v1:<name>:`` ‖ nonce(12) ‖ ct ‖ tag(16), AAD = storage key."""
+
+    name: str
+    key: bytes = field(repr=False)
+    rng: Rng = field(repr=False, kw_only=True)
+    prefix: bytes = field(init=False)
+    _aead: AESGCM = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("aesgcm", self.name)
+        _check_aes_key("aesgcm", self.name, self.key)
+        object.__setattr__(self, "prefix", AESGCM_PREFIX + self.name.encode() + b":")
+        # One AESGCM object per transformer: its key schedule costs more than sealing 1 KiB.
+        object.__setattr__(self, "_aead", AESGCM(self.key))
+
+    @property
+    def kind(self) -> str:
+        return "aesgcm"
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Raises InvalidArgument if the rng misbehaves."""
+        nonce = _draw(self.rng, GCM_NONCE_SIZE)
+        return self.prefix + nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Raises DecryptionError (opaque)."""
+        data = _payload(self.prefix, value)
+        if len(data) < GCM_NONCE_SIZE + GCM_TAG_SIZE:
+            raise DecryptionError()
+        try:
+            plaintext = self._aead.decrypt(data[:GCM_NONCE_SIZE], data[GCM_NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+        return Opened(plaintext=plaintext, stale=False, provider="aesgcm", key_name=self.name)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Secretbox:
+    """``k8s:enc:secretbox:v1:<name>:`` ‖ nonce(24) ‖ tag(16) ‖ ct (XSalsa20-Poly1305). No AAD."""
+
+    name: str
+    key: bytes = field(repr=False)
+    rng: Rng = field(repr=False, kw_only=True)
+    prefix: bytes = field(init=False)
+    _box: nacl.secret.SecretBox = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("secretbox", self.name)
+        if len(self.key) != SECRETBOX_KEY_SIZE:
+            raise InvalidArgument(
+                f"secretbox key {self.name!r}: expected {SECRETBOX_KEY_SIZE} bytes, "
+                f"got {len(self.key)}"
+            )
+        object.__setattr__(self, "prefix", SECRETBOX_PREFIX + self.name.encode() + b":")
+        object.__setattr__(self, "_box", nacl.secret.SecretBox(bytes(self.key)))
+
+    @property
+    def kind(self) -> str:
+        return "secretbox"
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Raises InvalidArgument if the rng misbehaves."""
+        nonce = _draw(self.rng, SECRETBOX_NONCE_SIZE)
+        sealed: bytes = bytes(self._box.encrypt(bytes(plaintext), nonce))
+        return self.prefix + sealed
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Raises DecryptionError (opaque)."""
+        data = _payload(self.prefix, value)
+        if len(data) < SECRETBOX_NONCE_SIZE + SECRETBOX_TAG_SIZE:
+            raise DecryptionError()
+        try:
+            plaintext: bytes = bytes(self._box.decrypt(data))
+        except nacl.exceptions.CryptoError:
+            raise DecryptionError() from None
+        return Opened(plaintext=plaintext, stale=False, provider="secretbox", key_name=self.name)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class KmsV1:
+    """Read-only KMS v1: ``k8s:enc:kms:v1:<name>:`` ‖ uint16 BE len ‖ encDEK ‖ payload.
+
+    The payload is tried as AES-GCM (nonce 12, AAD = storage key, written since 1.25) and
+    then as AES-CBC (IV 16, PKCS#7, no AAD, written up to 1.24); a CBC read is stale.
+    KMS v1 is deprecated and off by default upstream, so kinko never writes it.
+    """
+
+    name: str
+    unwrapper: KmsV1Unwrapper = field(repr=False)
+    prefix: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        _check_name("kms v1", self.name)
+        object.__setattr__(self, "prefix", KMS_V1_PREFIX + self.name.encode() + b":")
+
+    @property
+    def kind(self) -> str:
+        return "kms"
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Always raises InvalidArgument: KMS v1 is read-only."""
+        raise InvalidArgument(
+            f"kms v1 provider {self.name} is read-only; put a kms v2 or local provider first"
+        )
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Raises DecryptionError (opaque; also when the unwrapper refuses), PluginError."""
+        data = _payload(self.prefix, value)
+        if len(data) < 2:
+            raise DecryptionError()
+        size = int.from_bytes(data[:2], "big")
+        if len(data) < 2 + size:
+            raise DecryptionError()
+        dek = self.unwrapper.decrypt(data[2 : 2 + size])
+        if len(dek) not in AES_KEY_SIZES:
+            raise DecryptionError()
+        payload = data[2 + size :]
+        if len(payload) >= GCM_NONCE_SIZE + GCM_TAG_SIZE:
+            try:
+                plaintext = AESGCM(dek).decrypt(
+                    payload[:GCM_NONCE_SIZE], payload[GCM_NONCE_SIZE:], aad
+                )
+            except InvalidTag:
+                pass
+            else:
+                return Opened(plaintext=plaintext, stale=False, provider="kms", key_name=self.name)
+        plaintext = _cbc_decrypt(algorithms.AES(dek), payload)
+        return Opened(plaintext=plaintext, stale=True, provider="kms", key_name=self.name)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class KmsV2:
+    """``k8s:enc:kms:v2:<name>:`` ‖ protobuf ``EncryptedObject``.
+
+    Writes only type 1: per write, ``info = rng(32)``, ``nonce = rng(12)`` and a DEK derived
+    from the current seed (no plugin call). Reads both types through ``keys.dek_source``.
+    A read is stale when its key_id is not the current one or its type is not 1.
+    """
+
+    name: str
+    keys: KmsV2Keys = field(repr=False)
+    rng: Rng = field(repr=False, kw_only=True)
+    prefix: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        _check_name("kms v2", self.name)
+        if ":" in self.name:
+            raise InvalidArgument(f"kms v2 provider name {self.name!r}: must not contain ':'")
+        object.__setattr__(self, "prefix", KMS_V2_PREFIX + self.name.encode() + b":")
+
+    @property
+    def kind(self) -> str:
+        return "kms"
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Raises PluginError (no usable write state), InvalidArgument (short seed, bad rng),
+        EnvelopeError (the write state breaks a field rule)."""
+        state = self.keys.write_state()
+        info = _draw(self.rng, kmsv2.INFO_SIZE)
+        nonce = _draw(self.rng, kmsv2.NONCE_SIZE)
+        encrypted_data = kmsv2.seal_seed_type(
+            state.seed, plaintext, aad=aad, info=info, nonce=nonce
+        )
+        obj = EncryptedObject(
+            encrypted_data=encrypted_data,
+            key_id=state.key_id,
+            encrypted_dek_source=state.encrypted_dek_source,
+            annotations=state.annotations,
+            dek_source_type=DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+        )
+        return self.prefix + kmsv2.encode_encrypted_object(obj)
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        """Raises DecryptionError (opaque; also for a malformed envelope), PluginError."""
+        try:
+            obj = kmsv2.decode_encrypted_object(_payload(self.prefix, value))
+        except EnvelopeError:
+            raise DecryptionError() from None
+        dek_source = self.keys.dek_source(obj)
+        plaintext = kmsv2.open_encrypted_data(
+            obj.dek_source_type, dek_source, obj.encrypted_data, aad=aad
+        )
+        stale = (
+            obj.key_id != self.keys.current_key_id()
+            or obj.dek_source_type != DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED
+        )
+        return Opened(
+            plaintext=plaintext,
+            stale=stale,
+            provider="kms",
+            key_name=self.name,
+            key_id=obj.key_id,
+            dek_source_type=obj.dek_source_type,
+        )
