@@ -1,0 +1,1 @@
+"""Integration tests against real parts (etcd-server, gRPC over unix sockets)."""
