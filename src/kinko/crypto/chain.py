@@ -37,7 +37,7 @@ from kinko.errors import DecryptionError, InvalidArgument, UnavailableError
 class ProviderChain:
     """The transformers of one resource in EncryptionConfiguration order (never empty)."""
 
-    __slots__ = ("_read_unprefixed_as_identity", "_transformers")
+    __slots__ = ("_read_unprefixed_as_identity", "_seal", "_transformers")
 
     def __init__(
         self,
@@ -49,6 +49,7 @@ class ProviderChain:
         if not transformers:
             raise InvalidArgument("provider chain: expected at least one transformer, got none")
         self._transformers: tuple[Transformer, ...] = tuple(transformers)
+        self._seal = self._transformers[0].seal
         self._read_unprefixed_as_identity = read_unprefixed_as_identity
 
     @classmethod
@@ -78,7 +79,7 @@ class ProviderChain:
 
         Raises InvalidArgument (read-only first provider), PluginError (KMS unavailable).
         """
-        return self._transformers[0].seal(plaintext, aad=aad)
+        return self._seal(plaintext, aad=aad)
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Open ``value`` with the first matching transformer that succeeds.

@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kinko.crypto import kmsv2
 from kinko.crypto.types import (
     DekSourceType,
-    EncryptedObject,
     KmsV1Unwrapper,
     KmsV2Keys,
+    KmsWriteState,
     Opened,
     Rng,
 )
@@ -80,7 +80,10 @@ def _check_aes_key(kind: str, name: str, key: bytes) -> None:
 
 
 def _payload(prefix: bytes, value: bytes) -> bytes:
-    """``value`` without ``prefix``; a value under another prefix cannot be opened here."""
+    """``value`` without ``prefix``.
+
+    Raises DecryptionError: a value under another prefix cannot be opened here.
+    """
     if not value.startswith(prefix):
         raise DecryptionError()
     return value[len(prefix) :]
@@ -196,14 +199,19 @@ class AesGcm:
 
     def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
         """Raises InvalidArgument if the rng misbehaves."""
-        nonce = _draw(self.rng, GCM_NONCE_SIZE)
+        # The draw is inlined (not _draw) because this is the hot path of every write.
+        nonce = self.rng(GCM_NONCE_SIZE)
+        if len(nonce) != GCM_NONCE_SIZE:
+            raise InvalidArgument(f"rng: expected {GCM_NONCE_SIZE} bytes, got {len(nonce)}")
         return self.prefix + nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Raises DecryptionError (opaque)."""
-        data = _payload(self.prefix, value)
-        if len(data) < GCM_NONCE_SIZE + GCM_TAG_SIZE:
+        prefix = self.prefix
+        if not value.startswith(prefix) or len(value) < len(prefix) + GCM_NONCE_SIZE + GCM_TAG_SIZE:
             raise DecryptionError()
+        # A view, not a slice: opening a large value should not copy it first.
+        data = memoryview(value)[len(prefix) :]
         try:
             plaintext = self._aead.decrypt(data[:GCM_NONCE_SIZE], data[GCM_NONCE_SIZE:], aad)
         except InvalidTag:
@@ -305,6 +313,15 @@ class KmsV1:
         return Opened(plaintext=plaintext, stale=True, provider="kms", key_name=self.name)
 
 
+class _HeaderCache:
+    """The last write state and its serialized header; replaced whole, so reads see a pair."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: tuple[KmsWriteState, bytes] | None = None
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class KmsV2:
     """``k8s:enc:kms:v2:<name>:`` ‖ protobuf ``EncryptedObject``.
@@ -318,12 +335,14 @@ class KmsV2:
     keys: KmsV2Keys = field(repr=False)
     rng: Rng = field(repr=False, kw_only=True)
     prefix: bytes = field(init=False)
+    _header: _HeaderCache = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_name("kms v2", self.name)
         if ":" in self.name:
             raise InvalidArgument(f"kms v2 provider name {self.name!r}: must not contain ':'")
         object.__setattr__(self, "prefix", KMS_V2_PREFIX + self.name.encode() + b":")
+        object.__setattr__(self, "_header", _HeaderCache())
 
     @property
     def kind(self) -> str:
@@ -333,19 +352,25 @@ class KmsV2:
         """Raises PluginError (no usable write state), InvalidArgument (short seed, bad rng),
         EnvelopeError (the write state breaks a field rule)."""
         state = self.keys.write_state()
+        entry = self._header.entry
+        if entry is None or entry[0] is not state:
+            # Fields 2..5 are the same for every write under one state: validate and
+            # serialize them once per state, not once per write.
+            header = kmsv2.encode_header(
+                key_id=state.key_id,
+                encrypted_dek_source=state.encrypted_dek_source,
+                annotations=state.annotations,
+                dek_source_type=DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+            )
+            entry = (state, header)
+            self._header.entry = entry
         info = _draw(self.rng, kmsv2.INFO_SIZE)
         nonce = _draw(self.rng, kmsv2.NONCE_SIZE)
-        encrypted_data = kmsv2.seal_seed_type(
-            state.seed, plaintext, aad=aad, info=info, nonce=nonce
+        sealed = AESGCM(kmsv2.derive_dek(state.seed, info=info)).encrypt(nonce, plaintext, aad)
+        size = kmsv2.INFO_SIZE + kmsv2.NONCE_SIZE + len(sealed)
+        return b"".join(
+            (self.prefix, kmsv2.encrypted_data_field_header(size), info, nonce, sealed, entry[1])
         )
-        obj = EncryptedObject(
-            encrypted_data=encrypted_data,
-            key_id=state.key_id,
-            encrypted_dek_source=state.encrypted_dek_source,
-            annotations=state.annotations,
-            dek_source_type=DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
-        )
-        return self.prefix + kmsv2.encode_encrypted_object(obj)
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Raises DecryptionError (opaque; also for a malformed envelope), PluginError."""
