@@ -246,6 +246,16 @@ class EtcdClient:
                 return
             start = resp.kvs[-1].key + b"\x00"
 
+    def count_prefix(self, prefix: bytes) -> int:
+        """How many keys start with ``prefix`` (every key if it is empty); no values are read.
+
+        Raises StoreUnavailable (no endpoint answered), InvalidArgument (etcd refused).
+        """
+        req = rpc_pb2.RangeRequest(
+            key=prefix or b"\x00", range_end=prefix_range_end(prefix), count_only=True
+        )
+        return self._read("Range", lambda ep: ep.kv.range, req).count
+
     def status(self) -> EtcdStatus:
         """``Maintenance.Status`` of the first endpoint that answers.
 
