@@ -292,8 +292,10 @@ _StrictLoader.yaml_implicit_resolvers = {
 
 def _load_yaml(data: bytes | str) -> object:
     """The single YAML (or JSON) document in ``data``. Raises ConfigError (path "")."""
-    loader = _StrictLoader(data)
+    loader: _StrictLoader | None = None
     try:
+        # The reader already decodes and checks the text when the loader is created.
+        loader = _StrictLoader(data)
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         raise ConfigError("", _yaml_error_message(exc)) from None
@@ -313,7 +315,8 @@ def _load_yaml(data: bytes | str) -> object:
             "", "expected a YAML or JSON document, got a tagged value that does not convert"
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
@@ -962,14 +965,15 @@ KmsV1Factory: TypeAlias = Callable[[KmsConfig], KmsV1Unwrapper]
 class EncryptionChains:
     """The provider chain of every resource under one configuration, built on first use.
 
-    Chains are cached per governing rule, so every resource under ``*.*`` shares one chain,
-    and transformers are built once per provider. The KMS connectors are called at most once
-    per KMS name, when a chain first needs that provider; a connector that raises leaves
-    nothing cached, so the next ``chain_for`` tries again. Safe to share between threads.
+    Chains are cached per list of providers, so every resource under ``*.*`` (or in one
+    entry) shares one chain, and transformers are built once per provider. The KMS connectors
+    are called at most once per KMS name, when a chain first needs that provider; a connector
+    that raises leaves nothing cached, so the next ``chain_for`` tries again. Safe to share
+    between threads.
     """
 
     __slots__ = (
-        "_by_rule",
+        "_chains",
         "_config",
         "_kms_v1",
         "_kms_v1_ports",
@@ -993,7 +997,7 @@ class EncryptionChains:
         self._kms_v1 = kms_v1
         self._rng = rng
         self._lock = threading.Lock()
-        self._by_rule: dict[GroupResource | None, ProviderChain] = {}
+        self._chains: dict[tuple[str, ...], ProviderChain] = {}
         self._transformers: dict[str, tuple[Transformer, ...]] = {}
         self._kms_v2_ports: dict[str, KmsV2Keys] = {}
         self._kms_v1_ports: dict[str, KmsV1Unwrapper] = {}
@@ -1005,25 +1009,27 @@ class EncryptionChains:
     def chain_for(self, resource: str) -> ProviderChain:
         """The chain for ``resource`` (``secrets``, ``deployments.apps``); identity if unmatched.
 
-        Raises whatever a KMS connector raises (e.g. PluginError), and InvalidArgument if a
-        transformer refuses its key (which a validated configuration never causes).
+        Resources with the same providers (one entry's list, or one wildcard rule) share one
+        chain object. Raises whatever a KMS connector raises (e.g. PluginError), and
+        InvalidArgument if a transformer refuses its key (a validated file never causes it).
         """
-        rule = self._config.rule_for(resource)
-        chain = self._by_rule.get(rule)
+        refs = self._config.providers_for(resource)
+        key = tuple(path for path, _ in refs)
+        chain = self._chains.get(key)
         if chain is not None:
             return chain
         with self._lock:
-            chain = self._by_rule.get(rule)
+            chain = self._chains.get(key)
             if chain is None:
-                chain = self._build(rule)
-                self._by_rule[rule] = chain
+                chain = self._build(refs)
+                self._chains[key] = chain
             return chain
 
-    def _build(self, rule: GroupResource | None) -> ProviderChain:
-        if rule is None:
+    def _build(self, refs: tuple[ProviderRef, ...]) -> ProviderChain:
+        if not refs:
             return ProviderChain.identity()
         transformers: list[Transformer] = []
-        for path, provider in self._config.providers_for(str(rule)):
+        for path, provider in refs:
             built = self._transformers.get(path)
             if built is None:
                 built = self._transformers_of(provider)
