@@ -13,6 +13,7 @@ import hashlib
 import json
 import textwrap
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 import yaml
@@ -777,6 +778,10 @@ def test_dates_and_names_stay_strings() -> None:
     assert provider.keys[0].name == "2024-01-01"
 
 
+def test_sexagesimal_looking_names_stay_strings() -> None:
+    assert _only_kms(one(kms(name="1:30"))).name == "1:30"
+
+
 def test_yaml_anchors_and_merge_keys_are_allowed() -> None:
     text = doc(
         f"""
@@ -793,6 +798,28 @@ def test_yaml_anchors_and_merge_keys_are_allowed() -> None:
     )
     config = parse_encryption_config(text)
     assert [p.name for p in config.kms_providers] == ["a", "b"]
+
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "encryption-configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.iterdir()))
+def test_data_files_parse(name: str) -> None:
+    config = parse_encryption_config((DATA / name).read_bytes())
+    assert config.providers_for("secrets")
+
+
+def test_data_file_with_kms_v1_and_v2() -> None:
+    config = parse_encryption_config((DATA / "kms-v1-and-v2-abstract-socket.json").read_bytes())
+    new, old = config.kms_providers
+    assert new == KmsConfig("v2", "new", "unix:///@kinko-kms", 90.0, None)
+    assert new.socket_address == "@kinko-kms"
+    assert old == KmsConfig("v1", "old", "unix:///var/run/kms-v1.sock", 3.0, -1)
+
+
+def test_data_file_of_the_reference_example_matches_the_inline_one() -> None:
+    from_file = parse_encryption_config((DATA / "kms-v2-with-fallbacks.yaml").read_bytes())
+    assert from_file == parse_encryption_config(EXAMPLE)
 
 
 # --------------------------------------------------------------------------- lookup

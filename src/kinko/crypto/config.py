@@ -258,8 +258,9 @@ def config_hash(data: bytes) -> str:
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, made to read a document the way kube-apiserver does.
 
-    Duplicate keys are errors (upstream decodes strictly), and unquoted dates stay strings
-    (Go's YAML decoder only makes timestamps for time-typed fields, and there are none here).
+    Duplicate keys are errors (upstream decodes strictly), and unquoted dates and
+    sexagesimal numbers stay strings (Go's YAML decoder makes timestamps only for time-typed
+    fields, of which there are none here, and knows no base-60 numbers).
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
@@ -284,8 +285,17 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _go_yaml_resolver(tag: str, pattern: re.Pattern[str]) -> tuple[str, re.Pattern[str]]:
+    """Go's YAML decoder has no sexagesimal numbers: ``1:30`` stays a string there."""
+    if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        return tag, re.compile("(?!.*:)" + pattern.pattern, pattern.flags)
+    return tag, pattern
+
+
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [
+        _go_yaml_resolver(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
@@ -343,11 +353,6 @@ def parse_encryption_config(data: bytes | str) -> EncryptionConfig:
     return _Parser().document(_load_yaml(data))
 
 
-_NodeBudgetExceeded = ConfigError(
-    "", f"expected a configuration of at most {_MAX_NODES} nodes once YAML aliases are expanded"
-)
-
-
 class _Parser:
     """One parse: decodes, defaults and validates in document order, raising the first error."""
 
@@ -361,7 +366,11 @@ class _Parser:
     def _count(self) -> None:
         self._nodes += 1
         if self._nodes > _MAX_NODES:
-            raise ConfigError(_NodeBudgetExceeded.path, _NodeBudgetExceeded.detail)
+            raise ConfigError(
+                "",
+                f"expected a configuration of at most {_MAX_NODES} nodes once YAML aliases "
+                "are expanded, got more",
+            )
 
     def _mapping(
         self, value: object, path: str, fields: tuple[str, ...], *, hide_unknown: bool = False
