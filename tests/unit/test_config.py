@@ -822,6 +822,61 @@ def test_data_file_of_the_reference_example_matches_the_inline_one() -> None:
     assert from_file == parse_encryption_config(EXAMPLE)
 
 
+def _upstream_overlap(names: list[str]) -> str | None:
+    """``validateResourceOverlap`` of validation_encryption.go, pair by pair as upstream."""
+    parsed = [parse_group_resource(n) for n in names]
+    any_any = GroupResource("*", "*")
+    has_duplicate = has_overlap = False
+    for i, r1 in enumerate(parsed):
+        for j, r2 in enumerate(parsed):
+            if i == j:
+                continue
+            if r1 == r2 and not has_duplicate:
+                has_duplicate = True
+                continue
+            if has_overlap:
+                continue
+            if r1 == any_any:
+                has_overlap = True
+                continue
+            if r1.group != r2.group:
+                continue
+            if "*" in (r1.resource, r2.resource):
+                has_overlap = True
+    if has_duplicate:
+        return "duplicate"
+    return "overlap" if has_overlap else None
+
+
+_VALID_NAMES = [
+    "secrets",
+    "secrets.",
+    "configmaps",
+    "pods",
+    "*.",
+    "*.*",
+    "*.apps",
+    "deployments.apps",
+    "*.example.com",
+    "widgets.example.com",
+]
+
+
+@settings(max_examples=300)
+@given(names=st.lists(st.sampled_from(_VALID_NAMES), min_size=1, max_size=6))
+def test_overlap_check_agrees_with_upstream(names: list[str]) -> None:
+    expected = _upstream_overlap(names)
+    listed = "[" + ", ".join(f"'{n}'" for n in names) + "]"
+    detail = ""
+    try:
+        parse_encryption_config(entries(listed))
+    except ConfigError as exc:
+        detail = exc.detail
+    kinds = {"": None, "once per list": "duplicate", "overlapping": "overlap"}
+    got = next(kind for fragment, kind in reversed(kinds.items()) if fragment in detail)
+    assert got == expected, detail
+
+
 # --------------------------------------------------------------------------- lookup
 
 

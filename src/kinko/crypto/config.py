@@ -665,27 +665,42 @@ def _decode_secret(text: str, path: str, sizes: tuple[int, ...]) -> bytes:
 
 
 def _check_overlap(names: tuple[str, ...], path: str) -> None:
-    """No resource twice and no wildcard beside what it covers, within one list."""
+    """No resource twice and no wildcard beside what it covers, within one list.
+
+    Upstream compares every pair; this finds the same first offender in linear time.
+    """
     parsed = [parse_group_resource(n) for n in names]
-    for j, b in enumerate(parsed):
-        for i in range(j):
-            if parsed[i] == b:
-                raise ConfigError(
-                    f"{path}[{j}]",
-                    f"expected each resource once per list, got {_quote(names[j])}, "
-                    f"the same as {_quote(names[i])} at {path}[{i}]",
-                )
-    for j, b in enumerate(parsed):
-        for i in range(j):
-            a = parsed[i]
-            if ANY_GROUP_ANY_RESOURCE in (a, b) or (
-                a.group == b.group and "*" in (a.resource, b.resource)
-            ):
-                raise ConfigError(
-                    f"{path}[{j}]",
-                    f"expected no overlapping resources in one list, got {_quote(names[j])} "
-                    f"overlapping {_quote(names[i])} at {path}[{i}] (one would mask the other)",
-                )
+    first: dict[GroupResource, int] = {}
+    for j, gr in enumerate(parsed):
+        i = first.setdefault(gr, j)
+        if i != j:
+            raise ConfigError(
+                f"{path}[{j}]",
+                f"expected each resource once per list, got {_quote(names[j])}, "
+                f"the same as {_quote(names[i])} at {path}[{i}]",
+            )
+    any_index: int | None = None
+    group_first: dict[str, int] = {}
+    group_wildcard: dict[str, int] = {}
+    for j, gr in enumerate(parsed):
+        candidates = [any_index, group_wildcard.get(gr.group)]
+        if gr == ANY_GROUP_ANY_RESOURCE and j > 0:
+            candidates.append(0)
+        if gr.resource == "*":
+            candidates.append(group_first.get(gr.group))
+        earlier = [i for i in candidates if i is not None]
+        if earlier:
+            i = min(earlier)
+            raise ConfigError(
+                f"{path}[{j}]",
+                f"expected no overlapping resources in one list, got {_quote(names[j])} "
+                f"overlapping {_quote(names[i])} at {path}[{i}] (one would mask the other)",
+            )
+        if gr == ANY_GROUP_ANY_RESOURCE:
+            any_index = j
+        if gr.resource == "*":
+            group_wildcard.setdefault(gr.group, j)
+        group_first.setdefault(gr.group, j)
 
 
 def _check_resource_name(name: str, path: str) -> None:
