@@ -8,9 +8,11 @@ callers read the file, and ``build_chains`` receives the KMS connectors from the
 Invariants:
 
 - What kube-apiserver accepts with ``--encryption-provider-config-automatic-reload=true``, this
-  module accepts, with two deliberate exceptions that reject dead configuration (a key name used
-  twice in one provider; a ``unix://`` endpoint with no socket path). What kube-apiserver
-  rejects, this module rejects.
+  module accepts, and what it rejects, this module rejects; the exceptions are deliberate.
+  Rejected although upstream accepts: a key name used twice in one provider and a ``unix://``
+  endpoint naming no socket (both dead configuration), and text with lone surrogates.
+  Accepted although upstream, by default since 1.29, refuses: KMS v1 providers (the KMSv1
+  feature gate), which kinko only ever reads.
 - Decoding is strict, as in kube-apiserver: unknown fields, duplicate keys and wrong types are
   errors. A ``null`` value means "not set", as it does for Go's JSON decoder.
 - Every error is a :class:`~kinko.errors.ConfigError` naming the offending field path, e.g.
@@ -53,11 +55,13 @@ __all__ = [
     "KeyConfig",
     "KmsConfig",
     "ProviderConfig",
+    "ProviderRef",
     "ResourceConfig",
     "SecretboxConfig",
     "build_chains",
     "config_hash",
     "parse_encryption_config",
+    "parse_go_duration",
     "parse_group_resource",
 ]
 
