@@ -1,0 +1,304 @@
+"""The KMS v2 ``EncryptedObject``: Go-identical encoding, upstream validation, DEK sources."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import MappingProxyType
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from kinko.crypto import kmsv2
+from kinko.crypto.types import DekSourceType, EncryptedObject
+from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument
+from kinko.gen import kms_envelope_pb2
+
+SEED = bytes(range(32))
+INFO = bytes(range(100, 132))
+NONCE = bytes(range(200, 212))
+AAD = b"/registry/secrets/default/db"
+MARKER = b"\xde\xad\xbe\xef-not-in-any-message"
+
+
+def _obj(**changes: object) -> EncryptedObject:
+    fields: dict[str, object] = {
+        "encrypted_data": b"\x01" * 60,
+        "key_id": "1",
+        "encrypted_dek_source": b"wrapped-seed",
+        "annotations": {"local-kek.kms.kubernetes.io": b"encrypted-local-kek"},
+        "dek_source_type": DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+    }
+    fields.update(changes)
+    return EncryptedObject(**fields)  # type: ignore[arg-type]
+
+
+def _pb(obj: EncryptedObject) -> bytes:
+    """protobuf's own serialization of the whole message, for comparison."""
+    return kms_envelope_pb2.EncryptedObject(
+        encryptedData=obj.encrypted_data,
+        keyID=obj.key_id,
+        encryptedDEKSource=obj.encrypted_dek_source,
+        annotations=dict(obj.annotations),
+        encryptedDEKSourceType=DekSourceType(obj.dek_source_type).name,
+    ).SerializeToString(deterministic=True)
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def test_encode_writes_fields_in_number_order_with_type_last() -> None:
+    encoded = kmsv2.encode_encrypted_object(_obj(encrypted_data=b"D"))
+    assert encoded == (
+        b"\x0a\x01D"
+        + b"\x12\x011"
+        + b"\x1a\x0cwrapped-seed"
+        + b"\x22\x32\x0a\x1blocal-kek.kms.kubernetes.io\x12\x13encrypted-local-kek"
+        + b"\x28\x01"
+    )
+
+
+def test_encode_omits_type_zero_as_go_does() -> None:
+    encoded = kmsv2.encode_encrypted_object(_obj(dek_source_type=DekSourceType.AES_GCM_KEY))
+    assert not encoded.endswith(b"\x28\x00")
+    assert b"\x28" not in encoded[-2:]
+    decoded = kmsv2.decode_encrypted_object(encoded)
+    assert decoded.dek_source_type == DekSourceType.AES_GCM_KEY
+
+
+def test_encode_sorts_several_annotations_by_key() -> None:
+    notes = {"z.example.com": b"2", "a.example.com": b"1"}
+    encoded = kmsv2.encode_encrypted_object(_obj(annotations=notes))
+    assert encoded.index(b"a.example.com") < encoded.index(b"z.example.com")
+
+
+@pytest.mark.parametrize("size", [1, 60, 127, 128, 300, 16383, 16384, 65_596, 2_097_152])
+def test_framed_encoding_equals_protobufs_own_output(size: int) -> None:
+    obj = _obj(encrypted_data=b"\xab" * size)
+    assert kmsv2.encode_encrypted_object(obj) == _pb(obj)
+
+
+def test_encode_header_is_the_tail_of_the_message() -> None:
+    obj = _obj()
+    header = kmsv2.encode_header(
+        key_id=obj.key_id,
+        encrypted_dek_source=obj.encrypted_dek_source,
+        annotations=obj.annotations,
+        dek_source_type=obj.dek_source_type,
+    )
+    size = len(obj.encrypted_data)
+    framed = kmsv2.encrypted_data_field_header(size) + obj.encrypted_data + header
+    assert framed == _pb(obj)
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_field_header_refuses_empty_data(size: int) -> None:
+    with pytest.raises(InvalidArgument):
+        kmsv2.encrypted_data_field_header(size)
+
+
+def test_encode_decode_round_trip_keeps_every_field() -> None:
+    obj = _obj(annotations={"a.example.com": b"\x00\xff", "b.example.com": b""})
+    decoded = kmsv2.decode_encrypted_object(kmsv2.encode_encrypted_object(obj))
+    assert decoded == obj
+    assert isinstance(decoded.annotations, MappingProxyType)
+
+
+# --- validation on encode and on decode ------------------------------------------------------
+
+INVALID: list[tuple[str, Callable[[], EncryptedObject]]] = [
+    ("empty encryptedData", lambda: _obj(encrypted_data=b"")),
+    ("empty key_id", lambda: _obj(key_id="")),
+    ("key_id over 1 KiB", lambda: _obj(key_id="k" * 1025)),
+    ("multibyte key_id over 1 KiB", lambda: _obj(key_id="é" * 513)),
+    ("empty encryptedDEKSource", lambda: _obj(encrypted_dek_source=b"")),
+    ("encryptedDEKSource over 1 KiB", lambda: _obj(encrypted_dek_source=b"s" * 1025)),
+    ("annotation key not an FQDN", lambda: _obj(annotations={"local_kek": b"x"})),
+    ("annotation key with a slash", lambda: _obj(annotations={"a.io/b": b"x"})),
+    ("annotation key uppercase", lambda: _obj(annotations={"A.example.com": b"x"})),
+    ("annotations over 32 KiB", lambda: _obj(annotations={"a.example.com": b"v" * 32756})),
+]
+
+
+@pytest.mark.parametrize(("case", "make"), INVALID, ids=[c for c, _ in INVALID])
+def test_encode_refuses_invalid_objects(case: str, make: Callable[[], EncryptedObject]) -> None:
+    with pytest.raises(EnvelopeError):
+        kmsv2.encode_encrypted_object(make())
+
+
+@pytest.mark.parametrize(("case", "make"), INVALID, ids=[c for c, _ in INVALID])
+def test_decode_refuses_invalid_objects(case: str, make: Callable[[], EncryptedObject]) -> None:
+    with pytest.raises(EnvelopeError):
+        kmsv2.decode_encrypted_object(_pb(make()))
+
+
+def test_limits_are_inclusive_as_upstream() -> None:
+    obj = _obj(
+        key_id="k" * 1024,
+        encrypted_dek_source=b"s" * 1024,
+        annotations={"a.example.com": b"v" * (32768 - len("a.example.com"))},
+    )
+    assert kmsv2.decode_encrypted_object(kmsv2.encode_encrypted_object(obj)) == obj
+
+
+def test_an_fqdn_with_a_trailing_dot_is_a_valid_annotation_key() -> None:
+    obj = _obj(annotations={"version.encryption.remote.io.": b"1"})
+    assert kmsv2.decode_encrypted_object(kmsv2.encode_encrypted_object(obj)) == obj
+
+
+@pytest.mark.parametrize("source_type", [2, 7, 1 << 20])
+def test_decode_refuses_unknown_dek_source_types(source_type: int) -> None:
+    data = _pb(_obj()).removesuffix(b"\x28\x01") + b"\x28" + _varint(source_type)
+    with pytest.raises(EnvelopeError, match="encryptedDEKSourceType"):
+        kmsv2.decode_encrypted_object(data)
+
+
+def test_encode_refuses_unknown_dek_source_types() -> None:
+    with pytest.raises(EnvelopeError, match="encryptedDEKSourceType"):
+        kmsv2.encode_encrypted_object(_obj(dek_source_type=5))
+
+
+def test_encode_refuses_text_that_is_not_utf8() -> None:
+    with pytest.raises(EnvelopeError):
+        kmsv2.encode_encrypted_object(_obj(key_id="\ud800"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x0a\x05abc", b"\xff\xff\xff", b"\x12\x02\xc3\x28", b"\x0a", b"\x08"],
+    ids=["truncated field", "bad tag", "key_id not utf-8", "missing length", "missing varint"],
+)
+def test_decode_wraps_protobuf_errors(data: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        kmsv2.decode_encrypted_object(data)
+
+
+def test_decode_of_nothing_is_an_empty_object_and_refused() -> None:
+    with pytest.raises(EnvelopeError, match="encryptedData"):
+        kmsv2.decode_encrypted_object(b"")
+
+
+def test_envelope_errors_never_carry_the_bytes() -> None:
+    cases = [
+        _pb(_obj(key_id="")) + b"\x1a" + bytes([len(MARKER)]) + MARKER,
+        MARKER,
+        _pb(_obj(encrypted_data=MARKER, annotations={"bad_key": MARKER})),
+    ]
+    for data in cases:
+        with pytest.raises(EnvelopeError) as info:
+            kmsv2.decode_encrypted_object(data)
+        assert "dead" not in str(info.value)
+        assert MARKER.decode("latin-1") not in str(info.value)
+
+
+# --- DEK sources -----------------------------------------------------------------------------
+
+
+def test_derive_dek_matches_hkdf_expand_without_extract() -> None:
+    assert kmsv2.derive_dek(SEED, info=INFO) == HKDFExpand(hashes.SHA256(), 32, INFO).derive(SEED)
+
+
+def test_derive_dek_accepts_longer_seeds() -> None:
+    seed = bytes(range(48))
+    assert kmsv2.derive_dek(seed, info=INFO) == HKDFExpand(hashes.SHA256(), 32, INFO).derive(seed)
+
+
+def test_derive_dek_depends_on_info() -> None:
+    assert kmsv2.derive_dek(SEED, info=INFO) != kmsv2.derive_dek(SEED, info=bytes(32))
+
+
+@pytest.mark.parametrize(
+    ("seed", "info"),
+    [(b"s" * 31, INFO), (b"", INFO), (SEED, b"i" * 31), (SEED, b"i" * 33)],
+    ids=["short seed", "no seed", "short info", "long info"],
+)
+def test_derive_dek_refuses_bad_sizes(seed: bytes, info: bytes) -> None:
+    with pytest.raises(InvalidArgument):
+        kmsv2.derive_dek(seed, info=info)
+
+
+def test_seal_seed_type_layout() -> None:
+    data = kmsv2.seal_seed_type(SEED, b"hello", aad=AAD, info=INFO, nonce=NONCE)
+    assert data[:32] == INFO
+    assert data[32:44] == NONCE
+    dek = HKDFExpand(hashes.SHA256(), 32, INFO).derive(SEED)
+    assert AESGCM(dek).decrypt(NONCE, data[44:], AAD) == b"hello"
+    assert len(data) == 32 + 12 + 5 + 16
+
+
+@pytest.mark.parametrize("nonce", [b"n" * 11, b"n" * 13, b""])
+def test_seal_seed_type_refuses_bad_nonces(nonce: bytes) -> None:
+    with pytest.raises(InvalidArgument):
+        kmsv2.seal_seed_type(SEED, b"x", aad=AAD, info=INFO, nonce=nonce)
+
+
+def test_seal_seed_type_refuses_short_seeds() -> None:
+    with pytest.raises(InvalidArgument):
+        kmsv2.seal_seed_type(SEED[:16], b"x", aad=AAD, info=INFO, nonce=NONCE)
+
+
+def test_open_type1_round_trip() -> None:
+    data = kmsv2.seal_seed_type(SEED, b"hello", aad=AAD, info=INFO, nonce=NONCE)
+    seed_type = DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED
+    assert kmsv2.open_encrypted_data(seed_type, SEED, data, aad=AAD) == b"hello"
+
+
+@pytest.mark.parametrize("size", [16, 24, 32])
+def test_open_type0_accepts_every_aes_key_size(size: int) -> None:
+    key = bytes(range(size))
+    data = NONCE + AESGCM(key).encrypt(NONCE, b"hello", AAD)
+    assert kmsv2.open_encrypted_data(DekSourceType.AES_GCM_KEY, key, data, aad=AAD) == b"hello"
+
+
+def _type1() -> bytes:
+    return kmsv2.seal_seed_type(SEED, b"hello", aad=AAD, info=INFO, nonce=NONCE)
+
+
+def _type0() -> bytes:
+    return NONCE + AESGCM(SEED).encrypt(NONCE, b"hello", AAD)
+
+
+T1 = DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED
+T0 = DekSourceType.AES_GCM_KEY
+FAILURES: list[tuple[str, DekSourceType, bytes, Callable[[], bytes], bytes]] = [
+    ("type1 short seed", T1, SEED[:31], _type1, AAD),
+    ("type1 wrong seed", T1, bytes(32), _type1, AAD),
+    ("type1 wrong aad", T1, SEED, _type1, b"/registry/secrets/default/other"),
+    ("type1 truncated below info+nonce+tag", T1, SEED, lambda: _type1()[:59], AAD),
+    ("type1 tag cut", T1, SEED, lambda: _type1()[:-1], AAD),
+    ("type1 info flipped", T1, SEED, lambda: bytes([_type1()[0] ^ 1]) + _type1()[1:], AAD),
+    ("type1 read as type0", T0, SEED, _type1, AAD),
+    ("type0 bad key size", T0, SEED[:20], _type0, AAD),
+    ("type0 wrong key", T0, bytes(32), _type0, AAD),
+    ("type0 truncated", T0, SEED, lambda: _type0()[:27], AAD),
+    ("type0 read as type1", T1, SEED, _type0, AAD),
+    ("unknown type", 9, SEED, _type1, AAD),  # type: ignore[list-item]
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "source_type", "source", "make", "aad"), FAILURES, ids=[f[0] for f in FAILURES]
+)
+def test_open_failures_are_one_opaque_error(
+    case: str, source_type: DekSourceType, source: bytes, make: Callable[[], bytes], aad: bytes
+) -> None:
+    with pytest.raises(DecryptionError) as info:
+        kmsv2.open_encrypted_data(source_type, source, make(), aad=aad)
+    assert info.value.reason == DecryptionError.NOT_AUTHENTIC
+    assert_no_cause_shown(info.value)
+
+
+def assert_no_cause_shown(exc: BaseException) -> None:
+    """A traceback of ``exc`` shows no underlying crypto exception."""
+    assert exc.__cause__ is None
+    assert exc.__context__ is None or exc.__suppress_context__
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
