@@ -36,8 +36,8 @@ from kinko.crypto.config import (
     parse_go_duration,
     parse_group_resource,
 )
-from kinko.crypto.types import EncryptedObject, KmsWriteState
-from kinko.errors import ConfigError, DecryptionError, InvalidArgument
+from kinko.errors import ConfigError, DecryptionError, PluginError
+from tests.unit.fakes import Base64KmsV1Unwrapper, Base64KmsV2Keys, StreamRng
 
 HEADER = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
 
@@ -1151,62 +1151,27 @@ def test_corrupted_example_raises_only_config_error(position: int, junk: str) ->
 # --------------------------------------------------------------------------- chains
 
 
-class FakeKmsV2Keys:
-    """A KMS v2 session without a plugin: the "wrapped" seed is the seed reversed."""
-
-    def __init__(self, seed: bytes = bytes(range(32)), key_id: str = "key-1") -> None:
-        self.seed = seed
-        self.key_id = key_id
-
-    def write_state(self) -> KmsWriteState:
-        return KmsWriteState(
-            seed=self.seed,
-            key_id=self.key_id,
-            encrypted_dek_source=self.seed[::-1],
-            annotations={},
-        )
-
-    def dek_source(self, obj: EncryptedObject) -> bytes:
-        return obj.encrypted_dek_source[::-1]
-
-    def current_key_id(self) -> str | None:
-        return self.key_id
-
-
-class FakeKmsV1Unwrapper:
-    """KMS v1 without a plugin: the "wrapped" DEK is the DEK reversed."""
-
-    def decrypt(self, cipher: bytes) -> bytes:
-        return cipher[::-1]
-
-
-class CountingRng:
-    def __init__(self) -> None:
-        self.counter = 0
-
-    def __call__(self, n: int) -> bytes:
-        self.counter += 1
-        return (self.counter.to_bytes(4, "big") * n)[:n]
-
-
 class Factories:
     def __init__(self) -> None:
         self.v2_calls: list[str] = []
         self.v1_calls: list[str] = []
 
-    def kms_v2(self, config: KmsConfig) -> FakeKmsV2Keys:
+    def kms_v2(self, config: KmsConfig) -> Base64KmsV2Keys:
         self.v2_calls.append(config.name)
-        return FakeKmsV2Keys()
+        return Base64KmsV2Keys(bytes(range(32)))
 
-    def kms_v1(self, config: KmsConfig) -> FakeKmsV1Unwrapper:
+    def kms_v1(self, config: KmsConfig) -> Base64KmsV1Unwrapper:
         self.v1_calls.append(config.name)
-        return FakeKmsV1Unwrapper()
+        return Base64KmsV1Unwrapper()
 
 
 def _chains(text: str, factories: Factories | None = None) -> EncryptionChains:
     f = factories or Factories()
     return build_chains(
-        parse_encryption_config(text), kms_v2=f.kms_v2, kms_v1=f.kms_v1, rng=CountingRng()
+        parse_encryption_config(text),
+        kms_v2=f.kms_v2,
+        kms_v1=f.kms_v1,
+        rng=StreamRng(b"test_config"),
     )
 
 
@@ -1275,7 +1240,7 @@ def test_chain_reads_kms_v1_values() -> None:
     dek = bytes(range(32))
     nonce = b"\x05" * 12
     payload = nonce + AESGCM(dek).encrypt(nonce, b"old secret", AAD)
-    wrapped = dek[::-1]
+    wrapped = base64.b64encode(dek)
     value = b"k8s:enc:kms:v1:legacy:" + len(wrapped).to_bytes(2, "big") + wrapped + payload
     text = providers(kms(apiVersion="v2", name="new"), kms(name="legacy"))
     chain = _chains(text).chain_for("secrets")
@@ -1320,19 +1285,19 @@ def test_secrets_and_configmaps_of_one_entry_share_transformers() -> None:
 def test_failing_kms_factory_is_retried() -> None:
     calls: list[str] = []
 
-    def flaky(config: KmsConfig) -> FakeKmsV2Keys:
+    def flaky(config: KmsConfig) -> Base64KmsV2Keys:
         calls.append(config.name)
         if len(calls) == 1:
-            raise InvalidArgument("plugin not ready")
-        return FakeKmsV2Keys()
+            raise PluginError("plugin not ready")
+        return Base64KmsV2Keys(bytes(range(32)))
 
     chains = build_chains(
         parse_encryption_config(one(kms(apiVersion="v2"))),
         kms_v2=flaky,
         kms_v1=Factories().kms_v1,
-        rng=CountingRng(),
+        rng=StreamRng(b"test_config"),
     )
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(PluginError):
         chains.chain_for("secrets")
     chain = chains.chain_for("secrets")
     assert chain.open(chain.seal(b"x", aad=AAD), aad=AAD).plaintext == b"x"
@@ -1343,7 +1308,8 @@ def test_chains_expose_their_config() -> None:
     config = parse_encryption_config(EXAMPLE)
     f = Factories()
     assert (
-        build_chains(config, kms_v2=f.kms_v2, kms_v1=f.kms_v1, rng=CountingRng()).config is config
+        build_chains(config, kms_v2=f.kms_v2, kms_v1=f.kms_v1, rng=StreamRng(b"test_config")).config
+        is config
     )
 
 
