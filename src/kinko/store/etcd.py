@@ -145,7 +145,7 @@ class EtcdClient:
     ``endpoints`` are ``http://host:port`` (plaintext), ``https://host:port`` (TLS) or bare
     ``host:port`` (TLS when any TLS file is given, plaintext otherwise). ``cacert``, ``cert``
     and ``key`` are PEM file paths; ``cert`` and ``key`` go together. ``timeout`` is the
-    deadline of each RPC in seconds.
+    deadline of each RPC in seconds; ``max_receive_bytes`` caps one response.
 
     Raises InvalidArgument (no endpoints, a malformed endpoint, unreadable TLS files, TLS
     files with an ``http://`` endpoint, ``cert`` without ``key``).
@@ -159,6 +159,7 @@ class EtcdClient:
         cert: str | Path | None = None,
         key: str | Path | None = None,
         timeout: float = 5.0,
+        max_receive_bytes: int = MAX_RECEIVE_BYTES,
     ) -> None:
         if not endpoints:
             raise InvalidArgument("no etcd endpoints given")
@@ -166,10 +167,17 @@ class EtcdClient:
             raise InvalidArgument("a client certificate and its key must be given together")
         if timeout <= 0:
             raise InvalidArgument(f"timeout must be positive, got {timeout}")
+        if max_receive_bytes < 1024:
+            raise InvalidArgument(
+                f"max_receive_bytes must be at least 1024, got {max_receive_bytes}"
+            )
         self._timeout = timeout
+        self._max_receive = max_receive_bytes
         tls_files = (_read_pem(cacert, "CA"), _read_pem(key, "key"), _read_pem(cert, "cert"))
         want_tls = any(f is not None for f in tls_files)
-        self._endpoints = [_open_endpoint(url, tls_files, want_tls) for url in endpoints]
+        self._endpoints = [
+            _open_endpoint(url, tls_files, want_tls, max_receive_bytes) for url in endpoints
+        ]
         self._current = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -206,7 +214,7 @@ class EtcdClient:
             resp = self._read("Range", lambda ep: ep.kv.range, rpc_pb2.RangeRequest(key=key))
         except _PageTooLarge:
             raise StoreUnavailable(
-                f"the value of {_show(key)} exceeds the {MAX_RECEIVE_BYTES}-byte receive limit"
+                f"the value of {_show(key)} exceeds the {self._max_receive}-byte receive limit"
             ) from None
         return _kv(resp.kvs[0]) if resp.kvs else None
 
@@ -234,7 +242,7 @@ class EtcdClient:
                 if page == 1:
                     raise StoreUnavailable(
                         f"one etcd value under {_show(prefix)} exceeds the "
-                        f"{MAX_RECEIVE_BYTES}-byte receive limit"
+                        f"{self._max_receive}-byte receive limit"
                     ) from None
                 page = max(1, page // 2)
                 continue
@@ -517,7 +525,10 @@ def _read_pem(path: str | Path | None, what: str) -> bytes | None:
 
 
 def _open_endpoint(
-    url: str, tls_files: tuple[bytes | None, bytes | None, bytes | None], want_tls: bool
+    url: str,
+    tls_files: tuple[bytes | None, bytes | None, bytes | None],
+    want_tls: bool,
+    max_receive_bytes: int,
 ) -> _Endpoint:
     if "://" in url:
         parts = urlsplit(url)
@@ -535,7 +546,7 @@ def _open_endpoint(
     if scheme == "http" and want_tls:
         raise InvalidArgument(f"TLS files were given but endpoint {url!r} uses http://")
     options = [
-        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.max_send_message_length", MAX_RECEIVE_BYTES),
     ]
     if scheme == "https":
