@@ -633,6 +633,40 @@ def test_concurrent_first_use_wraps_exactly_one_seed() -> None:
     assert api.encrypt_calls == 1
 
 
+def test_first_use_waits_for_the_first_check_in_flight() -> None:
+    """Regression: a second first use saw "a check ran" and failed with "never been healthy"
+    while the first check was still waiting for its Status answer."""
+    session, api, _, _ = make()
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(WAIT)
+
+    api.status_hook = hold
+    results: dict[str, KmsWriteState | BaseException] = {}
+
+    def use(name: str) -> None:
+        try:
+            results[name] = session.write_state()
+        except BaseException as exc:
+            results[name] = exc
+
+    first = threading.Thread(target=use, args=("first",))
+    first.start()
+    assert entered.wait(WAIT)
+    api.status_hook = None
+    second = threading.Thread(target=use, args=("second",))
+    second.start()
+    second.join(0.2)  # A chance for the old bug to show; the fixed code is still waiting here.
+    release.set()
+    first.join(WAIT)
+    second.join(WAIT)
+    assert isinstance(results["first"], KmsWriteState)
+    assert results["second"] is results["first"]
+    assert (api.status_calls, api.encrypt_calls) == (1, 1)
+
+
 def test_concurrent_checks_reads_and_writes_stay_consistent() -> None:
     session, api, _, _ = make(cache_size=4)
     writers = [KmsV2Session(LocalKeyPlugin(KEY_A), name=f"w{i}") for i in range(6)]

@@ -26,6 +26,7 @@ made while holding it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -151,7 +152,9 @@ class KmsV2Session:
         self._expires_at = 0.0
         self._last_healthy_at: float | None = None
         self._version: str | None = None
+        # True once a check has finished (either way); the first use waits for that.
         self._primed = False
+        self._last_failure: PluginError | None = None
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._hits = 0
         self._misses = 0
@@ -170,49 +173,61 @@ class KmsV2Session:
         On any failure the state is unchanged.
         """
         with self._check_lock:
+            self._check_locked()
+
+    def _check_locked(self) -> None:
+        try:
+            self._probe()
+        except PluginError as exc:
+            with self._lock:
+                self._last_failure = exc
+            raise
+        finally:
             with self._lock:
                 self._primed = True
-                state = self._state
-                version_seen = self._version
-            started = self._clock()
-            status = self._call("Status", self._api.status)
-            if status.healthz != "ok":
-                raise PluginError(
-                    f"KMS plugin {self._name}: got unexpected healthz status: "
-                    f"{status.healthz[:64]!r}"
-                )
-            if status.version not in SUPPORTED_VERSIONS:
-                raise PluginError(
-                    f"KMS plugin {self._name}: expected KMSv2 API version v2 or v2beta1, "
-                    f"got {status.version[:64]!r}"
-                )
-            if version_seen is not None and status.version != version_seen:
-                raise PluginError(
-                    f"KMS plugin {self._name}: expected KMSv2 API version {version_seen} "
-                    f"(as first reported), got {status.version}"
-                )
-            self._check_field("Status", kms_rules.check_key_id, status.key_id)
-            if state is not None and state.key_id == status.key_id:
-                with self._lock:
-                    self._extend(started, version=status.version)
-                return
-            new_state = self._rotate(status.key_id)
-            new_key = dek_cache_key(
-                DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
-                new_state.encrypted_dek_source,
-                new_state.key_id,
-                new_state.annotations,
+
+    def _probe(self) -> None:
+        with self._lock:
+            state = self._state
+            version_seen = self._version
+        started = self._clock()
+        status = self._call("Status", self._api.status)
+        if status.healthz != "ok":
+            raise PluginError(
+                f"KMS plugin {self._name}: got unexpected healthz status: {status.healthz[:64]!r}"
             )
+        if status.version not in SUPPORTED_VERSIONS:
+            raise PluginError(
+                f"KMS plugin {self._name}: expected KMSv2 API version v2 or v2beta1, "
+                f"got {status.version[:64]!r}"
+            )
+        if version_seen is not None and status.version != version_seen:
+            raise PluginError(
+                f"KMS plugin {self._name}: expected KMSv2 API version {version_seen} "
+                f"(as first reported), got {status.version}"
+            )
+        self._check_field("Status", kms_rules.check_key_id, status.key_id)
+        if state is not None and state.key_id == status.key_id:
             with self._lock:
-                self._state = new_state
-                self._state_cache_key = new_key
-                self._cache_put(new_key, new_state.seed)
                 self._extend(started, version=status.version)
-            log.info(
-                "KMS plugin %s: new write seed for key_id hash %s",
-                self._name,
-                key_id_hash(new_state.key_id),
-            )
+            return
+        new_state = self._rotate(status.key_id)
+        new_key = dek_cache_key(
+            DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+            new_state.encrypted_dek_source,
+            new_state.key_id,
+            new_state.annotations,
+        )
+        with self._lock:
+            self._state = new_state
+            self._state_cache_key = new_key
+            self._cache_put(new_key, new_state.seed)
+            self._extend(started, version=status.version)
+        log.info(
+            "KMS plugin %s: new write seed for key_id hash %s",
+            self._name,
+            key_id_hash(new_state.key_id),
+        )
 
     def _extend(self, started: float, *, version: str) -> None:
         self._expires_at = started + WRITE_STATE_TTL
@@ -257,16 +272,17 @@ class KmsV2Session:
 
     # -- KmsV2Keys ----------------------------------------------------------------------
 
-    def _prime(self) -> PluginError | None:
-        """Run the first check if none ever ran; return its failure, if any."""
+    def _prime(self) -> None:
+        """Run the first check unless one has finished; a check in flight is waited for."""
         with self._lock:
             if self._primed:
-                return None
-        try:
-            self.check()
-        except PluginError as exc:
-            return exc
-        return None
+                return
+        with self._check_lock:
+            with self._lock:
+                if self._primed:
+                    return
+            with contextlib.suppress(PluginError):
+                self._check_locked()
 
     def write_state(self) -> KmsWriteState:
         """The seed to write with; the first call runs the first check.
@@ -274,11 +290,12 @@ class KmsV2Session:
         Raises PluginError: the plugin was never healthy, or the state expired (no healthy
         Status for 3 minutes).
         """
-        failure = self._prime()
+        self._prime()
         with self._lock:
             state = self._state
             if state is None:
                 msg = f"KMS plugin {self._name} has never been healthy; no write state"
+                failure = self._last_failure
                 raise PluginError(f"{msg}: {failure}" if failure else msg)
             now = self._clock()
             if now > self._expires_at:

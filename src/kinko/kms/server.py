@@ -13,7 +13,8 @@ Socket rules (the plugin owns its socket, as upstream's plugin helper does):
   the mode is then set again explicitly. (The umask is process-wide; a file another thread
   creates in that instant is created *more* restrictive, never less.)
 - Abstract sockets have no permissions at all; they are confined by the network namespace.
-- On stop the socket file is removed, if it is still the one this server created.
+- On stop the socket file is removed. (gRPC itself unlinks the path when its listener closes;
+  kinko then removes it only if it is still the socket this server created.)
 
 Error table (:data:`GRPC_CODES`, most specific class wins):
 
