@@ -4,7 +4,7 @@
 (``kinko.kms.client.GrpcKmsV2Api``) speaks it over a unix socket; a plugin's own core
 (``kinko.kms.plugin.LocalKeyPlugin``) implements it directly, which makes the core its own
 in-memory twin for fast tests. Field rules are those of kube-apiserver
-(``kinko.kms.validation``).
+(``kinko.crypto.kms_rules``), applied to a plugin's answers by ``kinko.kms.envelope``.
 """
 
 from __future__ import annotations
