@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,16 @@ def test_cas_batch_applies_winners_and_reports_losers(etcd: EtcdClient) -> None:
             assert kv.value == b"migrated"
     # The same batch again loses everywhere: nothing is written twice.
     assert not any(etcd.cas_batch(ops))
+
+
+def test_cas_batch_splits_large_values_under_the_request_limit(etcd: EtcdClient) -> None:
+    """12 values of 200 KB exceed etcd's 1.5 MiB request limit as one txn."""
+    keys = [f"/registry/secrets/ns/large{i:02d}".encode() for i in range(12)]
+    assert all(etcd.cas_batch([CasPut(key, os.urandom(200_000), 0) for key in keys]))
+    assert etcd.count_prefix(b"/registry/secrets/ns/large") == 12
+    # One value over the server's request limit is the caller's error, not an outage.
+    with pytest.raises(InvalidArgument, match="larger than max"):
+        etcd.cas_batch([CasPut(b"/registry/secrets/ns/huge", os.urandom(2_200_000), 0)])
 
 
 def test_cas_with_revision_zero_creates_only_if_absent(etcd: EtcdClient) -> None:

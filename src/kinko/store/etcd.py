@@ -17,7 +17,8 @@ Invariants:
 - **Pages shrink instead of failing.** The channel accepts responses up to
   :data:`MAX_RECEIVE_BYTES`; a page that is still too large is re-read with half the limit.
 - **CAS never blocks on one loser.** :meth:`EtcdClient.cas_batch` sends at most
-  :data:`MAX_TXN_OPS` compare-and-swap puts per txn (etcd's ``--max-txn-ops`` default).
+  :data:`MAX_TXN_OPS` compare-and-swap puts per txn (etcd's ``--max-txn-ops`` default) and
+  about :data:`MAX_TXN_BYTES` of keys and values (under ``--max-request-bytes``).
   A txn is all-or-nothing, so its failure branch reads every key of the txn in the same
   atomic step; the keys whose ``mod_revision`` moved are reported lost (the concurrent
   writer wins) and the txn is re-sent with the others only. Each round drops at least one
@@ -482,7 +483,8 @@ def _map_error(method: str, url: str, exc: grpc.RpcError) -> Exception:
             "walk; run it again"
         )
     message = f"etcd {method} at {url}: {code.name}: {details}"
-    if code in _CALLER_CODES or code == grpc.StatusCode.OUT_OF_RANGE:
+    too_large = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
+    if code in _CALLER_CODES or code == grpc.StatusCode.OUT_OF_RANGE or too_large:
         return InvalidArgument(message)
     return StoreUnavailable(message)
 
@@ -501,7 +503,8 @@ def _chunks(ops: list[tuple[int, CasPut]]) -> Iterator[list[tuple[int, CasPut]]]
     chunk: list[tuple[int, CasPut]] = []
     size = 0
     for item in ops:
-        cost = len(item[1].key) * 2 + len(item[1].value) + 32
+        # The key travels three times (compare, put, failure-branch range), plus framing.
+        cost = len(item[1].key) * 3 + len(item[1].value) + 48
         if chunk and (len(chunk) >= MAX_TXN_OPS or size + cost > MAX_TXN_BYTES):
             yield chunk
             chunk, size = [], 0
