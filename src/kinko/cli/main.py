@@ -47,3 +47,7 @@ _register()
 
 def main() -> None:
     cli(prog_name="kinko")
+
+
+if __name__ == "__main__":
+    main()
