@@ -194,9 +194,18 @@ def test_audit_table_output(
     etcd: EtcdClient, etcd_endpoints: list[str], keys: Keys, config: str
 ) -> None:
     seed(etcd, keys)
+    # Keys are data, not rich markup: a tag in a key must print as it is.
+    etcd.put(b"/registry/[bold]/ns/odd", b"k8s:enc:aesgcm:v1:gcm:" + os.urandom(40))
     result = run(["audit", "--encryption-config", config, "--endpoints", etcd_endpoints[0]])
     assert result.exit_code == 0, result.output
-    for fragment in ("secrets", "configmaps", "aescbc", "/registry/secrets/ns/garbage"):
+    for fragment in (
+        "secrets",
+        "configmaps",
+        "aescbc",
+        "/registry/secrets/ns/garbage",
+        "/registry/[bold]/ns/odd",
+        "│ [bold] ",
+    ):
         assert fragment in result.stdout
 
 

@@ -20,6 +20,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from kinko import etcdtool
 from kinko.crypto.config import EncryptionChains
@@ -320,6 +321,8 @@ def reencrypt(
         raise click.UsageError("with --endpoints, give exactly one of --key or --prefix")
     if in_file is not None:
         raise click.UsageError("give either --in or --endpoints, not both")
+    if prefix is not None and resource:
+        raise click.UsageError("--resource applies to --key only; a prefix mixes resources")
     with (
         _store(endpoints, cacert, cert, key_file, timeout) as store,
         _chains(config_path) as chains,
@@ -337,8 +340,6 @@ def reencrypt(
             )
         else:
             assert prefix is not None
-            if resource:
-                raise click.UsageError("--resource applies to --key only; a prefix mixes resources")
             walk = prefix.encode()
             with _progress(_count_if_terminal(store, walk), "re-encrypting") as progress:
                 report = etcdtool.reencrypt(
@@ -417,14 +418,15 @@ def audit(
 
 def _print_audit(report: etcdtool.AuditReport) -> None:
     console = Console(file=sys.stdout)
-    per_resource = Table(title=f"values under {report.prefix}")
+    # Storage keys are data: wrap them in Text so that rich never reads them as markup.
+    per_resource = Table(title=Text(f"values under {report.prefix}"))
     for column in ("resource", "total", "current", "stale", "plaintext", "undecryptable"):
         per_resource.add_column(column, justify="left" if column == "resource" else "right")
     per_resource.add_column("unavailable", justify="right")
     for name in sorted(report.resources):
         c = report.resources[name]
         per_resource.add_row(
-            name,
+            Text(name),
             *(str(n) for n in (c.total, c.current, c.stale, c.plaintext, c.undecryptable)),
             str(c.unavailable),
         )
@@ -453,9 +455,9 @@ def _print_audit(report: etcdtool.AuditReport) -> None:
     for entry in providers:
         assert isinstance(entry, dict)
         per_key.add_row(
-            str(entry["provider"]),
-            str(entry["key_name"] or "-"),
-            str(entry["key_id"] or "-"),
+            Text(str(entry["provider"])),
+            Text(str(entry["key_name"] or "-")),
+            Text(str(entry["key_id"] or "-")),
             str(entry["count"]),
         )
     console.print(per_key)
