@@ -146,7 +146,9 @@ class AesCbc:
     """``k8s:enc:aescbc:v1:<name>:`` ‖ IV(16) ‖ AES-CBC(PKCS#7). No AAD and no MAC.
 
     The format is malleable: a changed byte can yield a different plaintext instead of an
-    error. Kubernetes keeps it for old data; kinko reads and writes it only when configured.
+    error. Bad padding gets the same opaque error as everything else, but unauthenticated CBC
+    stays a padding oracle for anyone who can write values and observe reads. Kubernetes
+    keeps it for old data; kinko reads and writes it only when configured.
     """
 
     name: str
