@@ -26,7 +26,6 @@ Invariants:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from kinko.crypto.formats import ENCRYPTED_PREFIX, Identity
@@ -107,7 +106,7 @@ class ProviderChain:
                     unavailable = exc
                 continue
             if index != 0 and not opened.stale:
-                return dataclasses.replace(opened, stale=True)
+                return opened._replace(stale=True)
             return opened
         if unavailable is not None:
             raise unavailable

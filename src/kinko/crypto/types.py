@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 #: Returns ``n`` random bytes. ``os.urandom`` in production, a seeded source in vectors.
 Rng = Callable[[int], bytes]
@@ -24,21 +24,31 @@ class DekSourceType(IntEnum):
     HKDF_SHA256_XNONCE_AES_GCM_SEED = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """The result of reading one stored value.
 
     ``stale`` is true when the value is not what the chain would write now: another
     provider or key than the first, a KMS v2 key_id or DEK source type other than the
     current write state, or a KMS v1 CBC payload. Migration rewrites stale values.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per read, and a frozen
+    dataclass's ``__init__`` costs more than decrypting a 1 KiB value. It is just as
+    immutable, and its ``repr`` leaves the plaintext out.
     """
 
-    plaintext: bytes = field(repr=False)
+    plaintext: bytes
     stale: bool
     provider: str  # identity | aescbc | aesgcm | secretbox | kms
     key_name: str  # key name for local providers, KMS name for kms, "" for identity
     key_id: str | None = None  # KMS v2 key_id of the stored value
     dek_source_type: DekSourceType | None = None  # KMS v2 only
+
+    def __repr__(self) -> str:
+        return (
+            f"Opened(plaintext=<{len(self.plaintext)} bytes>, stale={self.stale}, "
+            f"provider={self.provider!r}, key_name={self.key_name!r}, key_id={self.key_id!r}, "
+            f"dek_source_type={self.dek_source_type!r})"
+        )
 
 
 class Transformer(Protocol):

@@ -274,9 +274,10 @@ class KmsV2Session:
 
     def _prime(self) -> None:
         """Run the first check unless one has finished; a check in flight is waited for."""
-        with self._lock:
-            if self._primed:
-                return
+        # ``_primed`` only ever goes from False to True, so reading it without the lock is
+        # safe; this keeps the lock off the per-write path once the session is primed.
+        if self._primed:
+            return
         with self._check_lock:
             with self._lock:
                 if self._primed:
@@ -304,8 +305,6 @@ class KmsV2Session:
                     f'encryptedDEKSource with keyID hash "{key_id_hash(state.key_id)}" '
                     f"expired; the KMS plugin {self._name} has not been healthy for {since:.0f}s"
                 )
-            # Re-inserting the write seed keeps it the most recently used cache entry.
-            self._cache_put(self._state_cache_key, state.seed)
             return state
 
     def current_key_id(self) -> str | None:
@@ -331,6 +330,12 @@ class KmsV2Session:
             obj.dek_source_type, obj.encrypted_dek_source, obj.key_id, obj.annotations
         )
         with self._lock:
+            state = self._state
+            if state is not None and cache_key == self._state_cache_key:
+                # The current write seed is always a hit, however many other seeds the
+                # bounded cache has seen since: reads of fresh data never call Decrypt.
+                self._hits += 1
+                return state.seed
             cached = self._cache.get(cache_key)
             if cached is not None:
                 self._cache.move_to_end(cache_key)
