@@ -302,3 +302,63 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# The read path decodes fields 2 to 5 once per distinct header; it must never disagree with
+# a full parse of the whole message.
+
+
+def test_split_and_canonical_header_equal_the_full_decode() -> None:
+    obj = _obj()
+    encoded = kmsv2.encode_encrypted_object(obj)
+    split = kmsv2.split_encrypted_data(encoded)
+    assert split is not None
+    data, header = split
+    assert data == obj.encrypted_data
+    decoded = kmsv2.decode_canonical_header(header)
+    assert decoded is not None
+    full = kmsv2.decode_encrypted_object(encoded)
+    assert (decoded.key_id, decoded.encrypted_dek_source, dict(decoded.annotations)) == (
+        full.key_id,
+        full.encrypted_dek_source,
+        dict(full.annotations),
+    )
+    assert decoded.dek_source_type == full.dek_source_type
+
+
+def test_a_header_that_repeats_field_one_is_not_canonical() -> None:
+    # Protobuf keeps the last field 1, so a header carrying one would change encryptedData.
+    encoded = kmsv2.encode_encrypted_object(_obj())
+    split = kmsv2.split_encrypted_data(encoded)
+    assert split is not None
+    assert kmsv2.decode_canonical_header(b"\x0a\x03abc" + split[1]) is None
+    assert kmsv2.decode_canonical_header(split[1] + b"\x0a\x00") is None
+
+
+def test_a_header_out_of_go_field_order_is_not_canonical() -> None:
+    encoded = kmsv2.encode_encrypted_object(_obj())
+    split = kmsv2.split_encrypted_data(encoded)
+    assert split is not None
+    key_id = b"\x12\x011"
+    assert split[1].startswith(key_id)
+    reordered = split[1][len(key_id) :] + key_id
+    assert kmsv2.decode_canonical_header(reordered) is None
+    # The full parse still reads it: order is not a validity rule, only a cache rule.
+    field_one = encoded[: len(encoded) - len(split[1])]
+    assert kmsv2.decode_encrypted_object(field_one + reordered).key_id == "1"
+
+
+@pytest.mark.parametrize("data", [b"", b"\x0a", b"\x0a\x05ab", b"\x12\x011", b"\x0a\xff\xff"])
+def test_split_refuses_what_does_not_start_with_a_whole_field_one(data: bytes) -> None:
+    assert kmsv2.split_encrypted_data(data) is None
+
+
+def test_canonical_header_applies_the_field_rules() -> None:
+    encoded = kmsv2.encode_encrypted_object(_obj())
+    split = kmsv2.split_encrypted_data(encoded)
+    assert split is not None
+    bad = kms_envelope_pb2.EncryptedObject()
+    bad.ParseFromString(split[1])
+    bad.annotations["Not_An_FQDN"] = b"x"
+    with pytest.raises(EnvelopeError):
+        kmsv2.decode_canonical_header(bad.SerializeToString(deterministic=True))

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kinko.crypto import kmsv2
 from kinko.crypto.types import (
     DekSourceType,
+    EncryptedObject,
     KmsV1Unwrapper,
     KmsV2Keys,
     KmsWriteState,
@@ -39,6 +40,10 @@ from kinko.crypto.types import (
     Rng,
 )
 from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument
+
+#: Distinct KMS v2 envelope headers (fields 2 to 5) kept decoded per transformer; one per seed
+#: in practice, so this bound is only reached under attack or churn, and then it resets.
+_DECODED_HEADERS_MAX = 1024
 
 #: Every encrypted value starts with this; identity refuses to read it.
 ENCRYPTED_PREFIX = b"k8s:enc:"
@@ -338,6 +343,7 @@ class KmsV2:
     rng: Rng = field(repr=False, kw_only=True)
     prefix: bytes = field(init=False)
     _header: _HeaderCache = field(init=False, repr=False)
+    _decoded: dict[bytes, EncryptedObject] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_name("kms v2", self.name)
@@ -345,6 +351,7 @@ class KmsV2:
             raise InvalidArgument(f"kms v2 provider name {self.name!r}: must not contain ':'")
         object.__setattr__(self, "prefix", KMS_V2_PREFIX + self.name.encode() + b":")
         object.__setattr__(self, "_header", _HeaderCache())
+        object.__setattr__(self, "_decoded", {})
 
     @property
     def kind(self) -> str:
@@ -376,15 +383,39 @@ class KmsV2:
             (self.prefix, kmsv2.encrypted_data_field_header(size), drawn, sealed, entry[1])
         )
 
+    def _decode(self, payload: bytes) -> tuple[EncryptedObject, bytes]:
+        """The envelope's fields 2 to 5 and its ``encryptedData``. Raises EnvelopeError.
+
+        Values written under one seed share fields 2 to 5 byte for byte, so those are decoded
+        and validated once per distinct header (a bounded cache) instead of once per read;
+        any header that is not in Go's canonical form takes the full parse every time.
+        """
+        split = kmsv2.split_encrypted_data(payload)
+        if split is not None and split[0]:
+            encrypted_data, header = split
+            cache = self._decoded
+            obj = cache.get(header)
+            if obj is None:
+                obj = kmsv2.decode_canonical_header(header)
+                if obj is not None:
+                    if len(cache) >= _DECODED_HEADERS_MAX:
+                        cache.clear()
+                    cache[header] = obj
+            if obj is not None:
+                return obj, encrypted_data
+        full = kmsv2.decode_encrypted_object(payload)
+        return full, full.encrypted_data
+
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Raises DecryptionError (opaque; also for a malformed envelope), PluginError."""
+        payload = _payload(self.prefix, value)
         try:
-            obj = kmsv2.decode_encrypted_object(_payload(self.prefix, value))
+            obj, encrypted_data = self._decode(payload)
         except EnvelopeError:
             raise DecryptionError() from None
         dek_source = self.keys.dek_source(obj)
         plaintext = kmsv2.open_encrypted_data(
-            obj.dek_source_type, dek_source, obj.encrypted_data, aad=aad
+            obj.dek_source_type, dek_source, encrypted_data, aad=aad
         )
         stale = (
             obj.key_id != self.keys.current_key_id()

@@ -183,6 +183,65 @@ def decode_encrypted_object(data: bytes) -> EncryptedObject:
     return obj
 
 
+def split_encrypted_data(data: bytes) -> tuple[bytes, bytes] | None:
+    """Split ``data`` into (``encryptedData``, the bytes of fields 2 to 5) when it starts with
+    field 1, as every writer that follows Go's field order produces; otherwise None.
+
+    Pure framing, no validation: the caller decodes the rest with
+    :func:`decode_canonical_header`. Raises nothing.
+    """
+    if len(data) < 2 or data[0] != 0x0A:
+        return None
+    size = 0
+    shift = 0
+    pos = 1
+    while pos < len(data) and pos <= 10:
+        byte = data[pos]
+        size |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            end = pos + size
+            if end > len(data):
+                return None
+            return data[pos:end], data[end:]
+        shift += 7
+    return None
+
+
+def decode_canonical_header(header: bytes) -> EncryptedObject | None:
+    """Decode fields 2 to 5 of an ``EncryptedObject`` (``encrypted_data`` left empty).
+
+    Returns None unless ``header`` is exactly what Go would write for those fields and holds
+    no field 1, so that ``field 1 ‖ header`` decodes to the same object as a full parse:
+    callers may then cache the result per header. Raises EnvelopeError for a field that
+    breaks its rule, as :func:`decode_encrypted_object` would.
+    """
+    message = kms_envelope_pb2.EncryptedObject()
+    try:
+        message.ParseFromString(header)
+    except DecodeError:
+        return None
+    if message.encryptedData or message.SerializeToString(deterministic=True) != header:
+        return None
+    source_type = int(message.encryptedDEKSourceType)
+    if source_type not in _KNOWN_TYPES:
+        raise EnvelopeError(f"encryptedDEKSourceType: expected 0 or 1, got {source_type}")
+    obj = EncryptedObject(
+        encrypted_data=b"",
+        key_id=message.keyID,
+        encrypted_dek_source=message.encryptedDEKSource,
+        annotations=MappingProxyType(dict(message.annotations)),
+        dek_source_type=DekSourceType(source_type),
+    )
+    kms_rules.check_encrypted_dek_source(obj.encrypted_dek_source)
+    _check_text("key_id", obj.key_id)
+    kms_rules.check_key_id(obj.key_id)
+    for key in obj.annotations:
+        _check_text("annotations", key)
+    kms_rules.check_annotations(obj.annotations)
+    return obj
+
+
 def derive_dek(seed: bytes, *, info: bytes) -> bytes:
     """The type-1 DEK: HKDF-Expand(SHA-256, PRK=seed, info, L=32), with no Extract step.
 
