@@ -383,7 +383,7 @@ class KmsV2:
             (self.prefix, kmsv2.encrypted_data_field_header(size), drawn, sealed, entry[1])
         )
 
-    def _decode(self, payload: bytes) -> tuple[EncryptedObject, bytes]:
+    def _decode(self, payload: memoryview) -> tuple[EncryptedObject, bytes | memoryview]:
         """The envelope's fields 2 to 5 and its ``encryptedData``. Raises EnvelopeError.
 
         Values written under one seed share fields 2 to 5 byte for byte, so those are decoded
@@ -392,7 +392,8 @@ class KmsV2:
         """
         split = kmsv2.split_encrypted_data(payload)
         if split is not None and split[0]:
-            encrypted_data, header = split
+            encrypted_data, header_view = split
+            header = bytes(header_view)
             cache = self._decoded
             obj = cache.get(header)
             if obj is None:
@@ -403,12 +404,14 @@ class KmsV2:
                     cache[header] = obj
             if obj is not None:
                 return obj, encrypted_data
-        full = kmsv2.decode_encrypted_object(payload)
+        full = kmsv2.decode_encrypted_object(bytes(payload))
         return full, full.encrypted_data
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Raises DecryptionError (opaque; also for a malformed envelope), PluginError."""
-        payload = _payload(self.prefix, value)
+        if not value.startswith(self.prefix):
+            raise DecryptionError()
+        payload = memoryview(value)[len(self.prefix) :]
         try:
             obj, encrypted_data = self._decode(payload)
         except EnvelopeError:
