@@ -78,6 +78,11 @@ def validate_encrypted_object(obj: EncryptedObject) -> None:
         )
     if not obj.encrypted_data:
         raise EnvelopeError("encryptedData: expected non-empty bytes, got none")
+    _validate_header_fields(obj)
+
+
+def _validate_header_fields(obj: EncryptedObject) -> None:
+    """The rules of fields 2 to 4 (the type is checked where it is parsed)."""
     kms_rules.check_encrypted_dek_source(obj.encrypted_dek_source)
     _check_text("key_id", obj.key_id)
     kms_rules.check_key_id(obj.key_id)
@@ -242,12 +247,7 @@ def decode_canonical_header(header: bytes) -> EncryptedObject | None:
         annotations=MappingProxyType(dict(message.annotations)),
         dek_source_type=DekSourceType(source_type),
     )
-    kms_rules.check_encrypted_dek_source(obj.encrypted_dek_source)
-    _check_text("key_id", obj.key_id)
-    kms_rules.check_key_id(obj.key_id)
-    for key in obj.annotations:
-        _check_text("annotations", key)
-    kms_rules.check_annotations(obj.annotations)
+    _validate_header_fields(obj)
     return obj
 
 
