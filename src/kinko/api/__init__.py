@@ -1,0 +1,1 @@
+"""kinko.api: HTTPS transports (FastAPI): the Key Protect-compatible key service."""
