@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := etcd-server
+APT_PACKAGES := etcd-server softhsm2
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit bootstrap system-packages protos bench clean

@@ -17,7 +17,8 @@ gRPC status codes in ``kinko.kms.server``).
     └── UnavailableError            the environment failed; the same request may work later
         ├── PluginError             a KMS plugin is unreachable, timed out, unhealthy or
         │                           answered something invalid
-        └── StoreUnavailable        the store (etcd, SQLite) did not answer
+        ├── StoreUnavailable        the store (etcd, SQLite) did not answer
+        └── HsmUnavailable          the HSM or keystore did not answer, or refused the session
 
 Invariant: no message carries key bytes, plaintext or ciphertext. Messages say what was
 expected and what came, using sizes, names and field paths only.
@@ -88,3 +89,11 @@ class PluginError(UnavailableError):
 
 class StoreUnavailable(UnavailableError):
     """The key-value store did not answer, or the outcome of a write is unknown."""
+
+
+class HsmUnavailable(UnavailableError):
+    """The HSM (a PKCS#11 token) or the soft keystore did not answer, or refused the session.
+
+    Raised for an unloadable module, a missing token, a refused login, a lost session or an
+    unreadable keystore file. The message names the token or path, never a PIN or key bytes.
+    """

@@ -19,6 +19,7 @@ from kinko.cli.errors import exit_code_for
         (errors.Conflict("x"), 7),
         (errors.PluginError("x"), 10),
         (errors.StoreUnavailable("x"), 11),
+        (errors.HsmUnavailable("x"), 13),
         (errors.KinkoError("x"), 1),
     ],
 )

@@ -19,6 +19,7 @@ EXIT_CODES: dict[type[errors.KinkoError], int] = {
     errors.CallerError: 4,
     errors.PluginError: 10,
     errors.StoreUnavailable: 11,
+    errors.HsmUnavailable: 13,
     errors.UnavailableError: 12,
     errors.KinkoError: 1,
 }
