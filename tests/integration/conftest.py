@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: real etcd-server processes on loopback."""
+"""Fixtures of the integration tests: real etcd-server processes on loopback, and a real
+SoftHSM2 token."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from kinko.store.etcd import EtcdClient
 from tests.integration.etcd_fixture import EtcdCluster, running_cluster
+from tests.integration.hsm_fixture import SoftHsmToken, softhsm_token
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +39,10 @@ def etcd_cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClus
     """A three-member etcd cluster on loopback, shared by the tests of a module."""
     with running_cluster(tmp_path_factory.mktemp("etcd3"), size=3) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmToken]:
+    """One SoftHSM2 token for the whole test session (SoftHSM reads its config once)."""
+    with softhsm_token(tmp_path_factory.mktemp("softhsm")) as token:
+        yield token

@@ -1,0 +1,367 @@
+"""The PKCS#11 adapter: root keys on a real token (a network HSM, or SoftHSM2 in tests).
+
+Keys are AES-256 objects stored on the token (CKA_TOKEN), CKA_SENSITIVE and not
+CKA_EXTRACTABLE, with CKA_LABEL = the caller's label and CKA_ID = 16 random bytes whose hex
+is the handle. AES-256-GCM (CKM_AES_GCM, 128-bit tag) runs inside the token; SoftHSM2's
+output is byte-identical to pyca's ``AESGCM``.
+
+Sessions: one long-lived, logged-in R/W session per (module, token) per process, shared by
+every :class:`Pkcs11Hsm` on that token and guarded by one lock. Measured on SoftHSM2 2.6.1:
+a session per call costs about 1.1 ms (open + C_Login) against 27 µs for a GCM operation on a
+long-lived session, and PKCS#11 login state is per application, so a second logged-in session
+would fail with CKR_USER_ALREADY_LOGGED_IN anyway. Key objects are cached by handle (an
+object search costs about 200 µs); a stale cached object is looked up again once. A lost
+session (device removed, session closed) is dropped and reopened on the next call.
+
+Invariants:
+
+- Token found by label, never by slot number (SoftHSM reassigns slots).
+- Labels are unique: checked before creating (PKCS#11 itself allows duplicates, which later
+  make lookups by label ambiguous).
+- Foreign exceptions are wrapped at this seam: :class:`~kinko.errors.HsmUnavailable` for the
+  device, :class:`~kinko.errors.DecryptionError` for any unwrap failure that is not the
+  device's. Messages name the token and the PKCS#11 error class, never a PIN or any bytes.
+- Every object search is run to its end (``list(...)``), so no half-finished search is left
+  to a finaliser once its session is gone (python-pkcs11 then prints SessionHandleInvalid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import exceptions as p11e
+from pkcs11.mechanisms import GCMParams
+
+from kinko.errors import Conflict, DecryptionError, HsmUnavailable, InvalidArgument, NotFound
+from kinko.hsm.port import (
+    TAG_SIZE,
+    check_handle,
+    check_label,
+    check_material,
+    check_nonce,
+    new_handle,
+    unwrap_input_ok,
+)
+
+#: Where Debian's softhsm2 package puts its module.
+SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+T = TypeVar("T")
+
+#: Errors meaning the device or session is gone: the connection is dropped and reopened.
+_DEVICE_ERRORS: tuple[type[Exception], ...] = (
+    p11e.DeviceError,
+    p11e.DeviceMemory,
+    p11e.DeviceRemoved,
+    p11e.HostMemory,
+    p11e.SessionClosed,
+    p11e.SessionHandleInvalid,
+    p11e.TokenNotPresent,
+    p11e.TokenNotRecognised,
+    p11e.UserNotLoggedIn,
+)
+#: Errors meaning a cached object handle went stale (another client destroyed it).
+_STALE_OBJECT: tuple[type[Exception], ...] = (p11e.ObjectHandleInvalid, p11e.KeyHandleInvalid)
+
+_KEY_CAPABILITIES = MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT
+
+
+def pin_from(file: Path | None, env: str | None) -> str:
+    """The token's user PIN, read from ``file`` (first line) or else the variable ``env``.
+
+    Raises InvalidArgument if neither is given, the file cannot be read, the variable is unset
+    or the PIN is empty. Messages name the file or variable, never the PIN.
+    """
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"cannot read the PIN file {file}: {exc}") from exc
+        pin = text.splitlines()[0].strip() if text.strip() else ""
+        if not pin:
+            raise InvalidArgument(f"expected a PIN in {file}, got an empty file")
+        return pin
+    if env is not None:
+        pin = os.environ.get(env, "")
+        if not pin:
+            raise InvalidArgument(f"expected the PIN in ${env}, but it is unset or empty")
+        return pin
+    raise InvalidArgument("expected a PIN file or a PIN environment variable, got neither")
+
+
+class _Connection:
+    """One logged-in session to one token, shared by every adapter on it in this process."""
+
+    def __init__(self, module_path: str, token_label: str, pin: str) -> None:
+        self.module_path = module_path
+        self.token_label = token_label
+        self.lock = threading.RLock()
+        self.users = 0
+        self.keys: dict[str, Any] = {}
+        self._pin = pin
+        self._session: Any = None
+        try:
+            self._token = pkcs11.lib(module_path).get_token(token_label=token_label)
+        except p11e.NoSuchToken as exc:
+            raise HsmUnavailable(f"no PKCS#11 token labelled {token_label!r}") from exc
+        except (p11e.PKCS11Error, OSError, RuntimeError) as exc:
+            raise HsmUnavailable(
+                f"cannot load PKCS#11 module {module_path}: {type(exc).__name__}"
+            ) from exc
+        info = f"{self._token.manufacturer_id} {self._token.model}".strip()
+        self.info = info
+        self.hsm_grade = "softhsm" not in info.lower()
+
+    def pin_matches(self, pin: str) -> bool:
+        """Whether ``pin`` is the PIN this connection logged in with (constant time)."""
+        return hmac.compare_digest(pin.encode("utf-8"), self._pin.encode("utf-8"))
+
+    def session(self) -> Any:
+        """The logged-in session, opened if needed. Call with ``lock`` held."""
+        if self._session is None:
+            try:
+                self._session = self._token.open(rw=True, user_pin=self._pin)
+            except p11e.PKCS11Error as exc:
+                raise HsmUnavailable(
+                    f"cannot log in to PKCS#11 token {self.token_label!r}: {type(exc).__name__}"
+                ) from exc
+        return self._session
+
+    def drop(self) -> None:
+        """Forgets the session and cached objects (after a device error, or on last close)."""
+        session, self._session = self._session, None
+        self.keys.clear()
+        if session is not None:
+            # A session that fails to close is gone already; nothing is left to release.
+            with contextlib.suppress(p11e.PKCS11Error):
+                session.close()
+
+
+_connections: dict[tuple[str, str], _Connection] = {}
+_connections_lock = threading.Lock()
+
+
+class Pkcs11Hsm:
+    """An :class:`~kinko.hsm.port.Hsm` on a PKCS#11 token, found by its label.
+
+    Usable as a context manager; :meth:`close` logs out when the last adapter on the token in
+    this process closes.
+    """
+
+    __slots__ = ("_closed", "_conn")
+
+    def __init__(self, module_path: str, token_label: str, pin: str) -> None:
+        """Loads the module and logs in. Raises HsmUnavailable."""
+        with _connections_lock:
+            conn = _connections.get((module_path, token_label))
+            if conn is None:
+                conn = _Connection(module_path, token_label, pin)
+                with conn.lock:
+                    conn.session()
+                _connections[(module_path, token_label)] = conn
+            elif not conn.pin_matches(pin):
+                raise HsmUnavailable(
+                    f"PKCS#11 token {token_label!r} is open in this process with another PIN"
+                )
+            with conn.lock:
+                conn.users += 1
+        self._conn = conn
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Hsm(token={self._conn.token_label!r}, module={self._conn.module_path!r})"
+
+    def __enter__(self) -> Pkcs11Hsm:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases this adapter; the last one on the token closes the session. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with _connections_lock, self._conn.lock:
+            self._conn.users -= 1
+            if self._conn.users == 0:
+                self._conn.drop()
+                del _connections[(self._conn.module_path, self._conn.token_label)]
+
+    @property
+    def hsm_grade(self) -> bool:
+        """False for SoftHSM (software keys in files), True for any other token."""
+        return self._conn.hsm_grade
+
+    @property
+    def description(self) -> str:
+        """The token's label, manufacturer and model."""
+        grade = "" if self.hsm_grade else ", not HSM-grade"
+        return f"PKCS#11 token {self._conn.token_label!r} ({self._conn.info}{grade})"
+
+    def generate_key(self, label: str) -> str:
+        """Creates an AES-256 key on the token. Raises InvalidArgument, Conflict, HsmUnavailable."""
+        check_label(label)
+        handle = new_handle()
+
+        def create(session: Any) -> Any:
+            return session.generate_key(
+                KeyType.AES,
+                256,
+                label=label,
+                id=bytes.fromhex(handle),
+                store=True,
+                capabilities=_KEY_CAPABILITIES,
+                template={
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                },
+            )
+
+        return self._create(label, handle, create)
+
+    def import_key(self, label: str, material: bytes) -> str:
+        """Stores AES-256 material on the token as a sensitive, non-extractable key.
+
+        Raises InvalidArgument, Conflict, HsmUnavailable.
+        """
+        check_label(label)
+        check_material(material)
+        handle = new_handle()
+
+        def create(session: Any) -> Any:
+            return session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: KeyType.AES,
+                    Attribute.VALUE: bytes(material),
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.ENCRYPT: True,
+                    Attribute.DECRYPT: True,
+                    Attribute.WRAP: False,
+                    Attribute.UNWRAP: False,
+                    Attribute.LABEL: label,
+                    Attribute.ID: bytes.fromhex(handle),
+                }
+            )
+
+        return self._create(label, handle, create)
+
+    def wrap(self, handle: str, plaintext: bytes, *, aad: bytes, nonce: bytes) -> bytes:
+        """AES-256-GCM encrypt on the token. Raises InvalidArgument, NotFound, HsmUnavailable."""
+        check_nonce(nonce)
+        params = GCMParams(nonce, aad, TAG_SIZE * 8)
+        out: bytes = self._with_key(
+            handle,
+            lambda key: key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params),
+            "wrap",
+        )
+        return out
+
+    def unwrap(self, handle: str, ciphertext: bytes, *, aad: bytes, nonce: bytes) -> bytes:
+        """AES-256-GCM decrypt on the token. Raises DecryptionError, NotFound, HsmUnavailable."""
+        check_handle(handle)
+        if not unwrap_input_ok(ciphertext, aad=aad, nonce=nonce):
+            # Still resolve the handle, so an unknown key is NotFound whatever the input.
+            self._with_key(handle, lambda key: None, "unwrap")
+            raise DecryptionError()
+        params = GCMParams(nonce, aad, TAG_SIZE * 8)
+
+        def decrypt(key: Any) -> bytes:
+            try:
+                out: bytes = key.decrypt(
+                    ciphertext, mechanism=Mechanism.AES_GCM, mechanism_param=params
+                )
+            except (*_DEVICE_ERRORS, *_STALE_OBJECT):
+                raise
+            except p11e.PKCS11Error as exc:
+                # SoftHSM reports a tag mismatch as a plain CKR_FUNCTION_FAILED; every other
+                # refusal of the input is just as opaque to the caller.
+                raise DecryptionError() from exc
+            return out
+
+        result: bytes = self._with_key(handle, decrypt, "unwrap")
+        return result
+
+    def destroy(self, handle: str) -> None:
+        """Destroys the key object on the token. Raises NotFound, HsmUnavailable."""
+
+        def destroy(key: Any) -> None:
+            key.destroy()
+
+        with self._conn.lock:
+            self._with_key(handle, destroy, "destroy")
+            self._conn.keys.pop(handle, None)
+
+    def _create(self, label: str, handle: str, create: Callable[[Any], Any]) -> str:
+        conn = self._conn
+        with conn.lock:
+            try:
+                session = conn.session()
+                existing = list(
+                    session.get_objects(
+                        {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}
+                    )
+                )
+                if existing:
+                    raise Conflict(f"expected a new key label, got {label!r}, which is in use")
+                conn.keys[handle] = create(session)
+            except p11e.PKCS11Error as exc:
+                raise self._unavailable("create a key", exc) from exc
+        return handle
+
+    def _with_key(self, handle: str, use: Callable[[Any], T], operation: str) -> T:
+        """Runs ``use(key)`` under the lock, retrying once if the cached object went stale."""
+        check_handle(handle)
+        conn = self._conn
+        with conn.lock:
+            for attempt in (1, 2):
+                try:
+                    return use(self._key(handle))
+                except _STALE_OBJECT as exc:
+                    conn.keys.pop(handle, None)
+                    if attempt == 2:
+                        raise self._unavailable(operation, exc) from exc
+                except p11e.PKCS11Error as exc:
+                    raise self._unavailable(operation, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _key(self, handle: str) -> Any:
+        """The key object for ``handle`` (cached). Call with the lock held. Raises NotFound."""
+        key = self._conn.keys.get(handle)
+        if key is not None:
+            return key
+        found = list(
+            self._conn.session().get_objects(
+                {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: bytes.fromhex(handle)}
+            )
+        )
+        if not found:
+            raise NotFound("no key with that handle")
+        if len(found) > 1:
+            raise HsmUnavailable(
+                f"token {self._conn.token_label!r} holds {len(found)} keys with one CKA_ID"
+            )
+        self._conn.keys[handle] = found[0]
+        return found[0]
+
+    def _unavailable(self, operation: str, exc: Exception) -> HsmUnavailable:
+        """Wraps a PKCS#11 error; drops the session if the device or session is gone."""
+        if isinstance(exc, _DEVICE_ERRORS):
+            self._conn.drop()
+        return HsmUnavailable(
+            f"PKCS#11 token {self._conn.token_label!r} failed to {operation}: {type(exc).__name__}"
+        )
