@@ -44,6 +44,7 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/formats.py
+	$(BIN)/python benchmarks/hsm.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
