@@ -1,1 +1,6 @@
-"""kinko.store: key-value stores (etcd today; SQLite and the Store port come later)."""
+"""kinko.store: the Store port (:mod:`.port`) and its adapters.
+
+``memory`` (the in-memory twin), ``sqlite`` (one file, one machine) and ``etcd_store`` (an
+etcd cluster, over the client in ``etcd``) keep one contract; ``rules`` holds the argument
+checks they share.
+"""

@@ -1,7 +1,9 @@
 """A small synchronous etcd v3 client over kinko's own generated stubs.
 
-It does what kinko's etcd tooling needs and nothing more: point reads, consistent paginated
-prefix walks, plain puts and deletes, batched compare-and-swap puts, and member status.
+It does what kinko's etcd tooling and :class:`~kinko.store.etcd_store.EtcdStore` need and
+nothing more: point reads, consistent paginated prefix walks, single pages at a revision, plain
+puts and deletes, batched compare-and-swap puts, raw txns, compaction, watch streams and member
+status.
 
 Invariants:
 
@@ -23,11 +25,16 @@ Invariants:
   atomic step; the keys whose ``mod_revision`` moved are reported lost (the concurrent
   writer wins) and the txn is re-sent with the others only. Each round drops at least one
   op, so a chunk of n ops takes at most n + 1 txns and usually two.
+- **A watch is opened where it is answered.** :meth:`EtcdClient.watch` opens the stream on the
+  first endpoint that answers (a dead one is skipped like a read), asks etcd to cancel it if
+  that member loses its leader (``hasleader`` metadata), and returns only once etcd confirmed
+  the watcher was created.
 - Messages name endpoints, storage keys, sizes and gRPC codes; never values.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +99,15 @@ class CasPut:
 
 
 @dataclass(frozen=True, slots=True)
+class RangePage:
+    """One page of a range read: its keys, whether more follow, and the store's revision."""
+
+    kvs: tuple[KeyValue, ...]
+    more: bool
+    revision: int  # etcd's header revision: the store's current revision when it answered
+
+
+@dataclass(frozen=True, slots=True)
 class EtcdStatus:
     """``Maintenance.Status`` of one member."""
 
@@ -113,6 +129,7 @@ class _Endpoint:
     channel: grpc.Channel
     kv: _KvCalls
     status: grpc.UnaryUnaryMultiCallable[rpc_pb2.StatusRequest, rpc_pb2.StatusResponse]
+    watch: grpc.StreamStreamMultiCallable[rpc_pb2.WatchRequest, rpc_pb2.WatchResponse]
     #: time.monotonic() of the last answer from this endpoint (-inf: never answered).
     last_ok: float = float("-inf")
 
@@ -123,6 +140,7 @@ class _KvCalls:
     put: grpc.UnaryUnaryMultiCallable[rpc_pb2.PutRequest, rpc_pb2.PutResponse]
     delete: grpc.UnaryUnaryMultiCallable[rpc_pb2.DeleteRangeRequest, rpc_pb2.DeleteRangeResponse]
     txn: grpc.UnaryUnaryMultiCallable[rpc_pb2.TxnRequest, rpc_pb2.TxnResponse]
+    compact: grpc.UnaryUnaryMultiCallable[rpc_pb2.CompactionRequest, rpc_pb2.CompactionResponse]
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -255,6 +273,39 @@ class EtcdClient:
                 return
             start = resp.kvs[-1].key + b"\x00"
 
+    def range_page(
+        self, key: bytes, range_end: bytes, *, limit: int, revision: int = 0
+    ) -> RangePage:
+        """Keys in ``[key, range_end)`` at ``revision`` (0 = now), at most ``limit`` of them.
+
+        A page over the receive limit is re-read with half the limit (``more`` then says what
+        is left), down to one key.
+
+        Raises InvalidArgument (``limit`` < 1, a future revision, etcd refused), Conflict
+        (``revision`` was compacted), StoreUnavailable (no endpoint answered, or one value
+        exceeds the receive limit).
+        """
+        if limit < 1:
+            raise InvalidArgument(f"page limit must be at least 1, got {limit}")
+        page = limit
+        while True:
+            req = rpc_pb2.RangeRequest(key=key, range_end=range_end, limit=page, revision=revision)
+            try:
+                resp = self._read("Range", lambda ep: ep.kv.range, req)
+            except _PageTooLarge:
+                if page == 1:
+                    raise StoreUnavailable(
+                        f"one etcd value at or after {_show(key)} exceeds the "
+                        f"{self._max_receive}-byte receive limit"
+                    ) from None
+                page = max(1, page // 2)
+                continue
+            return RangePage(
+                kvs=tuple(_kv(item) for item in resp.kvs),
+                more=resp.more,
+                revision=resp.header.revision,
+            )
+
     def count_prefix(self, prefix: bytes) -> int:
         """How many keys start with ``prefix`` (every key if it is empty); no values are read.
 
@@ -317,6 +368,56 @@ class EtcdClient:
         """
         req = rpc_pb2.DeleteRangeRequest(key=prefix or b"\x00", range_end=prefix_range_end(prefix))
         return self._write("DeleteRange", lambda ep: ep.kv.delete, req).deleted
+
+    def txn(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """Sends one txn as built by the caller; never retried.
+
+        Raises InvalidArgument (etcd refused it: too many ops, a duplicate key, too large),
+        StoreUnavailable (no endpoint reachable, nothing was sent; or the outcome is unknown).
+        """
+        return self._write("Txn", lambda ep: ep.kv.txn, request)
+
+    def compact(self, revision: int) -> None:
+        """Drops etcd's history below ``revision``; returns once it is physically gone.
+
+        Raises Conflict (already compacted at or above ``revision``), InvalidArgument (a future
+        revision), StoreUnavailable (no endpoint reachable, or the outcome is unknown).
+        """
+        req = rpc_pb2.CompactionRequest(revision=revision, physical=True)
+        self._write("Compact", lambda ep: ep.kv.compact, req)
+
+    def watch(self, create: rpc_pb2.WatchCreateRequest) -> WatchStream:
+        """Opens a Watch stream with one watcher and waits until etcd confirms it.
+
+        Tries the endpoints in turn, skipping those that do not answer. The stream is
+        cancelled by etcd if its member loses the leader.
+
+        Raises InvalidArgument (etcd refused the watcher), StoreUnavailable (no endpoint
+        answered).
+        """
+        failures: list[str] = []
+        count = len(self._endpoints)
+        for step in range(count):
+            index = (self._current + step) % count
+            ep = self._endpoints[index]
+            stream = WatchStream(ep.url, ep.watch, create)
+            try:
+                first = stream.start(self._timeout)
+            except grpc.RpcError as exc:
+                stream.cancel()
+                code = _code(exc)
+                if code in _RETRY_ELSEWHERE:
+                    failures.append(f"{ep.url}: {code.name}")
+                    continue
+                raise _map_error("Watch", ep.url, exc) from exc
+            if not first.created or first.canceled:
+                stream.cancel()
+                reason = first.cancel_reason or "no created response"
+                raise InvalidArgument(f"etcd Watch at {ep.url}: watcher refused: {reason}")
+            ep.last_ok = time.monotonic()
+            self._current = index
+            return stream
+        raise StoreUnavailable(f"etcd Watch: no endpoint answered ({'; '.join(failures)})")
 
     def cas_batch(self, ops: Sequence[CasPut]) -> list[bool]:
         """Apply compare-and-swap puts; return, per op in order, whether it was written.
@@ -458,11 +559,94 @@ class EtcdClient:
         )
 
 
+class WatchStream:
+    """One Watch RPC carrying one watcher: iterate for its responses; ``cancel()`` ends it.
+
+    Iterating yields every response after the ``created`` one and ends quietly once
+    :meth:`cancel` was called (from any thread); any other end of the stream raises
+    StoreUnavailable naming the endpoint and the gRPC code.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        method: grpc.StreamStreamMultiCallable[rpc_pb2.WatchRequest, rpc_pb2.WatchResponse],
+        create: rpc_pb2.WatchCreateRequest,
+    ) -> None:
+        self.url = url
+        self._method = method
+        self._create = create
+        self._done = threading.Event()
+        self._call: grpc.CallIterator[rpc_pb2.WatchResponse] | None = None
+        self._responses: Iterator[rpc_pb2.WatchResponse] = iter(())
+
+    def start(self, timeout: float) -> rpc_pb2.WatchResponse:
+        """Sends the create request; returns etcd's first response. Raises grpc.RpcError."""
+        # A sync stream has no per-message deadline: a timer cancels the call if the first
+        # response does not come in time, which then surfaces as DEADLINE_EXCEEDED.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            if self._call is not None:
+                self._call.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
+
+        timer = threading.Timer(timeout, expire)
+        self._call = self._method(self._requests(), metadata=(("hasleader", "true"),))
+        self._responses = iter(self._call)
+        timer.start()
+        try:
+            return next(self._responses)
+        except StopIteration:
+            raise _StreamEnded(grpc.StatusCode.UNAVAILABLE) from None
+        except grpc.RpcError as exc:
+            if expired.is_set():
+                raise _StreamEnded(grpc.StatusCode.DEADLINE_EXCEEDED) from exc
+            raise
+        finally:
+            timer.cancel()
+
+    def __iter__(self) -> Iterator[rpc_pb2.WatchResponse]:
+        """Raises StoreUnavailable (the stream ended without :meth:`cancel`)."""
+        try:
+            yield from self._responses
+        except grpc.RpcError as exc:
+            if self._done.is_set():
+                return
+            raise StoreUnavailable(
+                f"etcd Watch at {self.url} ended: {_code(exc).name}: {_details(exc)}"
+            ) from exc
+        if not self._done.is_set():
+            raise StoreUnavailable(f"etcd Watch at {self.url} ended without an error")
+
+    def cancel(self) -> None:
+        """Ends the stream; an iteration blocked in another thread ends too. Raises nothing."""
+        self._done.set()
+        if self._call is not None:
+            self._call.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
+
+    def _requests(self) -> Iterator[rpc_pb2.WatchRequest]:
+        yield rpc_pb2.WatchRequest(create_request=self._create)
+        # Keep the request side open until the watch ends: a closed request side makes etcd
+        # end the whole stream.
+        self._done.wait()
+
+
+class _StreamEnded(grpc.RpcError):
+    """A watch stream that ended before its first response, with the code to report."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code.name)
+        self.status = code
+
+
 class _PageTooLarge(Exception):
     """A range response exceeded the channel's receive limit."""
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode:
+    if isinstance(exc, _StreamEnded):
+        return exc.status
     code = exc.code() if isinstance(exc, grpc.Call) else None
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
@@ -563,10 +747,14 @@ def _open_endpoint(
     # The generated gRPC stubs are untyped; their callables are typed by the fields below.
     kv = rpc_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
     maintenance = rpc_pb2_grpc.MaintenanceStub(channel)  # type: ignore[no-untyped-call]
+    watch = rpc_pb2_grpc.WatchStub(channel)  # type: ignore[no-untyped-call]
     return _Endpoint(
         url=url,
         target=target,
         channel=channel,
-        kv=_KvCalls(range=kv.Range, put=kv.Put, delete=kv.DeleteRange, txn=kv.Txn),
+        kv=_KvCalls(
+            range=kv.Range, put=kv.Put, delete=kv.DeleteRange, txn=kv.Txn, compact=kv.Compact
+        ),
         status=maintenance.Status,
+        watch=watch.Watch,
     )
