@@ -490,6 +490,17 @@ class StoreContract:
         assert ended.is_set()
         assert list(watch) == []
 
+    def test_iterating_a_watch_again_continues_where_it_stopped(
+        self, store: CompactingStore, ns: bytes
+    ) -> None:
+        start = store.txn([Put(ns + b"a", b"1"), Put(ns + b"b", b"1"), Put(ns + b"c", b"1")])
+        store.txn([Put(ns + b"d", b"2")])
+        watch = store.watch(ns, after_revision=start.revision - 1)
+        first = take(watch, 2)
+        rest = take(watch, 2)
+        watch.close()
+        assert [e.key for e in first + rest] == [ns + b"a", ns + b"b", ns + b"c", ns + b"d"]
+
     def test_watch_from_the_future_waits_for_it(self, store: CompactingStore, ns: bytes) -> None:
         start = now(store, ns)
         watch = store.watch(ns, after_revision=start + 1)

@@ -59,8 +59,11 @@ class MemoryStore:
         self._cond = threading.Condition(threading.Lock())
         self._revision = 1
         self._compacted = 0
-        # Every key with at least one retained version, sorted; its versions, oldest first.
+        # Every key with at least one retained version, sorted, except the new ones still in
+        # _unsorted (merged by the next range: one sort of a mostly sorted list instead of an
+        # O(n) insertion per new key); its versions, oldest first.
         self._keys: list[bytes] = []
+        self._unsorted: list[bytes] = []
         self._versions: dict[bytes, list[_Version]] = {}
         # Every retained event, in revision order and, within a revision, in op order.
         self._log: list[Event] = []
@@ -90,10 +93,16 @@ class MemoryStore:
                 raise rules.future_revision(at, self._revision)
             if at < self._compacted:
                 raise Conflict(rules.compacted(at, self._compacted))
+            if self._unsorted:
+                self._keys.extend(self._unsorted)
+                self._keys.sort()
+                self._unsorted.clear()
+            keys = self._keys
             entries: list[Entry] = []
             more = False
-            start = bisect.bisect_left(self._keys, rules.range_start(prefix, start_after))
-            for key in self._keys[start:]:
+            start = bisect.bisect_left(keys, rules.range_start(prefix, start_after))
+            for index in range(start, len(keys)):
+                key = keys[index]
                 if not key.startswith(prefix):
                     break
                 version = _at(self._versions[key], at)
@@ -191,7 +200,7 @@ class MemoryStore:
         versions = self._versions.get(key)
         if versions is None:
             self._versions[key] = [version]
-            bisect.insort(self._keys, key)
+            self._unsorted.append(key)
         else:
             versions.append(version)
 
@@ -201,6 +210,7 @@ class MemoryStore:
         cut = bisect.bisect_left(self._log, revision, key=lambda e: e.mod_revision)
         touched = {event.key for event in self._log[:cut]}
         del self._log[:cut]
+        gone = False
         for key in touched:
             versions = self._versions[key]
             keep = [v for v in versions if v.revision > revision]
@@ -211,7 +221,10 @@ class MemoryStore:
                 self._versions[key] = keep
             else:
                 del self._versions[key]
-                del self._keys[bisect.bisect_left(self._keys, key)]
+                gone = True
+        if gone:
+            self._keys = [key for key in self._keys if key in self._versions]
+            self._unsorted = [key for key in self._unsorted if key in self._versions]
         self._compacted = revision
 
     def _events_after(self, prefix: bytes, after: int) -> list[Event]:
@@ -220,16 +233,20 @@ class MemoryStore:
 
 
 class MemoryWatch:
-    """A watch on a MemoryStore; one iteration, ended by :meth:`close`."""
+    """A watch on a MemoryStore; one iteration (shared by every ``iter()``), ended by close()."""
 
     def __init__(self, store: MemoryStore, prefix: bytes, after_revision: int) -> None:
         self._store = store
         self._prefix = prefix
         self._after = after_revision
         self._closed = False
+        self._events = self._run()
 
     def __iter__(self) -> Iterator[Event]:
         """Events in revision order; blocks for new ones. Raises Conflict (compacted)."""
+        return self._events
+
+    def _run(self) -> Iterator[Event]:
         store = self._store
         while True:
             with store._cond:
