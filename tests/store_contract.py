@@ -520,8 +520,8 @@ class StoreContract:
         rounds = self.COUNTER_ROUNDS
         run_threads(
             [
-                lambda: _discard(cas_increment(store, key, rounds)),
-                lambda: _discard(cas_increment(other, key, rounds)),
+                lambda: discard(cas_increment(store, key, rounds)),
+                lambda: discard(cas_increment(other, key, rounds)),
             ]
         )
         entry = store.get(key)
@@ -529,5 +529,5 @@ class StoreContract:
         assert int(entry.value) == 2 * rounds
 
 
-def _discard(_: object) -> None:
+def discard(_: object) -> None:
     """Swallows a return value (threads run callables returning None)."""

@@ -13,7 +13,15 @@ import pytest
 from kinko.errors import Conflict, InvalidArgument, StoreUnavailable
 from kinko.store.port import Delete, Entry, EventType, Put
 from kinko.store.sqlite import SqliteStore
-from tests.store_contract import SECRET, CompactingStore, StoreContract, cas_increment, take
+from tests.store_contract import (
+    SECRET,
+    CompactingStore,
+    StoreContract,
+    cas_increment,
+    discard,
+    run_threads,
+    take,
+)
 
 
 class TestSqliteStore(StoreContract):
@@ -172,3 +180,12 @@ def _run_child(path: Path, code: str) -> None:
     child = _start_child(path, code)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 0, err.decode(errors="replace")
+
+
+def test_one_store_shared_by_four_threads_never_loses_an_update(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "kinko.db") as store:
+        run_threads([lambda: discard(cas_increment(store, b"/counter", 100))] * 4)
+        entry = store.get(b"/counter")
+        assert entry is not None
+        assert int(entry.value) == 400
+        assert store.revision == 401
