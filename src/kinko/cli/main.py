@@ -36,10 +36,12 @@ def _register() -> None:
     from kinko.cli.demo import demo
     from kinko.cli.etcd import etcd
     from kinko.cli.kms import kms
+    from kinko.cli.token import token
 
     cli.add_command(demo)
     cli.add_command(etcd)
     cli.add_command(kms)
+    cli.add_command(token)
 
 
 _register()
