@@ -6,12 +6,14 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kinko.errors import StoreUnavailable
+from kinko.gen.etcdpb import rpc_pb2
 from kinko.store.etcd import EtcdClient
 from kinko.store.etcd_store import EtcdStore
 from kinko.store.port import Delete, EventType, Put, Store
@@ -21,6 +23,7 @@ from tests.store_contract import (
     CompactingStore,
     StoreContract,
     take,
+    walk,
 )
 
 pytestmark = pytest.mark.etcd
@@ -165,6 +168,16 @@ def test_a_write_to_a_frozen_member_reports_an_unknown_outcome(tmp_path: Path) -
                 assert entry is not None
                 assert entry.value == b"before"
                 assert [e.key for e in failover.range(b"/t/").entries] == [b"/t/frozen"]
+                # Opening a watch is a read too: it gives up on the frozen member in time.
+                with pytest.raises(StoreUnavailable, match="no endpoint answered"):
+                    store.watch(b"/t/", after_revision=1)
+                create = rpc_pb2.WatchCreateRequest(key=b"/t/", range_end=b"/t0")
+                with pytest.raises(StoreUnavailable, match=r"Watch: no endpoint.*DEADLINE"):
+                    only.watch(create)
+                watch = failover.watch(b"/t/", after_revision=1)
+                assert watch.endpoint != frozen.client_url
+                assert [e.value for e in take(watch, 1)] == [b"before"]
+                watch.close()
             finally:
                 _signal(frozen, signal.SIGCONT)
 
@@ -206,3 +219,16 @@ def _leader(cluster: EtcdCluster) -> EtcdMember:
 def _signal(member: EtcdMember, signum: int) -> None:
     assert member.process is not None
     os.kill(member.process.pid, signum)
+
+
+def test_pages_too_large_for_one_response_shrink(etcd_server: EtcdCluster) -> None:
+    ns = f"/t/{uuid.uuid4().hex}/".encode()
+    with EtcdClient(etcd_server.endpoints, max_receive_bytes=64 * 1024) as client:
+        store = EtcdStore(client)
+        keys = [ns + b"big%02d" % i for i in range(12)]
+        for key in keys:
+            store.txn([Put(key, bytes(20_000), expect=0)])
+        first = store.range(ns, limit=500)
+        assert first.more
+        assert 1 <= len(first.entries) < 12
+        assert [e.key for e in walk(store, ns, limit=500)] == keys
