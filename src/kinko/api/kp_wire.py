@@ -51,11 +51,6 @@ MEDIA_COLLECTION = "application/vnd.ibm.collection+json"
 MEDIA_ERROR = "application/vnd.ibm.kms.error+json"
 MEDIA_JSON = "application/json"
 
-#: Longest AAD entry Key Protect accepts, in characters.
-MAX_AAD_ENTRY = 255
-#: Most AAD entries accepted in one request (Key Protect documents no limit; this bounds work).
-MAX_AAD_ENTRIES = 128
-
 _JSON_MEDIA = re.compile(r"application/(?:json|[A-Za-z0-9.!#$&^_-]+\+json)", re.IGNORECASE)
 
 
@@ -244,24 +239,6 @@ def b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def check_aad(aad: Sequence[str] | None) -> tuple[str, ...]:
-    """Key Protect's AAD list: at most :data:`MAX_AAD_ENTRY` characters per entry.
-
-    Raises FieldError INVALID_FIELD_ERR naming the entry's index and length.
-    """
-    if aad is None:
-        return ()
-    if len(aad) > MAX_AAD_ENTRIES:
-        raise invalid_field("aad", f"at most {MAX_AAD_ENTRIES} strings, got {len(aad)}")
-    for index, entry in enumerate(aad):
-        if len(entry) > MAX_AAD_ENTRY:
-            raise invalid_field(
-                "aad",
-                f"strings of at most {MAX_AAD_ENTRY} characters; entry {index} has {len(entry)}",
-            )
-    return tuple(aad)
-
-
 def parse_rfc3339(name: str, value: str) -> dt.datetime:
     """An RFC 3339 timestamp with a zone (``Z`` or an offset) as an aware UTC datetime.
 
@@ -302,9 +279,10 @@ def parse_prefer(value: str | None) -> bool:
 def parse_states(value: str | None) -> tuple[int, ...] | None:
     """The ``state`` query of ``GET /keys``: comma-separated integers from {0, 1, 2, 3, 5}.
 
-    Raises FieldError INVALID_QUERY_PARAM_ERR.
+    Empty means not given (IBM's Python SDK always sends ``state=``). Raises FieldError
+    INVALID_QUERY_PARAM_ERR.
     """
-    if value is None:
+    if value is None or value == "":
         return None
     states: list[int] = []
     for part in value.split(","):

@@ -35,11 +35,13 @@ def cli() -> None:
 def _register() -> None:
     from kinko.cli.demo import demo
     from kinko.cli.etcd import etcd
+    from kinko.cli.keys import keys
     from kinko.cli.kms import kms
     from kinko.cli.token import token
 
     cli.add_command(demo)
     cli.add_command(etcd)
+    cli.add_command(keys)
     cli.add_command(kms)
     cli.add_command(token)
 

@@ -1,0 +1,1348 @@
+"""kinko's REST transport: IBM Key Protect API v2 over FastAPI, on the key service.
+
+Job: :func:`create_keyprotect_app` builds the app that ``kinko keys serve`` runs. Every route
+is thin: parse the request (headers, query, body) → call one
+:class:`~kinko.keys.service.KeyService` method → render Key Protect JSON. Errors go through
+the one table of :mod:`kinko.api.kp_http`; wire formats live in :mod:`kinko.api.kp_wire`,
+request bodies in :mod:`kinko.api.kp_models`, response bodies in :mod:`kinko.api.kp_render`.
+
+Routes (all under ``/api/v2``; ``{id}`` is a key id or alias):
+
+- keys: ``POST /keys``, ``POST /keys_with_policy_overrides``, ``GET|HEAD /keys``,
+  ``GET|PATCH|DELETE /keys/{id}``, ``GET /keys/{id}/metadata``, ``GET /keys/{id}/versions``,
+  ``POST /keys/{id}/restore``, ``DELETE /keys/{id}/purge``;
+- actions: ``POST /keys/{id}/actions/{wrap|unwrap|rewrap|rotate|disable|enable|
+  setKeyForDeletion|unsetKeyForDeletion|sync}``, and the deprecated
+  ``POST /keys/{id}?action=…`` that IBM's SDK still offers (``action_on_key``);
+- policies: ``GET|PUT /keys/{id}/policies``, ``GET|PUT /instance/policies``;
+- ``POST|GET /import_token``;
+- registrations: ``GET /keys/registrations``, ``GET /keys/{id}/registrations``,
+  ``POST|PUT|PATCH|DELETE /keys/{id}/registrations/{resource CRN}`` (service identities);
+- ``POST|DELETE /keys/{id}/aliases/{alias}``; ``GET /key_rings``, ``POST|DELETE
+  /key_rings/{id}``;
+- ``GET /healthz`` (no auth), ``/openapi.json``; with ``echo=True`` also ``POST
+  /api/v2/_echo`` (the benchmark's baseline: same stack, no auth, no service; not in the
+  schema).
+
+Headers: ``authorization: Bearer <token>`` (401 ``UNAUTHORIZED_ERR`` without a valid one),
+``bluemix-instance`` (required; 400 ``INVALID_HEADER_ERR`` when missing), ``x-kms-key-ring``,
+``prefer: return=minimal|return=representation``, ``correlation-id`` (echoed on every
+response). Responses carry Key Protect's media types (``application/vnd.ibm.kms.key+json``,
+``…key_action+json``, ``…policy+json``, …) and collection envelopes.
+
+Invariants: instances are tenants (the service enforces it; nothing here caches across
+instances); handlers never log, and nothing they raise carries request data; a request that
+fails changes nothing (every check that the transport makes happens before the service is
+called, and the service's writes are all-or-nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from kinko import __version__
+from kinko.api import kp_render as render
+from kinko.api import kp_wire as wire
+from kinko.api.kp_http import FAILURES, WireMiddleware, install_error_handlers
+from kinko.api.kp_models import (
+    ErrorOut,
+    ImportTokenBody,
+    ImportTokenOut,
+    InstancePolicyPutBody,
+    KeyActionBody,
+    KeyCollectionOut,
+    KeyCreateBody,
+    KeyCreateResource,
+    KeyPatchBody,
+    KeyPolicyPutBody,
+    KeyWithPolicyOverridesCreateBody,
+    KeyWithPolicyOverridesResource,
+    RegistrationBody,
+    RegistrationResource,
+    ResourceCollectionOut,
+    RewrapBody,
+    RewrapOut,
+    RotateBody,
+    RotationPolicyIn,
+    UnwrapBody,
+    UnwrapOut,
+    WrapBody,
+    WrapOut,
+)
+from kinko.errors import Forbidden, InvalidArgument
+from kinko.keys.auth import Principal
+from kinko.keys.model import RotationPolicy
+from kinko.keys.results import KeyView
+from kinko.keys.service import KeyService
+
+#: Default cap on request bodies: 1 MiB (a wrap body is at most ~10 kB).
+DEFAULT_MAX_BODY: Final = 1024 * 1024
+
+_B64_MATERIAL: Final = "a base64 encoded key material"
+_B64_CIPHERTEXT: Final = "the original base64 encoded ciphertext from the wrap operation"
+_B64_FIELD: Final = "base64 encoded data"
+_KEY_POLICY_TYPES: Final = ("rotation", "dualAuthDelete")
+_SUPPORTED_INSTANCE_POLICIES: Final = ("dualAuthDelete", "rotation")
+_KNOWN_INSTANCE_POLICIES: Final = (
+    "dualAuthDelete",
+    "rotation",
+    "allowedNetwork",
+    "allowedIP",
+    "keyCreateImportAccess",
+    "metrics",
+)
+
+
+# --- response classes (they set the media type the OpenAPI document shows) -----------------
+
+
+class KeyJson(Response):
+    media_type = wire.MEDIA_KEY
+
+
+class KeyActionJson(Response):
+    media_type = wire.MEDIA_KEY_ACTION
+
+
+class VersionJson(Response):
+    media_type = wire.MEDIA_KEY_VERSION
+
+
+class PolicyJson(Response):
+    media_type = wire.MEDIA_POLICY
+
+
+class RegistrationJson(Response):
+    media_type = wire.MEDIA_REGISTRATION
+
+
+class KeyRingJson(Response):
+    media_type = wire.MEDIA_KEY_RING
+
+
+class ImportTokenJson(Response):
+    media_type = wire.MEDIA_IMPORT_TOKEN
+
+
+_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    status: {"model": ErrorOut, "description": "Key Protect error envelope"}
+    for status in (400, 401, 403, 404, 409, 410, 413, 422, 500, 503)
+}
+
+
+def _send(cls: type[Response], status: int, document: object) -> Response:
+    return cls(wire.dumps(document), status_code=status)
+
+
+def _no_content() -> Response:
+    return Response(status_code=204)
+
+
+# --- the call context ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Who calls, on which instance and key ring, with which correlation id and preference."""
+
+    principal: Principal
+    instance: str
+    key_ring: str | None
+    correlation_id: str | None
+    representation: bool
+
+
+_bearer = HTTPBearer(auto_error=False, description="A kinko bearer token (kinko_…).")
+
+
+def call_context(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    bluemix_instance: Annotated[
+        str | None,
+        Header(description="The instance (tenant) the call is about. Required."),
+    ] = None,
+    x_kms_key_ring: Annotated[
+        str | None, Header(description="The key ring of the key (default: any).")
+    ] = None,
+    prefer: Annotated[str | None, Header(description="return=minimal or return=representation")] = (
+        None
+    ),
+    correlation_id: Annotated[
+        str | None, Header(description="Echoed on the response; recorded in the audit.")
+    ] = None,
+) -> Call:
+    """The :class:`Call` of a request: authenticates the bearer token, reads the headers.
+
+    Raises Unauthorized (no valid token), FieldError (``INVALID_HEADER_ERR``: no
+    ``bluemix-instance``, a ``prefer`` other than minimal or representation).
+    """
+    service: KeyService = request.app.state.key_service
+    token = credentials.credentials if credentials is not None else None
+    instance = bluemix_instance.strip() if bluemix_instance else None
+    principal = service.authenticate(token, instance=instance, correlation_id=correlation_id)
+    if not instance:
+        raise wire.invalid_header("bluemix-instance", "the instance ID (required)")
+    return Call(
+        principal=principal,
+        instance=instance,
+        key_ring=(x_kms_key_ring.strip() or None) if x_kms_key_ring else None,
+        correlation_id=correlation_id,
+        representation=wire.parse_prefer(prefer),
+    )
+
+
+CallDep = Annotated[Call, Depends(call_context)]
+
+
+# --- request decoding helpers --------------------------------------------------------------
+
+
+def _one(collection_type: str, total: int, resources: Sequence[object]) -> None:
+    wire.check_collection(collection_type, total, resources)
+    if len(resources) != 1:
+        raise wire.bad_body(f"expected exactly one resource, got {len(resources)}")
+
+
+def _b64(name: str, value: str | None, expected: str = _B64_FIELD) -> bytes | None:
+    return None if value is None else wire.b64decode_field(name, value, expected=expected)
+
+
+def _time(name: str, value: str | None) -> datetime | None:
+    return None if value is None else wire.parse_rfc3339(name, value)
+
+
+def _rotation(policy: RotationPolicyIn | None) -> RotationPolicy | None:
+    if policy is None:
+        return None
+    enabled = True if policy.enabled is None else policy.enabled
+    return RotationPolicy(enabled=enabled, interval_month=policy.interval_month)
+
+
+def _create_arguments(resource: KeyCreateResource) -> dict[str, Any]:
+    return {
+        "name": resource.name,
+        "extractable": resource.extractable,
+        "description": resource.description or "",
+        "payload": _b64("payload", resource.payload, _B64_MATERIAL),
+        "encrypted_nonce": _b64("encryptedNonce", resource.encryptedNonce),
+        "iv": _b64("iv", resource.iv),
+        "encryption_algorithm": resource.encryptionAlgorithm,
+        "expiration_date": _time("expirationDate", resource.expirationDate),
+        "aliases": tuple(resource.aliases or ()),
+    }
+
+
+def _key_envelope(view: KeyView, *, representation: bool = True) -> dict[str, object]:
+    resource = render.key(view) if representation else render.key_minimal(view)
+    return wire.envelope(wire.MEDIA_KEY, [resource])
+
+
+def _bool_query(name: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise wire.invalid_query(name, "true or false")
+
+
+def _refuse_query(name: str, value: str | None) -> None:
+    if value is not None:
+        raise wire.invalid_query(name, "omitted (kinko does not support this query parameter)")
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+def create_keyprotect_app(
+    service: KeyService, *, max_body: int = DEFAULT_MAX_BODY, echo: bool = False
+) -> FastAPI:
+    """The Key Protect API v2 app on ``service``.
+
+    ``max_body``: request bodies over this many bytes get 413. ``echo``: also serve ``POST
+    /api/v2/_echo`` (for the benchmark). Raises InvalidArgument (``max_body`` < 1 KiB).
+    """
+    if max_body < 1024:
+        raise InvalidArgument(f"max_body must be at least 1024 bytes, got {max_body}")
+    app = FastAPI(
+        title="kinko key service (IBM Key Protect API v2)",
+        version=__version__,
+        description="Root and standard keys over an HSM, compatible with IBM Key Protect API v2.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(WireMiddleware, max_body=max_body)
+    router = APIRouter(prefix="/api/v2", responses=_ERRORS)
+    app.state.key_service = service
+
+    def route(
+        method: str, path: str, *, name: str, failure: str, **kwargs: Any
+    ) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+        FAILURES[name] = failure
+        return router.api_route(path, methods=[method], name=name, response_model=None, **kwargs)
+
+    # --- keys ------------------------------------------------------------------------------
+
+    @route(
+        "POST",
+        "/keys",
+        name="create_key",
+        failure="Key could not be created",
+        status_code=201,
+        response_class=KeyJson,
+        responses={201: {"model": KeyCollectionOut}},
+    )
+    def create_key(
+        call: CallDep, body: Annotated[KeyCreateBody, Body(media_type=wire.MEDIA_KEY)]
+    ) -> Response:
+        """Create (or import, with ``payload``) one key."""
+        _one(body.metadata.collectionType, body.metadata.collectionTotal, body.resources)
+        view = service.create_key(
+            call.principal,
+            call.instance,
+            **_create_arguments(body.resources[0]),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyJson, 201, _key_envelope(view, representation=call.representation))
+
+    @route(
+        "POST",
+        "/keys_with_policy_overrides",
+        name="create_key_with_policy_overrides",
+        failure="Key could not be created",
+        status_code=201,
+        response_class=KeyJson,
+        responses={201: {"model": KeyCollectionOut}},
+    )
+    def create_key_with_policy_overrides(
+        call: CallDep,
+        body: Annotated[KeyWithPolicyOverridesCreateBody, Body(media_type=wire.MEDIA_KEY)],
+    ) -> Response:
+        """Create one key with its own rotation and dual authorization policies."""
+        _one(body.metadata.collectionType, body.metadata.collectionTotal, body.resources)
+        resource: KeyWithPolicyOverridesResource = body.resources[0]
+        dual = resource.dualAuthDelete.enabled if resource.dualAuthDelete is not None else None
+        view = service.create_key_with_policies(
+            call.principal,
+            call.instance,
+            **_create_arguments(resource),
+            rotation=_rotation(resource.rotation),
+            dual_auth_delete=dual,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyJson, 201, _key_envelope(view, representation=call.representation))
+
+    @route(
+        "GET",
+        "/keys",
+        name="list_keys",
+        failure="Keys could not be listed",
+        response_class=KeyJson,
+        responses={200: {"model": KeyCollectionOut}},
+    )
+    def list_keys(
+        call: CallDep,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        state: Annotated[str | None, Query(description="e.g. 1,2,3,5")] = None,
+        extractable: Annotated[str | None, Query(description="true or false")] = None,
+        search: str | None = None,
+        sort: str | None = None,
+        filter: str | None = None,
+    ) -> Response:
+        """List the instance's keys (of one key ring with ``x-kms-key-ring``)."""
+        for name, value in (("search", search), ("sort", sort), ("filter", filter)):
+            _refuse_query(name, value)
+        result = service.list_keys(
+            call.principal,
+            call.instance,
+            limit=limit,
+            offset=offset,
+            states=wire.parse_states(state),
+            extractable=_bool_query("extractable", extractable),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        resources = [render.key(view) for view in result.keys]
+        return _send(KeyJson, 200, wire.envelope(wire.MEDIA_KEY, resources))
+
+    @route("HEAD", "/keys", name="key_total", failure="Keys could not be counted")
+    def key_total(
+        call: CallDep,
+        state: str | None = None,
+        extractable: str | None = None,
+        filter: str | None = None,
+    ) -> Response:
+        """The number of keys in the ``Key-Total`` header, without a body."""
+        _refuse_query("filter", filter)
+        result = service.list_keys(
+            call.principal,
+            call.instance,
+            limit=1,
+            states=wire.parse_states(state),
+            extractable=_bool_query("extractable", extractable),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return Response(status_code=200, headers={"Key-Total": str(result.total)})
+
+    @route(
+        "GET",
+        "/keys/registrations",
+        name="list_all_registrations",
+        failure="Registrations could not be listed",
+        response_class=RegistrationJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def list_all_registrations(
+        call: CallDep,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        urlEncodedResourceCRNQuery: str | None = None,
+        preventKeyDeletion: str | None = None,
+        totalCount: str | None = None,
+    ) -> Response:
+        """Registrations of every key of the instance."""
+        return _registrations(
+            call,
+            None,
+            limit,
+            offset,
+            urlEncodedResourceCRNQuery,
+            preventKeyDeletion,
+            totalCount,
+        )
+
+    @route(
+        "GET",
+        "/keys/{id}",
+        name="get_key",
+        failure="Key could not be retrieved",
+        response_class=KeyJson,
+        responses={200: {"model": KeyCollectionOut}},
+    )
+    def get_key(call: CallDep, id: str) -> Response:
+        """The key, with ``payload`` for a standard key."""
+        view = service.get_key(
+            call.principal,
+            call.instance,
+            id,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyJson, 200, _key_envelope(view))
+
+    @route(
+        "GET",
+        "/keys/{id}/metadata",
+        name="get_key_metadata",
+        failure="Key metadata could not be retrieved",
+        response_class=KeyJson,
+        responses={200: {"model": KeyCollectionOut}},
+    )
+    def get_key_metadata(call: CallDep, id: str) -> Response:
+        """The key without its material."""
+        view = service.get_key_metadata(
+            call.principal,
+            call.instance,
+            id,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyJson, 200, _key_envelope(view))
+
+    @route(
+        "PATCH",
+        "/keys/{id}",
+        name="patch_key",
+        failure="Key could not be updated",
+        response_class=KeyJson,
+        responses={200: {"model": KeyCollectionOut}},
+    )
+    def patch_key(
+        call: CallDep,
+        id: str,
+        body: Annotated[KeyPatchBody, Body(media_type=wire.MEDIA_KEY)],
+    ) -> Response:
+        """Move the key to another key ring."""
+        view = service.move_key(
+            call.principal,
+            call.instance,
+            id,
+            key_ring_id=body.keyRingID,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyJson, 200, _key_envelope(view))
+
+    @route(
+        "DELETE",
+        "/keys/{id}",
+        name="delete_key",
+        failure="Key could not be deleted",
+        response_class=KeyJson,
+        responses={200: {"model": KeyCollectionOut}, 204: {"description": "Deleted"}},
+    )
+    def delete_key(
+        call: CallDep,
+        id: str,
+        force: Annotated[str | None, Query(description="true: delete despite registrations")] = (
+            None
+        ),
+    ) -> Response:
+        """Delete the key (Destroyed; restorable for 30 days)."""
+        view = service.delete_key(
+            call.principal,
+            call.instance,
+            id,
+            force=bool(_bool_query("force", force)),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        if not call.representation:
+            return _no_content()
+        return _send(KeyJson, 200, _key_envelope(view))
+
+    @route(
+        "DELETE",
+        "/keys/{id}/purge",
+        name="purge_key",
+        failure="Key could not be purged",
+        response_class=KeyJson,
+        responses={200: {"model": KeyCollectionOut}, 204: {"description": "Purged"}},
+    )
+    def purge_key(call: CallDep, id: str) -> Response:
+        """Purge a deleted key: its material is gone for good."""
+        view = service.purge_key(
+            call.principal,
+            call.instance,
+            id,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        if not call.representation:
+            return _no_content()
+        return _send(KeyJson, 200, _key_envelope(view))
+
+    @route(
+        "POST",
+        "/keys/{id}/restore",
+        name="restore_key",
+        failure="Key could not be restored",
+        status_code=201,
+        response_class=KeyJson,
+        responses={201: {"model": KeyCollectionOut}},
+    )
+    def restore_key(call: CallDep, id: str) -> Response:
+        """Restore a deleted key (Destroyed → Active)."""
+        return _restore(call, id)
+
+    @route(
+        "GET",
+        "/keys/{id}/versions",
+        name="get_key_versions",
+        failure="KeyVersion(s) could not be retrieved",
+        response_class=VersionJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def get_key_versions(
+        call: CallDep,
+        id: str,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        totalCount: str | None = None,
+        allKeyStates: str | None = None,
+    ) -> Response:
+        """The key's versions, newest first."""
+        result = service.get_versions(
+            call.principal,
+            call.instance,
+            id,
+            limit=limit,
+            offset=offset,
+            all_key_states=bool(_bool_query("allKeyStates", allKeyStates)),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        total = result.total if _bool_query("totalCount", totalCount) else None
+        resources = [render.version(v) for v in result.versions]
+        return _send(
+            VersionJson, 200, wire.envelope(wire.MEDIA_KEY_VERSION, resources, total_count=total)
+        )
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def _wrap(call: Call, key_ref: str, body: WrapBody | KeyActionBody | None) -> Response:
+        plaintext = aad = None
+        if body is not None:
+            plaintext = _b64("plaintext", body.plaintext, _B64_MATERIAL)
+            aad = body.aad
+        result = service.wrap(
+            call.principal,
+            call.instance,
+            key_ref,
+            plaintext=plaintext,
+            aad=aad or (),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyActionJson, 200, render.wrap(result))
+
+    def _ciphertext(body: UnwrapBody | RewrapBody | KeyActionBody) -> str:
+        if body.ciphertext is None:
+            raise wire.bad_body('json: missing field "ciphertext"')
+        wire.b64decode_field("ciphertext", body.ciphertext, expected=_B64_CIPHERTEXT)
+        return body.ciphertext
+
+    def _unwrap(call: Call, key_ref: str, body: UnwrapBody | KeyActionBody) -> Response:
+        result = service.unwrap(
+            call.principal,
+            call.instance,
+            key_ref,
+            ciphertext=_ciphertext(body),
+            aad=body.aad or (),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyActionJson, 200, render.unwrap(result))
+
+    def _rewrap(call: Call, key_ref: str, body: RewrapBody | KeyActionBody) -> Response:
+        result = service.rewrap(
+            call.principal,
+            call.instance,
+            key_ref,
+            ciphertext=_ciphertext(body),
+            aad=body.aad or (),
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyActionJson, 200, render.rewrap(result))
+
+    def _rotate(call: Call, key_ref: str, body: RotateBody | KeyActionBody | None) -> Response:
+        payload = nonce = iv = algorithm = None
+        if body is not None:
+            payload = _b64("payload", body.payload, _B64_MATERIAL)
+            nonce = _b64("encryptedNonce", body.encryptedNonce)
+            iv = _b64("iv", body.iv)
+            algorithm = body.encryptionAlgorithm
+        service.rotate(
+            call.principal,
+            call.instance,
+            key_ref,
+            payload=payload,
+            encrypted_nonce=nonce,
+            iv=iv,
+            encryption_algorithm=algorithm,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _no_content()
+
+    def _restore(call: Call, key_ref: str) -> Response:
+        view = service.restore_key(
+            call.principal,
+            call.instance,
+            key_ref,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyJson, 201, _key_envelope(view))
+
+    _SIMPLE: Final[dict[str, Callable[..., object]]] = {
+        "disable": service.disable,
+        "enable": service.enable,
+        "setKeyForDeletion": service.set_key_for_deletion,
+        "unsetKeyForDeletion": service.unset_key_for_deletion,
+        "sync": service.sync_key,
+    }
+
+    def _simple(call: Call, key_ref: str, action: str) -> Response:
+        _SIMPLE[action](
+            call.principal,
+            call.instance,
+            key_ref,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _no_content()
+
+    @route(
+        "POST",
+        "/keys/{id}/actions/wrap",
+        name="wrap_key",
+        failure="Wrap with key could not be performed",
+        response_class=KeyActionJson,
+        responses={200: {"model": WrapOut}},
+    )
+    def wrap_key(
+        call: CallDep,
+        id: str,
+        body: Annotated[WrapBody | None, Body(media_type=wire.MEDIA_KEY_ACTION)] = None,
+    ) -> Response:
+        """Wrap a DEK (``plaintext``), or generate and wrap one (no ``plaintext``)."""
+        return _wrap(call, id, body)
+
+    @route(
+        "POST",
+        "/keys/{id}/actions/unwrap",
+        name="unwrap_key",
+        failure="Unwrap with key could not be performed",
+        response_class=KeyActionJson,
+        responses={200: {"model": UnwrapOut}},
+    )
+    def unwrap_key(
+        call: CallDep,
+        id: str,
+        body: Annotated[UnwrapBody, Body(media_type=wire.MEDIA_KEY_ACTION)],
+    ) -> Response:
+        """Unwrap a ciphertext of any version of the key."""
+        return _unwrap(call, id, body)
+
+    @route(
+        "POST",
+        "/keys/{id}/actions/rewrap",
+        name="rewrap_key",
+        failure="Rewrap with key could not be performed",
+        response_class=KeyActionJson,
+        responses={200: {"model": RewrapOut}},
+    )
+    def rewrap_key(
+        call: CallDep,
+        id: str,
+        body: Annotated[RewrapBody, Body(media_type=wire.MEDIA_KEY_ACTION)],
+    ) -> Response:
+        """Rewrap a ciphertext under the key's latest version."""
+        return _rewrap(call, id, body)
+
+    @route(
+        "POST",
+        "/keys/{id}/actions/rotate",
+        name="rotate_key",
+        failure="Key could not be rotated",
+        status_code=204,
+        responses={204: {"description": "Rotated"}},
+    )
+    def rotate_key(
+        call: CallDep,
+        id: str,
+        body: Annotated[RotateBody | None, Body(media_type=wire.MEDIA_KEY_ACTION)] = None,
+    ) -> Response:
+        """Add a key version (imported keys: with new ``payload``)."""
+        return _rotate(call, id, body)
+
+    def _simple_route(action: str, failure: str, doc: str) -> None:
+        def handler(call: CallDep, id: str) -> Response:
+            return _simple(call, id, action)
+
+        handler.__doc__ = doc
+        route(
+            "POST",
+            f"/keys/{{id}}/actions/{action}",
+            name=f"{action}_key",
+            failure=failure,
+            status_code=204,
+            responses={204: {"description": "Done"}},
+        )(handler)
+
+    _simple_route("disable", "Key could not be disabled", "Suspend the key (Active → Suspended).")
+    _simple_route("enable", "Key could not be enabled", "Reactivate the key (Suspended → Active).")
+    _simple_route(
+        "setKeyForDeletion",
+        "Key could not be set for deletion",
+        "Authorize the deletion of a key with a dual authorization policy.",
+    )
+    _simple_route(
+        "unsetKeyForDeletion",
+        "Key could not be unset for deletion",
+        "Cancel an authorization to delete.",
+    )
+    _simple_route(
+        "sync",
+        "Could not initiate sync requests to associated resources",
+        "Ask the services registered with the key to resynchronise.",
+    )
+
+    @route(
+        "POST",
+        "/keys/{id}",
+        name="action_on_key",
+        failure="Action could not be performed on key",
+        response_class=KeyActionJson,
+        deprecated=True,
+        responses={
+            200: {"model": WrapOut},
+            201: {"model": KeyCollectionOut},
+            204: {"description": "Done"},
+        },
+    )
+    def action_on_key(
+        call: CallDep,
+        id: str,
+        action: Annotated[
+            Literal[
+                "wrap",
+                "unwrap",
+                "rewrap",
+                "rotate",
+                "disable",
+                "enable",
+                "restore",
+                "setKeyForDeletion",
+                "unsetKeyForDeletion",
+            ],
+            Query(),
+        ],
+        body: Annotated[KeyActionBody | None, Body(media_type=wire.MEDIA_KEY_ACTION)] = None,
+    ) -> Response:
+        """The deprecated query form of the actions (``?action=wrap`` and so on)."""
+        if action == "wrap":
+            _only(body, "plaintext", "aad")
+            return _wrap(call, id, body)
+        if action in ("unwrap", "rewrap"):
+            _only(body, "ciphertext", "aad")
+            if body is None:
+                raise wire.no_body()
+            return _unwrap(call, id, body) if action == "unwrap" else _rewrap(call, id, body)
+        if action == "rotate":
+            _only(body, "payload", "encryptedNonce", "iv", "encryptionAlgorithm")
+            return _rotate(call, id, body)
+        _only(body)
+        if action == "restore":
+            return _restore(call, id)
+        return _simple(call, id, action)
+
+    # --- policies --------------------------------------------------------------------------
+
+    @route(
+        "GET",
+        "/keys/{id}/policies",
+        name="get_key_policies",
+        failure="Key policies could not be retrieved",
+        response_class=PolicyJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def get_key_policies(
+        call: CallDep,
+        id: str,
+        policy: Annotated[Literal["rotation", "dualAuthDelete"] | None, Query()] = None,
+    ) -> Response:
+        """The key's rotation and dual authorization policies."""
+        policies = service.get_key_policies(
+            call.principal,
+            call.instance,
+            id,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(
+            PolicyJson, 200, wire.envelope(wire.MEDIA_POLICY, render.key_policies(policies, policy))
+        )
+
+    @route(
+        "PUT",
+        "/keys/{id}/policies",
+        name="put_key_policies",
+        failure="Key policies could not be set",
+        response_class=PolicyJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def put_key_policies(
+        call: CallDep,
+        id: str,
+        body: Annotated[KeyPolicyPutBody, Body(media_type=wire.MEDIA_POLICY)],
+        policy: Annotated[Literal["rotation", "dualAuthDelete"] | None, Query()] = None,
+    ) -> Response:
+        """Set the key's rotation and/or dual authorization policy."""
+        wire.check_collection(
+            body.metadata.collectionType, body.metadata.collectionTotal, body.resources
+        )
+        if not body.resources:
+            raise wire.bad_body("expected at least one policy resource")
+        rotation: RotationPolicy | None = None
+        dual: bool | None = None
+        for resource in body.resources:
+            if resource.rotation is None and resource.dualAuthDelete is None:
+                raise wire.bad_body("expected rotation or dualAuthDelete in each resource")
+            if policy == "rotation" and resource.dualAuthDelete is not None:
+                raise _mismatch()
+            if policy == "dualAuthDelete" and resource.rotation is not None:
+                raise _mismatch()
+            if resource.rotation is not None:
+                rotation = _rotation(resource.rotation)
+            if resource.dualAuthDelete is not None:
+                dual = resource.dualAuthDelete.enabled
+        policies = service.put_key_policies(
+            call.principal,
+            call.instance,
+            id,
+            rotation=rotation,
+            dual_auth_delete=dual,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(
+            PolicyJson, 200, wire.envelope(wire.MEDIA_POLICY, render.key_policies(policies, policy))
+        )
+
+    @route(
+        "GET",
+        "/instance/policies",
+        name="get_instance_policies",
+        failure="Instance policies could not be retrieved",
+        response_class=PolicyJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def get_instance_policies(call: CallDep, policy: str | None = None) -> Response:
+        """The instance's policies (the ones new keys inherit)."""
+        if policy is not None and policy not in _KNOWN_INSTANCE_POLICIES:
+            raise wire.invalid_query("policy", " or ".join(_KNOWN_INSTANCE_POLICIES))
+        policies = service.get_instance_policies(
+            call.principal, call.instance, correlation_id=call.correlation_id
+        )
+        resources = render.instance_policies(policies, policy)
+        return _send(PolicyJson, 200, wire.envelope(wire.MEDIA_POLICY, resources))
+
+    @route(
+        "PUT",
+        "/instance/policies",
+        name="put_instance_policies",
+        failure="Instance policy could not be created",
+        status_code=204,
+        responses={204: {"description": "Set"}},
+    )
+    def put_instance_policies(
+        call: CallDep,
+        body: Annotated[InstancePolicyPutBody, Body(media_type=wire.MEDIA_POLICY)],
+        policy: str | None = None,
+    ) -> Response:
+        """Set the instance's dual authorization and/or rotation policy."""
+        wire.check_collection(
+            body.metadata.collectionType, body.metadata.collectionTotal, body.resources
+        )
+        if not body.resources:
+            raise wire.bad_body("expected at least one policy resource")
+        if policy is not None and len(body.resources) != 1:
+            raise InvalidArgument(
+                "Only a single instance policy may be created per query parameter: Please "
+                "pass single resource object",
+                reason_code="NUM_COLLECTION_RESOURCE_ERR",
+            )
+        dual: bool | None = None
+        rotation: RotationPolicy | None = None
+        seen: set[str] = set()
+        for resource in body.resources:
+            kind = resource.policy_type
+            if policy is not None and kind != policy:
+                raise _mismatch()
+            if kind in seen:
+                raise wire.bad_body(f"the policy {kind} appears twice")
+            seen.add(kind)
+            if kind not in _SUPPORTED_INSTANCE_POLICIES:
+                raise Forbidden(
+                    f"This action is not permitted on this resource: kinko does not implement "
+                    f"the {kind} instance policy",
+                    reason_code="FEATURE_RESTRICTED_ERR",
+                )
+            data = resource.policy_data
+            if kind == "dualAuthDelete":
+                dual = data.enabled
+            else:
+                interval = data.attributes.interval_month if data.attributes else None
+                rotation = RotationPolicy(enabled=data.enabled, interval_month=interval)
+        service.put_instance_policies(
+            call.principal,
+            call.instance,
+            dual_auth_delete=dual,
+            rotation=rotation,
+            correlation_id=call.correlation_id,
+        )
+        return _no_content()
+
+    # --- import token ----------------------------------------------------------------------
+
+    @route(
+        "POST",
+        "/import_token",
+        name="create_import_token",
+        failure="Import token could not be created",
+        response_class=ImportTokenJson,
+        responses={200: {"model": ImportTokenOut}},
+    )
+    def create_import_token(
+        call: CallDep, body: Annotated[ImportTokenBody | None, Body()] = None
+    ) -> Response:
+        """Create the instance's import token (replacing any other)."""
+        arguments: dict[str, int] = {}
+        if body is not None and body.expiration is not None:
+            arguments["expiration"] = body.expiration
+        if body is not None and body.maxAllowedRetrievals is not None:
+            arguments["max_allowed_retrievals"] = body.maxAllowedRetrievals
+        info = service.create_import_token(
+            call.principal, call.instance, **arguments, correlation_id=call.correlation_id
+        )
+        return _send(ImportTokenJson, 200, render.import_token_info(info))
+
+    @route(
+        "GET",
+        "/import_token",
+        name="get_import_token",
+        failure="Import token could not be retrieved",
+        response_class=ImportTokenJson,
+        responses={200: {"model": ImportTokenOut}},
+    )
+    def get_import_token(call: CallDep) -> Response:
+        """The import token's public key and nonce (uses one retrieval)."""
+        token = service.get_import_token(
+            call.principal, call.instance, correlation_id=call.correlation_id
+        )
+        return _send(ImportTokenJson, 200, render.import_token_key(token))
+
+    # --- registrations ---------------------------------------------------------------------
+
+    def _registrations(
+        call: Call,
+        key_ref: str | None,
+        limit: int,
+        offset: int,
+        crn_query: str | None,
+        prevent: str | None,
+        total_count: str | None,
+    ) -> Response:
+        result = service.list_registrations(
+            call.principal,
+            call.instance,
+            key_ref,
+            crn_query=crn_query,
+            prevent_key_deletion=_bool_query("preventKeyDeletion", prevent),
+            limit=limit,
+            offset=offset,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        total = result.total if _bool_query("totalCount", total_count) else None
+        resources = [render.registration(r) for r in result.registrations]
+        return _send(
+            RegistrationJson,
+            200,
+            wire.envelope(wire.MEDIA_REGISTRATION, resources, total_count=total),
+        )
+
+    @route(
+        "GET",
+        "/keys/{id}/registrations",
+        name="list_registrations",
+        failure="Registrations could not be listed",
+        response_class=RegistrationJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def list_registrations(
+        call: CallDep,
+        id: str,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        urlEncodedResourceCRNQuery: str | None = None,
+        preventKeyDeletion: str | None = None,
+        totalCount: str | None = None,
+    ) -> Response:
+        """Registrations of one key."""
+        return _registrations(
+            call, id, limit, offset, urlEncodedResourceCRNQuery, preventKeyDeletion, totalCount
+        )
+
+    def _registration_input(body: RegistrationBody | None) -> RegistrationResource:
+        if body is None:
+            return RegistrationResource()
+        _one(body.metadata.collectionType, body.metadata.collectionTotal, body.resources)
+        return body.resources[0]
+
+    def _registration_response(status: int, registration: Any) -> Response:
+        document = wire.envelope(wire.MEDIA_REGISTRATION, [render.registration(registration)])
+        return _send(RegistrationJson, status, document)
+
+    @route(
+        "POST",
+        "/keys/{id}/registrations/{crn:path}",
+        name="create_registration",
+        failure="Registration could not be created",
+        status_code=201,
+        response_class=RegistrationJson,
+        responses={201: {"model": ResourceCollectionOut}},
+    )
+    def create_registration(
+        call: CallDep,
+        id: str,
+        crn: str,
+        body: Annotated[RegistrationBody | None, Body(media_type=wire.MEDIA_REGISTRATION)] = None,
+    ) -> Response:
+        """Register a resource (its CRN) with a root key. Service identities only."""
+        resource = _registration_input(body)
+        registration = service.create_registration(
+            call.principal,
+            call.instance,
+            id,
+            crn,
+            description=resource.description or "",
+            prevent_key_deletion=bool(resource.preventKeyDeletion),
+            key_version_id=resource.keyVersion.id if resource.keyVersion else None,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _registration_response(201, registration)
+
+    @route(
+        "PUT",
+        "/keys/{id}/registrations/{crn:path}",
+        name="replace_registration",
+        failure="Registration could not be replaced",
+        response_class=RegistrationJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def replace_registration(
+        call: CallDep,
+        id: str,
+        crn: str,
+        body: Annotated[RegistrationBody | None, Body(media_type=wire.MEDIA_REGISTRATION)] = None,
+    ) -> Response:
+        """Create or replace a registration. Service identities only."""
+        resource = _registration_input(body)
+        registration = service.replace_registration(
+            call.principal,
+            call.instance,
+            id,
+            crn,
+            description=resource.description or "",
+            prevent_key_deletion=bool(resource.preventKeyDeletion),
+            key_version_id=resource.keyVersion.id if resource.keyVersion else None,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _registration_response(200, registration)
+
+    @route(
+        "PATCH",
+        "/keys/{id}/registrations/{crn:path}",
+        name="update_registration",
+        failure="Registration could not be updated",
+        response_class=RegistrationJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def update_registration(
+        call: CallDep,
+        id: str,
+        crn: str,
+        body: Annotated[RegistrationBody, Body(media_type=wire.MEDIA_REGISTRATION)],
+    ) -> Response:
+        """Change a registration's description or ``preventKeyDeletion``. Services only."""
+        resource = _registration_input(body)
+        if resource.keyVersion is not None:
+            raise wire.bad_body('json: unknown field "keyVersion" (use PUT to change it)')
+        registration = service.update_registration(
+            call.principal,
+            call.instance,
+            id,
+            crn,
+            description=resource.description,
+            prevent_key_deletion=resource.preventKeyDeletion,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _registration_response(200, registration)
+
+    @route(
+        "DELETE",
+        "/keys/{id}/registrations/{crn:path}",
+        name="delete_registration",
+        failure="Registration could not be deleted",
+        status_code=204,
+        responses={204: {"description": "Deleted"}},
+    )
+    def delete_registration(call: CallDep, id: str, crn: str) -> Response:
+        """Delete a registration. Service identities only."""
+        service.delete_registration(
+            call.principal,
+            call.instance,
+            id,
+            crn,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _no_content()
+
+    # --- aliases and key rings -------------------------------------------------------------
+
+    @route(
+        "POST",
+        "/keys/{id}/aliases/{alias}",
+        name="create_key_alias",
+        failure="Key alias could not be created",
+        status_code=201,
+        response_class=KeyJson,
+        responses={201: {"model": ResourceCollectionOut}},
+    )
+    def create_key_alias(call: CallDep, id: str, alias: str) -> Response:
+        """Add an alias to the key (at most 5 per key, unique in the instance)."""
+        entry = service.create_alias(
+            call.principal,
+            call.instance,
+            id,
+            alias,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _send(KeyJson, 201, wire.envelope(wire.MEDIA_KEY, [render.alias(entry)]))
+
+    @route(
+        "DELETE",
+        "/keys/{id}/aliases/{alias}",
+        name="delete_key_alias",
+        failure="Key alias could not be deleted",
+        status_code=204,
+        responses={204: {"description": "Deleted"}},
+    )
+    def delete_key_alias(call: CallDep, id: str, alias: str) -> Response:
+        """Remove an alias from the key."""
+        service.delete_alias(
+            call.principal,
+            call.instance,
+            id,
+            alias,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+        return _no_content()
+
+    @route(
+        "GET",
+        "/key_rings",
+        name="list_key_rings",
+        failure="Key rings could not be listed",
+        response_class=KeyRingJson,
+        responses={200: {"model": ResourceCollectionOut}},
+    )
+    def list_key_rings(
+        call: CallDep,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        totalCount: str | None = None,
+    ) -> Response:
+        """The instance's key rings (``default`` first)."""
+        result = service.list_key_rings(
+            call.principal,
+            call.instance,
+            limit=limit,
+            offset=offset,
+            correlation_id=call.correlation_id,
+        )
+        total = result.total if _bool_query("totalCount", totalCount) else None
+        resources = [render.key_ring(r) for r in result.key_rings]
+        return _send(
+            KeyRingJson, 200, wire.envelope(wire.MEDIA_KEY_RING, resources, total_count=total)
+        )
+
+    @route(
+        "POST",
+        "/key_rings/{key_ring_id}",
+        name="create_key_ring",
+        failure="Key ring could not be created",
+        status_code=201,
+        responses={201: {"description": "Created"}},
+    )
+    def create_key_ring(call: CallDep, key_ring_id: str) -> Response:
+        """Create a key ring."""
+        service.create_key_ring(
+            call.principal, call.instance, key_ring_id, correlation_id=call.correlation_id
+        )
+        return Response(status_code=201)
+
+    @route(
+        "DELETE",
+        "/key_rings/{key_ring_id}",
+        name="delete_key_ring",
+        failure="Key ring could not be deleted",
+        status_code=204,
+        responses={204: {"description": "Deleted"}},
+    )
+    def delete_key_ring(
+        call: CallDep,
+        key_ring_id: str,
+        force: Annotated[str | None, Query(description="true: move Destroyed keys away")] = None,
+    ) -> Response:
+        """Delete an empty key ring (``force``: one holding only Destroyed keys)."""
+        service.delete_key_ring(
+            call.principal,
+            call.instance,
+            key_ring_id,
+            force=bool(_bool_query("force", force)),
+            correlation_id=call.correlation_id,
+        )
+        return _no_content()
+
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type=wire.MEDIA_JSON)
+
+    if echo:
+
+        @app.post("/api/v2/_echo", include_in_schema=False)
+        def echo_route(body: Annotated[dict[str, Any], Body()]) -> Response:
+            return Response(wire.dumps(body), media_type=wire.MEDIA_KEY_ACTION)
+
+    _clean_openapi(app)
+    return app
+
+
+def _mismatch() -> InvalidArgument:
+    return InvalidArgument(
+        "Data in body does not match data required by query parameter",
+        reason_code="BODY_QUERY_PARAM_MISMATCH_ERR",
+    )
+
+
+def _only(body: KeyActionBody | None, *allowed: str) -> None:
+    """Refuses fields of the union action body that the action does not take."""
+    if body is None:
+        return
+    for name in sorted(body.model_fields_set):
+        if name not in allowed and getattr(body, name) is not None:
+            raise wire.bad_body(f'json: unknown field "{name}"')
+
+
+def _clean_openapi(app: FastAPI) -> None:
+    """Serves an OpenAPI document without FastAPI's 422 responses (errors here are 400)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                if isinstance(operation, dict):
+                    operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

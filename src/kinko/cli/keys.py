@@ -1,0 +1,294 @@
+"""`kinko keys serve`: the Key Protect-compatible key service over HTTPS.
+
+Bearer tokens come from ``kinko token create --data-dir DIR`` (same store file). A thin shell
+over ``kinko.keys`` and ``kinko.api``: it opens the store (SQLite in the data
+folder, or etcd), the HSM (the soft keystore in the data folder, or a PKCS#11 token), the
+audit log, and runs the REST API over HTTPS until SIGTERM. Errors propagate as
+:class:`~kinko.errors.KinkoError`; the ``kinko`` group maps them to exit codes.
+
+Data folder layout (created 0700)::
+
+    kinko.db         the SQLite store (unless --etcd-endpoints; shared with ``kinko token``)
+    keystore/        the soft keystore (unless --hsm pkcs11)
+    audit.log        one JSON line per key service action
+    tls/             the generated CA and server certificate (unless --tls-cert/--tls-key)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import uvicorn
+
+from kinko.api.keyprotect import DEFAULT_MAX_BODY, create_keyprotect_app
+from kinko.api.server import Periodic, TlsConfig, bound_port, parse_listen, serve
+from kinko.api.tls import DEFAULT_NAMES, ensure_server_tls
+from kinko.cli.token import STORE_FILE
+from kinko.errors import InvalidArgument
+from kinko.hsm.port import Hsm
+from kinko.keys.audit import FileAuditSink
+from kinko.keys.service import KeyService
+from kinko.store.port import Store
+
+KEYSTORE_DIR = "keystore"
+AUDIT_FILE = "audit.log"
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+@click.group()
+def keys() -> None:
+    """Run the key service: IBM Key Protect API v2 over HTTPS (tokens: ``kinko token``)."""
+
+
+# --- shared options ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _StoreOptions:
+    data_dir: Path
+    etcd_endpoints: tuple[str, ...]
+    etcd_cacert: Path | None
+    etcd_cert: Path | None
+    etcd_key: Path | None
+
+
+def _data_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _open_store(options: _StoreOptions) -> Iterator[tuple[Store, str]]:
+    """The store and a one-line description of it; closed on exit."""
+    if options.etcd_endpoints:
+        from kinko.store.etcd import EtcdClient
+        from kinko.store.etcd_store import EtcdStore
+
+        client = EtcdClient(
+            options.etcd_endpoints,
+            cacert=options.etcd_cacert,
+            cert=options.etcd_cert,
+            key=options.etcd_key,
+        )
+        try:
+            yield EtcdStore(client), f"etcd {', '.join(options.etcd_endpoints)}"
+        finally:
+            client.close()
+        return
+    from kinko.store.sqlite import SqliteStore
+
+    path = _data_dir(options.data_dir) / STORE_FILE
+    store = SqliteStore(path)
+    try:
+        yield store, f"SQLite {path}"
+    finally:
+        store.close()
+
+
+def _endpoints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The key service's folder: SQLite store, soft keystore, audit log, TLS files.",
+)
+_etcd_options = [
+    click.option(
+        "--etcd-endpoints",
+        callback=_endpoints,
+        help="Keep metadata in etcd (comma-separated endpoints) instead of SQLite.",
+    ),
+    click.option("--etcd-cacert", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--etcd-cert", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--etcd-key", type=click.Path(dir_okay=False, path_type=Path)),
+]
+
+
+def _with_etcd_options(f: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(_etcd_options):
+        f = option(f)
+    return f
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+@keys.command("serve")
+@_data_dir_option
+@click.option(
+    "--listen",
+    default="127.0.0.1:8443",
+    show_default=True,
+    help="HOST:PORT to listen on ([::1]:8443 for IPv6; port 0 picks a free one).",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM chain.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key.")
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="Serve plain HTTP (refused unless --listen is a loopback address).",
+)
+@_with_etcd_options
+@click.option(
+    "--hsm",
+    "hsm_kind",
+    type=click.Choice(["soft", "pkcs11"]),
+    default="soft",
+    show_default=True,
+    help="Where root keys live: the soft keystore (NOT HSM-grade) or a PKCS#11 token.",
+)
+@click.option("--pkcs11-module", help="Path of the PKCS#11 library (with --hsm pkcs11).")
+@click.option("--token-label", help="Label of the PKCS#11 token (with --hsm pkcs11).")
+@click.option("--pin-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--pin-env", help="Name of the environment variable holding the user PIN.")
+@click.option(
+    "--max-body",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_MAX_BODY,
+    show_default=True,
+    help="Largest request body accepted, in bytes (larger: 413).",
+)
+@click.option(
+    "--scheduler-interval",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between runs of the rotation, expiry and purge scheduler.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds in-flight requests may take to finish after SIGTERM.",
+)
+@click.option("--echo-route", is_flag=True, hidden=True, help="Serve POST /api/v2/_echo.")
+def serve_command(
+    data_dir: Path,
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_http: bool,
+    etcd_endpoints: tuple[str, ...],
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    hsm_kind: str,
+    pkcs11_module: str | None,
+    token_label: str | None,
+    pin_file: Path | None,
+    pin_env: str | None,
+    max_body: int,
+    scheduler_interval: float,
+    grace: float,
+    echo_route: bool,
+) -> None:
+    """Serve IBM Key Protect API v2 over HTTPS until SIGTERM.
+
+    On first start a CA and a server certificate are generated under DATA_DIR/tls (clients
+    trust DATA_DIR/tls/ca.crt), unless --tls-cert and --tls-key are given.
+    """
+    address = parse_listen(listen)
+    if insecure_http and not address.is_loopback:
+        raise InvalidArgument(
+            f"refusing --insecure-http on {address.host}: plain HTTP is only allowed on a "
+            "loopback address (127.0.0.1, ::1, localhost)"
+        )
+    if insecure_http and (tls_cert or tls_key):
+        raise InvalidArgument("--insecure-http cannot be combined with --tls-cert/--tls-key")
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidArgument("--tls-cert and --tls-key go together")
+    data_dir = _data_dir(data_dir)
+    store_options = _StoreOptions(data_dir, etcd_endpoints, etcd_cacert, etcd_cert, etcd_key)
+    with contextlib.ExitStack() as stack:
+        store, store_text = stack.enter_context(_open_store(store_options))
+        hsm = stack.enter_context(
+            _open_hsm(hsm_kind, data_dir, pkcs11_module, token_label, pin_file, pin_env)
+        )
+        audit = stack.enter_context(FileAuditSink(data_dir / AUDIT_FILE))
+        service = KeyService(store, hsm, audit=audit, clock=_utc_now, rng=os.urandom)
+        app = create_keyprotect_app(service, max_body=max_body, echo=echo_route)
+        tls = _tls(data_dir, address.host, tls_cert, tls_key, insecure_http)
+        scheme = "http" if tls is None else "https"
+        scheduler = Periodic(
+            service.run_scheduled, interval=scheduler_interval, name="kinko-keys-scheduler"
+        )
+
+        def started(server: uvicorn.Server) -> None:
+            port = bound_port(server)
+            click.echo(
+                f"kinko keys: serving Key Protect API v2 on {scheme}://{address.url_host}:{port} "
+                f"(store: {store_text}; keys: {hsm.description}; audit: {audit.path})",
+                err=True,
+            )
+            if not hsm.hsm_grade:
+                click.echo(
+                    "kinko keys: WARNING: root keys are in the soft keystore under "
+                    f"{data_dir / KEYSTORE_DIR}: NOT HSM-grade (a file on this machine; use "
+                    "--hsm pkcs11 for an HSM)",
+                    err=True,
+                )
+            if tls is not None and tls_cert is None:
+                click.echo(f"kinko keys: clients trust {data_dir / 'tls' / 'ca.crt'}", err=True)
+            scheduler.start()
+
+        try:
+            serve(app, address, tls=tls, grace=grace, on_started=started)
+        finally:
+            scheduler.stop()
+    click.echo("kinko keys: stopped", err=True)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def _open_hsm(
+    kind: str,
+    data_dir: Path,
+    module: str | None,
+    label: str | None,
+    pin_file: Path | None,
+    pin_env: str | None,
+) -> Iterator[Hsm]:
+    if kind == "soft":
+        if module or label or pin_file or pin_env:
+            raise InvalidArgument("PKCS#11 options need --hsm pkcs11")
+        from kinko.hsm.soft import SoftKeystore
+
+        yield SoftKeystore(data_dir / KEYSTORE_DIR)
+        return
+    if not module or not label:
+        raise InvalidArgument("--hsm pkcs11 needs --pkcs11-module and --token-label")
+    from kinko.hsm.pkcs11 import Pkcs11Hsm, pin_from
+
+    with Pkcs11Hsm(module, label, pin_from(pin_file, pin_env)) as hsm:
+        yield hsm
+
+
+def _tls(
+    data_dir: Path,
+    host: str,
+    cert: Path | None,
+    key: Path | None,
+    insecure_http: bool,
+) -> TlsConfig | None:
+    if insecure_http:
+        return None
+    if cert is not None and key is not None:
+        return TlsConfig(cert, key)
+    names = () if host in DEFAULT_NAMES or host in _WILDCARDS else (host,)
+    files = ensure_server_tls(data_dir, names=names)
+    return TlsConfig(files.cert, files.key)
