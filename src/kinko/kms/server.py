@@ -29,7 +29,11 @@ DecryptionError       INVALID_ARGUMENT        the given ciphertext, key_id and a
                                               operator can fix. kinko's client maps
                                               INVALID_ARGUMENT on Decrypt back to
                                               DecryptionError.
-NotFound              NOT_FOUND
+NotFound              NOT_FOUND               e.g. the root key was purged
+WrongState            FAILED_PRECONDITION     the root key's state forbids the call
+                                              (suspended, expired): an operator must act
+                                              (a deleted key, Gone, lands here through
+                                              CallerError)
 Conflict              ABORTED
 CallerError           FAILED_PRECONDITION
 UnavailableError      UNAVAILABLE             the plugin's own backend (HSM, key service) is
@@ -69,6 +73,7 @@ GRPC_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.DecryptionError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.WrongState: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Conflict: grpc.StatusCode.ABORTED,
     errors.CallerError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,

@@ -1,0 +1,588 @@
+"""A KMS v2 plugin core backed by a root key of a Key Protect-compatible key service.
+
+Job: :class:`RootKeyPlugin` implements :class:`~kinko.kms.port.KmsV2Api` by wrapping seeds
+with a customer root key. The root key is reached through :class:`RootKeyAccess`, a port of
+three methods with two adapters: :class:`ServiceRootKeys` (kinko's own
+:class:`~kinko.keys.service.KeyService`, in-process) and ``RemoteRootKeys`` (a Key Protect
+API over HTTPS, in :mod:`kinko.kms.rootkey_remote`).
+
+What the plugin answers:
+
+- **key_id** = ``kinko-rk-<root key id>-v<version id>`` (:func:`key_id_for`): public (ids
+  only, no material), at most 83 characters, stable for a version, and never names two
+  different materials, because a version id is a random UUID minted with the version's
+  material. Rotating the root key adds a version, so the key_id changes; switching the plugin
+  to another root key changes it too. Switching back to a root key that was not rotated in
+  between reports its old key_id again, which is right: it names the same material, so data
+  under it is not stale.
+- **Encrypt** wraps with the latest version and reports the key_id of the version the key
+  service actually wrapped with (read once, from the wrap's answer, so a rotation racing the
+  call can never pair one version's key_id with another's ciphertext). The ciphertext is the
+  key service's opaque wrap ciphertext (ASCII), at most 1 KiB (checked). One annotation,
+  ``version.rootkey.kms.kinko.dev: <version id>``.
+- **Decrypt** takes the root key from the request's key_id (the configured root key, or one
+  of the ``retired_key_refs`` given to the plugin), unwraps with the key service, which picks
+  the version from the ciphertext, and checks that version against the key_id and the
+  annotation. Any live version unwraps (Key Protect keeps every version until the key is
+  purged).
+- Seeds are wrapped with the Key Protect AAD ``kms.kinko.dev/v2-seed``, health probes with
+  ``kms.kinko.dev/v2-health-probe``: the plugin unwraps nothing that another user of the same
+  root key wrapped, so its socket is no general unwrap oracle for that key.
+- **States** (Key Protect: wrap only when Active; unwrap when Active or Deactivated):
+  Suspended → both fail (:class:`~kinko.errors.WrongState`, gRPC FAILED_PRECONDITION);
+  Deactivated (expired) → Encrypt fails with WrongState saying to move to a new root key,
+  Decrypt works; Destroyed → both fail (:class:`~kinko.errors.Gone`, FAILED_PRECONDITION);
+  purged → both fail (:class:`~kinko.errors.NotFound`, NOT_FOUND).
+- **Status** reports ``healthz: ok`` only if a wrap + unwrap round trip of a random 32-byte
+  probe with the current version succeeded when last checked, and checks at most once per
+  ``health_ttl`` (20 s) while healthy and once per ``failure_ttl`` (3 s) while not — the
+  result cache kube-apiserver itself keeps — however often Status is called. Concurrent
+  Status calls share one probe. Otherwise ``healthz`` is a short reason (ids, states and
+  error messages only) and ``key_id`` is the last one known.
+
+Aliases: the plugin resolves an alias to its root key id on first use and stays bound to
+that key for its lifetime (restart it to follow an alias that was moved).
+
+Invariants: no message, healthz text or repr carries a seed, a probe, plaintext, ciphertext
+or key material; errors name key ids, version ids, states and sizes only. The plugin keeps no
+plaintext: every Decrypt asks the key service, so a suspended or deleted root key takes
+effect on the next call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Protocol
+
+from kinko.crypto.kms_rules import ENCRYPTED_DEK_SOURCE_MAX_SIZE, KEY_ID_MAX_SIZE
+from kinko.crypto.types import Rng
+from kinko.errors import (
+    DecryptionError,
+    Gone,
+    InvalidArgument,
+    KinkoError,
+    NotAllowed,
+    NotFound,
+    UnavailableError,
+    UnprocessableCiphertext,
+    WrongState,
+)
+from kinko.keys.auth import Principal
+from kinko.keys.model import KeyState, is_key_id
+from kinko.keys.service import KeyService
+from kinko.kms.port import EncryptResult, StatusResult
+
+KEY_ID_PREFIX: Final = "kinko-rk-"
+ANNOTATION_KEY: Final = "version.rootkey.kms.kinko.dev"
+#: Key Protect AAD strings of wrapped seeds and of health probes (never the same).
+SEED_AAD: Final = ("kms.kinko.dev/v2-seed",)
+PROBE_AAD: Final = ("kms.kinko.dev/v2-health-probe",)
+PROBE_SIZE: Final = 32
+#: kube-apiserver's own healthz result cache (``kmsPluginHealthzPositiveTTL`` / ``Negative``).
+HEALTH_TTL: Final = 20.0
+FAILURE_TTL: Final = 3.0
+SUPPORTED_VERSIONS: Final = ("v2", "v2beta1")
+_HEALTHZ_MAX: Final = 240
+_UUID: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_KEY_ID_RE: Final = re.compile(
+    rf"{re.escape(KEY_ID_PREFIX)}(?P<root>{_UUID})-v(?P<version>{_UUID})"
+)
+
+
+# --- the port ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RootKeyInfo:
+    """A root key as the key service shows it now: its id (never an alias), state, and the
+    latest version (the one wrap uses) with its creation date."""
+
+    key_id: str
+    state: KeyState
+    version_id: str
+    version_created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Wrapped:
+    """The key service's wrap ciphertext (opaque ASCII bytes) and the version that wrapped."""
+
+    ciphertext: bytes = field(repr=False)
+    version_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unwrapped:
+    """The unwrapped plaintext and the version that had wrapped it."""
+
+    plaintext: bytes = field(repr=False)
+    version_id: str
+
+
+class RootKeyAccess(Protocol):
+    """What the plugin needs of a key service: one root key's metadata, wrap and unwrap.
+
+    ``key_ref`` is a key id or an alias. ``correlation_id`` ties the call to a KMS request
+    uid in the key service's audit log.
+    """
+
+    def current(self, key_ref: str, *, correlation_id: str | None = None) -> RootKeyInfo:
+        """The key's id, state and latest version.
+
+        Raises NotFound (no such key, or purged), NotAllowed (a standard key, not a root key),
+        Unauthorized, Forbidden, UnavailableError.
+        """
+        ...
+
+    def wrap(
+        self,
+        key_ref: str,
+        plaintext: bytes,
+        *,
+        aad: Sequence[str],
+        correlation_id: str | None = None,
+    ) -> Wrapped:
+        """Wraps ``plaintext`` with the latest version.
+
+        Raises WrongState (not Active), Gone (Destroyed), NotFound, NotAllowed,
+        InvalidArgument, Unauthorized, Forbidden, UnavailableError.
+        """
+        ...
+
+    def unwrap(
+        self,
+        key_ref: str,
+        ciphertext: bytes,
+        *,
+        aad: Sequence[str],
+        correlation_id: str | None = None,
+    ) -> Unwrapped:
+        """Unwraps a wrap ciphertext of any version of the key.
+
+        Raises UnprocessableCiphertext (malformed, tampered, other key or AAD), WrongState
+        (Suspended), Gone (Destroyed), NotFound, NotAllowed, Unauthorized, Forbidden,
+        UnavailableError.
+        """
+        ...
+
+
+class ServiceRootKeys:
+    """:class:`RootKeyAccess` over an in-process :class:`~kinko.keys.service.KeyService`,
+    acting as ``principal`` (who needs the Reader role) in ``instance``.
+
+    Every call is audited by the service under the principal's name.
+    """
+
+    __slots__ = ("_instance", "_key_ring", "_principal", "_service")
+
+    def __init__(
+        self,
+        service: KeyService,
+        principal: Principal,
+        instance: str,
+        *,
+        key_ring: str | None = None,
+    ) -> None:
+        self._service = service
+        self._principal = principal
+        self._instance = instance
+        self._key_ring = key_ring
+
+    def current(self, key_ref: str, *, correlation_id: str | None = None) -> RootKeyInfo:
+        """See :meth:`RootKeyAccess.current`. Raises what ``get_key_metadata`` raises, and
+        NotAllowed (``KEY_ROOT_REQ_ERR``) for a standard key."""
+        view = self._service.get_key_metadata(
+            self._principal,
+            self._instance,
+            key_ref,
+            key_ring=self._key_ring,
+            correlation_id=correlation_id,
+        )
+        if view.extractable:
+            raise NotAllowed(
+                f"key {view.id} is a standard key; the KMS plugin needs a root key",
+                reason_code="KEY_ROOT_REQ_ERR",
+            )
+        return RootKeyInfo(
+            key_id=view.id,
+            state=view.state,
+            version_id=view.key_version.id,
+            version_created=view.key_version.creation_date,
+        )
+
+    def wrap(
+        self,
+        key_ref: str,
+        plaintext: bytes,
+        *,
+        aad: Sequence[str],
+        correlation_id: str | None = None,
+    ) -> Wrapped:
+        """See :meth:`RootKeyAccess.wrap`. Raises what ``KeyService.wrap`` raises."""
+        result = self._service.wrap(
+            self._principal,
+            self._instance,
+            key_ref,
+            plaintext=plaintext,
+            aad=aad,
+            key_ring=self._key_ring,
+            correlation_id=correlation_id,
+        )
+        return Wrapped(
+            ciphertext=result.ciphertext.encode("ascii"), version_id=result.key_version.id
+        )
+
+    def unwrap(
+        self,
+        key_ref: str,
+        ciphertext: bytes,
+        *,
+        aad: Sequence[str],
+        correlation_id: str | None = None,
+    ) -> Unwrapped:
+        """See :meth:`RootKeyAccess.unwrap`. Raises what ``KeyService.unwrap`` raises, and
+        UnprocessableCiphertext for bytes that are not ASCII."""
+        try:
+            text = ciphertext.decode("ascii")
+        except UnicodeDecodeError:
+            raise UnprocessableCiphertext(UnprocessableCiphertext.MALFORMED) from None
+        result = self._service.unwrap(
+            self._principal,
+            self._instance,
+            key_ref,
+            ciphertext=text,
+            aad=aad,
+            key_ring=self._key_ring,
+            correlation_id=correlation_id,
+        )
+        return Unwrapped(plaintext=result.plaintext, version_id=result.key_version.id)
+
+
+# --- key_id --------------------------------------------------------------------------------
+
+
+def key_id_for(root_key_id: str, version_id: str) -> str:
+    """The KMS v2 key_id of a root key version (see the module docstring).
+
+    Raises InvalidArgument: either id is not a lowercase UUID.
+    """
+    key_id = f"{KEY_ID_PREFIX}{root_key_id}-v{version_id}"
+    if _KEY_ID_RE.fullmatch(key_id) is None:
+        raise InvalidArgument("expected a root key id and a version id that are lowercase UUIDs")
+    assert len(key_id.encode()) <= KEY_ID_MAX_SIZE
+    return key_id
+
+
+def parse_key_id(key_id: str) -> tuple[str, str]:
+    """The (root key id, version id) a key_id of this plugin names.
+
+    Raises InvalidArgument: not a key_id of this plugin (the message shows at most its start).
+    """
+    match = _KEY_ID_RE.fullmatch(key_id)
+    if match is None:
+        raise InvalidArgument(
+            f"unknown key_id {key_id[:96]!r}: expected {KEY_ID_PREFIX}<root key id>-v<version id>"
+        )
+    return match["root"], match["version"]
+
+
+# --- clear errors for the root key's state -------------------------------------------------
+
+
+def suspended_error(root_key_id: str) -> WrongState:
+    return WrongState(
+        f"root key {root_key_id} is suspended (state 2): enable it to encrypt or decrypt"
+    )
+
+
+def expired_error(root_key_id: str) -> WrongState:
+    return WrongState(
+        f"root key {root_key_id} expired (Deactivated, state 3): it still decrypts but no "
+        "longer encrypts; rotate to a new root key (serve the plugin with --key NEW "
+        f"--retired-key {root_key_id}) and migrate the data",
+        reason_code="KEY_EXPIRED_ERR",
+    )
+
+
+def destroyed_error(root_key_id: str) -> Gone:
+    return Gone(
+        f"root key {root_key_id} was deleted (Destroyed, state 5): nothing can be encrypted or "
+        "decrypted with it; restore it within 30 days of the deletion to use it again"
+    )
+
+
+def purged_error(root_key_id: str) -> NotFound:
+    return NotFound(
+        f"root key {root_key_id} was not found: it was purged or never existed, and data "
+        "wrapped under it cannot be decrypted",
+        reason_code="KEY_NOT_FOUND_ERR",
+    )
+
+
+def _state_error(root_key_id: str, state: KeyState, *, encrypting: bool) -> KinkoError | None:
+    if state is KeyState.SUSPENDED:
+        return suspended_error(root_key_id)
+    if state is KeyState.DESTROYED:
+        return destroyed_error(root_key_id)
+    if state is KeyState.DEACTIVATED and encrypting:
+        return expired_error(root_key_id)
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, KinkoError) else type(exc).__name__
+    return text if len(text) <= _HEALTHZ_MAX else text[: _HEALTHZ_MAX - 1] + "…"
+
+
+# --- the plugin ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Health:
+    healthz: str
+    key_id: str | None
+    version_id: str | None
+    expires_at: float
+
+
+class RootKeyPlugin:
+    """A KMS v2 plugin core over one root key (module docstring). Thread-safe.
+
+    ``access``: the key service. ``key_ref``: the root key (id or alias) to encrypt with.
+    ``retired_key_refs``: other root keys whose data Decrypt still accepts (after moving to a
+    new root key). ``clock``: monotonic seconds. ``rng``: makes health probes.
+
+    Raises InvalidArgument at construction: an empty key ref, an unsupported status version,
+    a non-positive TTL.
+    """
+
+    def __init__(
+        self,
+        access: RootKeyAccess,
+        key_ref: str,
+        *,
+        retired_key_refs: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        rng: Rng = os.urandom,
+        version: str = "v2",
+        health_ttl: float = HEALTH_TTL,
+        failure_ttl: float = FAILURE_TTL,
+    ) -> None:
+        if not key_ref:
+            raise InvalidArgument("key_ref: expected a root key id or alias, got an empty one")
+        if version not in SUPPORTED_VERSIONS:
+            raise InvalidArgument(
+                f"version: expected one of {', '.join(SUPPORTED_VERSIONS)}, got {version[:64]!r}"
+            )
+        if health_ttl <= 0 or failure_ttl <= 0:
+            raise InvalidArgument(
+                f"health TTLs must be positive, got {health_ttl} and {failure_ttl}"
+            )
+        self._access = access
+        self._key_ref = key_ref
+        self._retired_refs = tuple(r for r in retired_key_refs if r and r != key_ref)
+        self._clock = clock
+        self._rng = rng
+        self._version = version
+        self._health_ttl = health_ttl
+        self._failure_ttl = failure_ttl
+        # Root key ids resolved so far (an id ref resolves to itself without a call).
+        self._root_id: str | None = key_ref if is_key_id(key_ref) else None
+        self._retired_ids: frozenset[str] = frozenset(r for r in self._retired_refs if is_key_id(r))
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._health: _Health | None = None
+        self._last_key_id: str | None = None
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def key_ref(self) -> str:
+        return self._key_ref
+
+    # -- KmsV2Api -------------------------------------------------------------------------
+
+    def status(self) -> StatusResult:
+        """The current key_id and health, from the cached probe (module docstring).
+
+        Raises UnavailableError only when no key_id was ever learnt (the key service was never
+        reachable, or the key does not exist); every other failure is a healthz reason.
+        """
+        health = self._health
+        if health is None or self._clock() >= health.expires_at:
+            with self._probe_lock:
+                health = self._health
+                if health is None or self._clock() >= health.expires_at:
+                    health = self._probe()
+                    self._health = health
+        if health.key_id is None:
+            raise UnavailableError(f"KMS plugin root key {self._key_ref}: {health.healthz}")
+        return StatusResult(version=self._version, healthz=health.healthz, key_id=health.key_id)
+
+    def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptResult:
+        """Wrap ``plaintext`` (a seed) with the root key's latest version.
+
+        Raises InvalidArgument (empty uid or plaintext; a ciphertext over 1 KiB), WrongState
+        (Suspended; Deactivated = expired), Gone (Destroyed), NotFound (purged), and what the
+        key service raises (UnavailableError, Unauthorized, Forbidden, …).
+        """
+        _check_uid(uid)
+        if not plaintext:
+            raise InvalidArgument("plaintext: expected non-empty bytes, got none")
+        root_id = self._resolve(uid)
+        try:
+            wrapped = self._access.wrap(root_id, plaintext, aad=SEED_AAD, correlation_id=uid)
+        except (WrongState, Gone, NotFound) as exc:
+            raise self._explain(root_id, exc, encrypting=True, uid=uid) from exc
+        size = len(wrapped.ciphertext)
+        if size > ENCRYPTED_DEK_SOURCE_MAX_SIZE:
+            raise InvalidArgument(
+                f"the wrapped plaintext is {size} bytes, over the {ENCRYPTED_DEK_SOURCE_MAX_SIZE}"
+                f"-byte KMS v2 limit; a {len(plaintext)}-byte plaintext is too large for this "
+                "root key (a 32-byte seed fits)"
+            )
+        key_id = key_id_for(root_id, wrapped.version_id)
+        health = self._health
+        if health is not None and health.version_id != wrapped.version_id:
+            # The key was rotated since the last probe: let the next Status look again.
+            self._health = None
+        return EncryptResult(
+            ciphertext=wrapped.ciphertext,
+            key_id=key_id,
+            annotations={ANNOTATION_KEY: wrapped.version_id.encode("ascii")},
+        )
+
+    def decrypt(
+        self, ciphertext: bytes, *, uid: str, key_id: str, annotations: Mapping[str, bytes]
+    ) -> bytes:
+        """Unwrap ``ciphertext`` with the root key and version its ``key_id`` names.
+
+        Raises InvalidArgument (empty fields; a key_id not of this plugin or of a root key it
+        is not configured for; an annotation that disagrees with the key_id), DecryptionError
+        (the ciphertext does not unwrap, or was wrapped by another version than its key_id
+        says; opaque), WrongState (Suspended), Gone (Destroyed), NotFound (purged), and what
+        the key service raises (UnavailableError, Unauthorized, Forbidden, …).
+        """
+        _check_uid(uid)
+        if not ciphertext:
+            raise InvalidArgument("ciphertext: expected non-empty bytes, got none")
+        if not key_id:
+            raise InvalidArgument("key_id: expected a non-empty key_id, got an empty one")
+        root_id, version_id = parse_key_id(key_id)
+        self._check_known_root(root_id, uid)
+        if annotations.get(ANNOTATION_KEY) != version_id.encode("ascii"):
+            raise InvalidArgument(
+                f"annotations: expected {ANNOTATION_KEY}={version_id} as in the key_id"
+            )
+        try:
+            unwrapped = self._access.unwrap(root_id, ciphertext, aad=SEED_AAD, correlation_id=uid)
+        except (WrongState, Gone, NotFound) as exc:
+            raise self._explain(root_id, exc, encrypting=False, uid=uid) from exc
+        if unwrapped.version_id != version_id:
+            raise DecryptionError()
+        return unwrapped.plaintext
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _resolve(self, uid: str | None = None) -> str:
+        """The configured root key's id (one lookup for an alias, then remembered)."""
+        root_id = self._root_id
+        if root_id is None:
+            info = self._access.current(self._key_ref, correlation_id=uid)
+            with self._lock:
+                if self._root_id is None:
+                    self._root_id = info.key_id
+                root_id = self._root_id
+        return root_id
+
+    def _check_known_root(self, root_id: str, uid: str) -> None:
+        if root_id == self._resolve(uid) or root_id in self._retired_ids:
+            return
+        # Resolve retired aliases only when a key_id names a root key not yet known.
+        resolved = set(self._retired_ids)
+        for ref in self._retired_refs:
+            if not is_key_id(ref):
+                try:
+                    resolved.add(self._access.current(ref, correlation_id=uid).key_id)
+                except KinkoError:
+                    continue  # A retired key that is gone cannot decrypt anyway.
+        with self._lock:
+            self._retired_ids = frozenset(resolved)
+        if root_id not in resolved:
+            raise InvalidArgument(
+                f"the key_id names root key {root_id}, which this plugin does not serve "
+                "(add it with --retired-key to decrypt data written under it)"
+            )
+
+    def _explain(
+        self, root_id: str, exc: KinkoError, *, encrypting: bool, uid: str | None
+    ) -> KinkoError:
+        """A clear error for a refusal caused by the root key's state."""
+        if isinstance(exc, NotFound):
+            return purged_error(root_id)
+        if isinstance(exc, Gone):
+            return destroyed_error(root_id)
+        try:
+            info = self._access.current(root_id, correlation_id=uid)
+        except KinkoError:
+            return exc
+        return _state_error(root_id, info.state, encrypting=encrypting) or exc
+
+    def _probe(self) -> _Health:
+        """One health check: the key's state, then a wrap + unwrap round trip of a random
+        probe with the current version."""
+        started = self._clock()
+
+        def failed(reason: str, key_id: str | None) -> _Health:
+            if key_id is not None:
+                self._last_key_id = key_id
+            return _Health(
+                healthz=reason,
+                key_id=key_id or self._last_key_id,
+                version_id=None,
+                expires_at=started + self._failure_ttl,
+            )
+
+        try:
+            info = self._access.current(self._root_id or self._key_ref)
+        except KinkoError as exc:
+            return failed(_reason(exc), None)
+        with self._lock:
+            if self._root_id is None:
+                self._root_id = info.key_id
+        key_id = key_id_for(info.key_id, info.version_id)
+        problem = _state_error(info.key_id, info.state, encrypting=True)
+        if problem is not None:
+            return failed(_reason(problem), key_id)
+        probe = self._rng(PROBE_SIZE)
+        try:
+            wrapped = self._access.wrap(info.key_id, probe, aad=PROBE_AAD)
+            unwrapped = self._access.unwrap(info.key_id, wrapped.ciphertext, aad=PROBE_AAD)
+        except KinkoError as exc:
+            return failed(f"root key probe failed: {_reason(exc)}", key_id)
+        if len(probe) != PROBE_SIZE or not hmac.compare_digest(unwrapped.plaintext, probe):
+            return failed("root key probe failed: unwrap did not return the probe", key_id)
+        if unwrapped.version_id != wrapped.version_id:
+            return failed("root key probe failed: unwrap named another version", key_id)
+        key_id = key_id_for(info.key_id, wrapped.version_id)
+        self._last_key_id = key_id
+        return _Health(
+            healthz="ok",
+            key_id=key_id,
+            version_id=wrapped.version_id,
+            expires_at=started + self._health_ttl,
+        )
+
+
+def _check_uid(uid: str) -> None:
+    if not uid:
+        raise InvalidArgument("uid: expected a non-empty request uid, got an empty one")

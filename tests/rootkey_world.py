@@ -1,0 +1,146 @@
+"""A key service and a root-key KMS plugin on in-memory twins, shared by unit and integration
+tests: MemoryStore, a MemoryHsm that counts its wrap and unwrap calls, a fake wall clock for
+the key service and a fake monotonic clock for the plugin's health cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from kinko.hsm.memory import MemoryDevice, MemoryHsm
+from kinko.hsm.port import Hsm
+from kinko.keys.audit import MemoryAuditSink
+from kinko.keys.auth import Principal, Role
+from kinko.keys.service import KeyService
+from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
+from kinko.store.memory import MemoryStore
+from kinko.store.port import Store
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+INSTANCE = "inst-kms"
+PLUGIN = Principal(name="kms-plugin", instance=INSTANCE, roles=frozenset({Role.READER}))
+ADMIN = Principal(name="admin", instance=INSTANCE, roles=frozenset({Role.MANAGER, Role.WRITER}))
+PURGER = Principal(name="purger", instance=INSTANCE, roles=frozenset({Role.KEY_PURGE}))
+CLUSTER = Principal(
+    name="cluster-service", instance=INSTANCE, roles=frozenset({Role.READER}), service=True
+)
+CLUSTER_CRN = "crn:v1:kinko:local:containers-kubernetes:local:a/kinko:inst-kms::cluster:c1"
+SEED = bytes(range(32))
+
+
+class WallClock:
+    """The key service's clock: aware UTC, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+class MonoClock:
+    """The plugin's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingHsm(MemoryHsm):
+    """The memory twin, counting wrap and unwrap calls (health checks must not hammer it)."""
+
+    def __init__(self, device: MemoryDevice | None = None) -> None:
+        super().__init__(device)
+        self.wraps = 0
+        self.unwraps = 0
+
+    @property
+    def calls(self) -> int:
+        return self.wraps + self.unwraps
+
+    def wrap(self, handle: str, plaintext: bytes, *, aad: bytes, nonce: bytes) -> bytes:
+        self.wraps += 1
+        return super().wrap(handle, plaintext, aad=aad, nonce=nonce)
+
+    def unwrap(self, handle: str, ciphertext: bytes, *, aad: bytes, nonce: bytes) -> bytes:
+        self.unwraps += 1
+        return super().unwrap(handle, ciphertext, aad=aad, nonce=nonce)
+
+
+@dataclass
+class World:
+    """One key service with one root key, and a plugin on it."""
+
+    store: Store
+    hsm: Hsm
+    audit: MemoryAuditSink
+    clock: WallClock
+    mono: MonoClock
+    service: KeyService
+    key_id: str
+    plugins: list[RootKeyPlugin] = field(default_factory=list)
+
+    def plugin(self, key_ref: str | None = None, **kwargs: object) -> RootKeyPlugin:
+        access = ServiceRootKeys(self.service, PLUGIN, INSTANCE)
+        plugin = RootKeyPlugin(
+            access,
+            key_ref or self.key_id,
+            clock=self.mono,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.plugins.append(plugin)
+        return plugin
+
+    def new_key(self, name: str, **kwargs: object) -> str:
+        view = self.service.create_key(ADMIN, INSTANCE, name=name, **kwargs)  # type: ignore[arg-type]
+        return view.id
+
+    def rotate(self, key_ref: str | None = None) -> str:
+        """Rotates (an hour after the last rotation, as Key Protect allows); returns the new
+        version id."""
+        self.clock.advance(hours=1, seconds=1)
+        view = self.service.rotate(ADMIN, INSTANCE, key_ref or self.key_id)
+        return view.key_version.id
+
+    def disable(self) -> None:
+        self.service.disable(ADMIN, INSTANCE, self.key_id)
+
+    def enable(self) -> None:
+        self.clock.advance(seconds=31)
+        self.service.enable(ADMIN, INSTANCE, self.key_id)
+
+    def delete(self, *, force: bool = False) -> None:
+        self.service.delete_key(ADMIN, INSTANCE, self.key_id, force=force)
+
+    def restore(self) -> None:
+        self.clock.advance(seconds=31)
+        self.service.restore_key(ADMIN, INSTANCE, self.key_id)
+
+    def purge(self) -> None:
+        self.clock.advance(hours=4, seconds=1)
+        self.service.purge_key(PURGER, INSTANCE, self.key_id)
+
+
+def make_world(hsm: Hsm | None = None, store: Store | None = None, **key_options: object) -> World:
+    """A fresh world whose root key ``kms-root`` (alias ``kms-root-alias``) exists."""
+    store = store if store is not None else MemoryStore()
+    hsm = hsm if hsm is not None else CountingHsm()
+    audit, clock = MemoryAuditSink(), WallClock()
+    service = KeyService(store, hsm, audit=audit, clock=clock, rng=os.urandom)
+    view = service.create_key(
+        ADMIN,
+        INSTANCE,
+        name="kms-root",
+        aliases=("kms-root-alias",),
+        **key_options,  # type: ignore[arg-type]
+    )
+    return World(store, hsm, audit, clock, MonoClock(), service, view.id)
