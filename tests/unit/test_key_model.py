@@ -810,6 +810,23 @@ def _b64json(doc: object) -> str:
 GOOD = {"ciphertext": "Y" * 64, "iv": "aWlpaWlpaWlpaWlp", "version": "4.0.0", "handle": _uuid(7)}
 
 
+def _noncanonical_outer() -> str:
+    """GOOD, base64-encoded with non-zero padding bits (decodes to the same bytes)."""
+    import base64
+    import json
+
+    raw = json.dumps(GOOD)
+    while len(raw) % 3 == 0:
+        raw += " "
+    text = base64.b64encode(raw.encode()).decode()
+    assert model.parse_ciphertext(text).version_id == _uuid(7)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = text.index("=") - 1
+    bumped = text[:last] + alphabet[alphabet.index(text[last]) + 1] + text[last + 1 :]
+    assert base64.b64decode(bumped) == raw.encode()
+    return bumped
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -828,6 +845,8 @@ GOOD = {"ciphertext": "Y" * 64, "iv": "aWlpaWlpaWlpaWlp", "version": "4.0.0", "h
         _b64json({**GOOD, "handle": "ABCDEF00-0000-4000-8000-00000000000A"}),
         "A" * (model.MAX_CIPHERTEXT_CHARS + 4),
         "\u00e9t\u00e9",
+        _b64json({**GOOD, "ciphertext": "YWFhYWFhYWFhYWFhYWFhYWF="}),  # non-canonical inside
+        _noncanonical_outer(),
     ],
 )
 def test_malformed_ciphertexts_are_unprocessable(text: str) -> None:

@@ -1372,14 +1372,20 @@ def _b64(text: object) -> bytes:
     if not isinstance(text, str):
         raise _malformed()
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        data = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise _malformed() from None
+    # Canonical only (zero padding bits): every change to the text is a change to the bytes.
+    if base64.b64encode(data).decode("ascii") != text:
+        raise _malformed()
+    return data
 
 
 def parse_ciphertext(text: str) -> WrappedDek:
-    """Parses a wrap ciphertext. Strict: standard padded base64, exactly the four fields,
-    version 4.0.0, a 12-byte iv, at least a tag of ciphertext, a UUID handle.
+    """Parses a wrap ciphertext. Strict: canonical standard padded base64 (outside and in the
+    fields), exactly the four fields, version 4.0.0, a 12-byte iv, at least a tag of
+    ciphertext, a lowercase UUID handle. So any change to the text is either malformed or
+    changes bytes that AES-GCM authenticates.
 
     Raises UnprocessableCiphertext (``UNPROCESSABLE_CIPHERTEXT_ERR``, reason MALFORMED) for
     anything else; the message never repeats the input.
