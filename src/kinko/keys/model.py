@@ -435,7 +435,10 @@ def check_instance(instance: str) -> str:
 
 
 def check_name(name: str) -> str:
-    """Returns ``name`` if it is a valid key name (2 to 90 printable characters)."""
+    """Returns ``name`` if it is a valid key name (2 to 90 printable characters).
+
+    Raises InvalidArgument.
+    """
     if not isinstance(name, str) or not _NAME_MIN <= len(name) <= _NAME_MAX:
         size = len(name) if isinstance(name, str) else "no"
         raise InvalidArgument(
@@ -447,7 +450,10 @@ def check_name(name: str) -> str:
 
 
 def check_description(description: str) -> str:
-    """Returns ``description`` if it has at most 240 printable characters."""
+    """Returns ``description`` if it has at most 240 printable characters.
+
+    Raises InvalidArgument.
+    """
     if not isinstance(description, str) or len(description) > _DESCRIPTION_MAX:
         raise InvalidArgument(f"expected a description of at most {_DESCRIPTION_MAX} characters")
     if not description.isprintable():
@@ -478,14 +484,17 @@ def is_key_id(ref: str) -> bool:
 
 
 def check_ring_id(ring_id: str) -> str:
-    """Returns ``ring_id`` if it is 2 to 100 letters, digits or ``-``."""
+    """Returns ``ring_id`` if it is 2 to 100 letters, digits or ``-``. Raises InvalidArgument."""
     if not isinstance(ring_id, str) or _RING_RE.fullmatch(ring_id) is None:
         raise InvalidArgument("expected a key ring id of 2 to 100 letters, digits or '-'")
     return ring_id
 
 
 def check_crn(crn: str) -> str:
-    """Returns ``crn`` if it looks like a resource CRN (``crn:…``, printable, ≤ 512 chars)."""
+    """Returns ``crn`` if it looks like a resource CRN (``crn:…``, printable, ≤ 512 chars).
+
+    Raises InvalidArgument.
+    """
     if (
         not isinstance(crn, str)
         or not crn.startswith("crn:")
@@ -500,7 +509,7 @@ def check_crn(crn: str) -> str:
 
 
 def check_interval_month(interval_month: int) -> int:
-    """Returns ``interval_month`` if it is an integer from 1 to 12."""
+    """Returns ``interval_month`` if it is an integer from 1 to 12. Raises InvalidArgument."""
     if (
         isinstance(interval_month, bool)
         or not isinstance(interval_month, int)
@@ -532,7 +541,7 @@ def check_payload(payload: bytes, *, root: bool) -> bytes:
 
 
 def check_plaintext(plaintext: bytes) -> bytes:
-    """Checks a wrap plaintext: 1 to 7,500 bytes."""
+    """Checks a wrap plaintext: 1 to 7,500 bytes. Raises InvalidArgument (with the size only)."""
     if not 1 <= len(plaintext) <= MAX_PAYLOAD_BYTES:
         raise InvalidArgument(
             f"expected a plaintext of 1 to {MAX_PAYLOAD_BYTES} bytes, got {len(plaintext)}"
