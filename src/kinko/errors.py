@@ -36,7 +36,9 @@ gRPC status codes in ``kinko.kms.server``).
         ├── PluginError             a KMS plugin is unreachable, timed out, unhealthy or
         │                           answered something invalid
         ├── StoreUnavailable        the store (etcd, SQLite) did not answer
-        └── HsmUnavailable          the HSM or keystore did not answer, or refused the session
+        ├── HsmUnavailable          the HSM or keystore did not answer, or refused the session
+        └── KeyServiceUnavailable   a remote key service is unreachable, timed out, failed
+                                    (HTTP 5xx, 429) or answered something that is not its API
 
 Every error carries ``reason_code``: the Key Protect reason code the REST layer puts in its
 error envelope. Each class has a default; an instance may carry a more specific one
@@ -237,4 +239,14 @@ class HsmUnavailable(UnavailableError):
 
     Raised for an unloadable module, a missing token, a refused login, a lost session or an
     unreadable keystore file. The message names the token or path, never a PIN or key bytes.
+    """
+
+
+class KeyServiceUnavailable(UnavailableError):
+    """A remote key service (kinko's or Key Protect, over HTTPS) could not serve the request.
+
+    Raised by :class:`kinko.keys.client.KeyProtectClient` when the connection fails (refused,
+    TLS verification, timeout), when the service answers HTTP 5xx or 429, and when a response
+    is not Key Protect's API (not JSON, missing fields). The message names the URL, the HTTP
+    status and the reason code, never the bearer token, key material, plaintext or ciphertext.
     """

@@ -30,6 +30,7 @@ from kinko.cli.errors import exit_code_for
         (errors.PluginError("x"), 10),
         (errors.StoreUnavailable("x"), 11),
         (errors.HsmUnavailable("x"), 13),
+        (errors.KeyServiceUnavailable("x"), 16),
         (errors.KinkoError("x"), 1),
     ],
 )

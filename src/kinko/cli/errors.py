@@ -24,6 +24,7 @@ EXIT_CODES: dict[type[errors.KinkoError], int] = {
     errors.PluginError: 10,
     errors.StoreUnavailable: 11,
     errors.HsmUnavailable: 13,
+    errors.KeyServiceUnavailable: 16,
     errors.UnavailableError: 12,
     errors.KinkoError: 1,
 }
