@@ -125,6 +125,7 @@ REASON_ERRORS: Final[Mapping[str, type[errors.KinkoError]]] = {
     "BAD_BODY_ERR": errors.InvalidArgument,
     "NO_BODY_ERR": errors.InvalidArgument,
     "COLLECTION_TOTAL_MISMATCH_ERR": errors.InvalidArgument,
+    "NUM_COLLECTION_RESOURCE_ERR": errors.InvalidArgument,
     "BODY_QUERY_PARAM_MISMATCH_ERR": errors.InvalidArgument,
     "INVALID_FIELD_ERR": errors.InvalidArgument,
     "INVALID_QUERY_PARAM_ERR": errors.InvalidArgument,
@@ -525,6 +526,25 @@ class KeyProtectClient:
             params["extractable"] = "true" if extractable else "false"
         meta, resources = _collection(self._send("GET", "/keys", params=params))
         return KeyPage(keys=tuple(_key(r) for r in resources), total=meta.opt_number("totalCount"))
+
+    def count_keys(
+        self, *, states: Sequence[int] | None = None, extractable: bool | None = None
+    ) -> int:
+        """``HEAD /keys``: how many keys :meth:`list_keys` would show in all (``Key-Total``).
+
+        Raises InvalidArgument, Unauthorized, Forbidden, KeyServiceUnavailable (also for an
+        answer without a ``Key-Total`` header).
+        """
+        params: dict[str, str] = {}
+        if states is not None:
+            params["state"] = ",".join(str(int(s)) for s in states)
+        if extractable is not None:
+            params["extractable"] = "true" if extractable else "false"
+        response = self._send("HEAD", "/keys", params=params)
+        total = response.headers.get("key-total", "")
+        if not total.isdigit():
+            raise _malformed(response, "expected a Key-Total header")
+        return int(total)
 
     def iter_keys(
         self,
