@@ -6,28 +6,49 @@ its request bytes unparsed. The client side is the same grpcio channel setup for
 are interleaved (echo, Encrypt, Decrypt, ...) and the best of each kept; the ratio
 plugin ÷ echo shows what kinko's plugin adds on top of gRPC itself (target ≥ 0.9).
 
-Backends: ``local`` (a local AES-256 key file) always; later root-key backends are added as
-they exist.
+Backends:
 
-Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S]``
+- ``local key file``: a local AES-256 key (``kinko kms serve --key-file``);
+- the same behind the metrics wrapper (``--metrics-listen``), to show what metrics cost;
+- ``root key, soft keystore``: a root key of the key service run in-process on a data folder
+  (SQLite store, soft keystore, fsynced audit log: ``kinko kms serve --key … --data-dir …``);
+  every Encrypt and Decrypt is a key service wrap or unwrap, audited;
+- ``root key, soft keystore, audit in memory``: the same with the audit log kept in memory,
+  to show how much of the cost is the audit log's fsync;
+- ``root key, SoftHSM2``: the same over a PKCS#11 token, when ``softhsm2-util`` and the
+  module are installed (a throw-away token is initialised in a temporary folder).
+
+Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S] [--only NAME]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
+from kinko.hsm.port import Hsm
+from kinko.keys.audit import MemoryAuditSink
+from kinko.keys.auth import Principal, Role
+from kinko.keys.deployment import open_deployment
+from kinko.keys.service import KeyService
 from kinko.kms.client import GrpcKmsV2Api
+from kinko.kms.metrics import InstrumentedKmsV2Api, KmsMetrics
 from kinko.kms.plugin import LocalKeyPlugin
 from kinko.kms.port import KmsV2Api
+from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
+from kinko.store.sqlite import SqliteStore
 
 SEED = os.urandom(32)
 ECHO_METHOD = "/kinko.bench.Echo/Echo"
@@ -93,10 +114,103 @@ def measure(api: KmsV2Api, echo: Callable[[], object], rounds: int, seconds: flo
         )
 
 
+INSTANCE = "bench"
+ADMIN = Principal("bench-admin", INSTANCE, frozenset({Role.MANAGER, Role.WRITER}))
+READER = Principal("kms-plugin", INSTANCE, frozenset({Role.READER}))
+SOFTHSM_MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+)
+
+
+def root_key_plugin(service: KeyService) -> RootKeyPlugin:
+    key = service.create_key(ADMIN, INSTANCE, name="bench-root")
+    return RootKeyPlugin(ServiceRootKeys(service, READER, INSTANCE), key.id)
+
+
+@contextlib.contextmanager
+def root_key_on_data_dir(work: Path, hsm: Hsm | None = None) -> Iterator[KmsV2Api]:
+    with open_deployment(work / "data", hsm=hsm) as deployment:
+        yield root_key_plugin(deployment.service)
+
+
+@contextlib.contextmanager
+def root_key_audit_in_memory(work: Path) -> Iterator[KmsV2Api]:
+    from kinko.hsm.soft import SoftKeystore
+
+    with SqliteStore(work / "data-memaudit.db") as store:
+        service = KeyService(
+            store,
+            SoftKeystore(work / "keystore-memaudit"),
+            audit=MemoryAuditSink(),
+            clock=lambda: datetime.now(UTC),
+            rng=os.urandom,
+        )
+        yield root_key_plugin(service)
+
+
+@contextlib.contextmanager
+def root_key_on_softhsm(work: Path) -> Iterator[KmsV2Api | None]:
+    """None when SoftHSM2 is not installed."""
+    util = shutil.which("softhsm2-util")
+    module = next((m for m in SOFTHSM_MODULES if Path(m).is_file()), None)
+    if util is None or module is None:
+        yield None
+        return
+    from kinko.hsm.pkcs11 import Pkcs11Hsm
+
+    tokens = work / "softhsm-tokens"
+    tokens.mkdir(mode=0o700)
+    conf = work / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    pin = os.urandom(8).hex()
+    subprocess.run(
+        [
+            *(util, "--init-token", "--free", "--label", "kinko-bench"),
+            *("--so-pin", os.urandom(8).hex(), "--pin", pin),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with Pkcs11Hsm(module, "kinko-bench", pin) as hsm, root_key_on_data_dir(work, hsm) as api:
+        yield api
+
+
+@contextlib.contextmanager
+def backend(name: str, work: Path) -> Iterator[KmsV2Api | None]:
+    if name == "local key file":
+        yield LocalKeyPlugin(os.urandom(32))
+    elif name == "local key file + metrics":
+        yield InstrumentedKmsV2Api(LocalKeyPlugin(os.urandom(32)), KmsMetrics())
+    elif name == "root key, soft keystore":
+        with root_key_on_data_dir(work) as api:
+            yield api
+    elif name == "root key, soft keystore, audit in memory":
+        with root_key_audit_in_memory(work) as api:
+            yield api
+    elif name == "root key, SoftHSM2":
+        with root_key_on_softhsm(work) as maybe:
+            yield maybe
+    else:
+        raise SystemExit(f"unknown backend {name!r}")
+
+
+BACKENDS = (
+    "local key file",
+    "local key file + metrics",
+    "root key, soft keystore",
+    "root key, soft keystore, audit in memory",
+    "root key, SoftHSM2",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
+    parser.add_argument("--only", choices=BACKENDS, action="append", help="repeatable")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="kinko-bench-") as tmp:
@@ -113,18 +227,21 @@ def main() -> None:
         def echo_call() -> object:
             return call(payload, timeout=3.0, wait_for_ready=True)
 
-        backends: dict[str, KmsV2Api] = {"local key file": LocalKeyPlugin(os.urandom(32))}
         try:
-            for name, backend in backends.items():
-                endpoint = f"unix://{work / 'kms.sock'}"
-                server = KmsV2Server(backend, endpoint)
-                server.start()
-                try:
-                    with GrpcKmsV2Api(endpoint) as api:
-                        print(f"plugin backend: {name}")
-                        measure(api, echo_call, args.rounds, args.seconds)
-                finally:
-                    server.stop(grace=0)
+            for name in args.only or BACKENDS:
+                with backend(name, work) as core:
+                    if core is None:
+                        print(f"plugin backend: {name}: skipped (not installed)")
+                        continue
+                    endpoint = f"unix://{work / 'kms.sock'}"
+                    server = KmsV2Server(core, endpoint)
+                    server.start()
+                    try:
+                        with GrpcKmsV2Api(endpoint) as api:
+                            print(f"plugin backend: {name}")
+                            measure(api, echo_call, args.rounds, args.seconds)
+                    finally:
+                        server.stop(grace=0)
         finally:
             channel.close()
             echo.stop(0)

@@ -1,6 +1,10 @@
 """A key service and a root-key KMS plugin on in-memory twins, shared by unit and integration
 tests: MemoryStore, a MemoryHsm that counts its wrap and unwrap calls, a fake wall clock for
-the key service and a fake monotonic clock for the plugin's health cache."""
+the key service and a fake monotonic clock for the plugin's health cache.
+
+The plugin reaches the service either in-process (:class:`ServiceRootKeys`) or, with
+``remote=True``, through the real Key Protect REST app and :class:`KeyProtectClient` (over
+FastAPI's in-process transport), with a Reader token named ``kms-plugin``."""
 
 from __future__ import annotations
 
@@ -8,12 +12,17 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from fastapi.testclient import TestClient
+
+from kinko.api.keyprotect import create_keyprotect_app
 from kinko.hsm.memory import MemoryDevice, MemoryHsm
 from kinko.hsm.port import Hsm
 from kinko.keys.audit import MemoryAuditSink
-from kinko.keys.auth import Principal, Role
+from kinko.keys.auth import Principal, Role, TokenBook, issue_token
+from kinko.keys.client import KeyProtectClient
 from kinko.keys.service import KeyService
-from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
+from kinko.kms.rootkey import RootKeyAccess, RootKeyPlugin, ServiceRootKeys
+from kinko.kms.rootkey_remote import RemoteRootKeys
 from kinko.store.memory import MemoryStore
 from kinko.store.port import Store
 
@@ -87,10 +96,35 @@ class World:
     mono: MonoClock
     service: KeyService
     key_id: str
+    remote: bool = False
     plugins: list[RootKeyPlugin] = field(default_factory=list)
+    _client: KeyProtectClient | None = None
+
+    def access(self) -> RootKeyAccess:
+        """The plugin's way to the key service: in-process, or over the REST API."""
+        if not self.remote:
+            return ServiceRootKeys(self.service, PLUGIN, INSTANCE)
+        if self._client is None:
+            issued = issue_token(
+                rng=os.urandom,
+                instance=INSTANCE,
+                roles=[Role.READER.value],
+                now=self.clock(),
+                name=PLUGIN.name,
+            )
+            TokenBook(self.store).add(issued.record)
+            http = TestClient(
+                create_keyprotect_app(self.service),
+                base_url="http://127.0.0.1",
+                raise_server_exceptions=False,
+            )
+            self._client = KeyProtectClient(
+                "http://127.0.0.1", token=issued.token, instance=INSTANCE, http=http
+            )
+        return RemoteRootKeys(self._client)
 
     def plugin(self, key_ref: str | None = None, **kwargs: object) -> RootKeyPlugin:
-        access = ServiceRootKeys(self.service, PLUGIN, INSTANCE)
+        access = self.access()
         plugin = RootKeyPlugin(
             access,
             key_ref or self.key_id,
@@ -130,7 +164,13 @@ class World:
         self.service.purge_key(PURGER, INSTANCE, self.key_id)
 
 
-def make_world(hsm: Hsm | None = None, store: Store | None = None, **key_options: object) -> World:
+def make_world(
+    hsm: Hsm | None = None,
+    store: Store | None = None,
+    *,
+    remote: bool = False,
+    **key_options: object,
+) -> World:
     """A fresh world whose root key ``kms-root`` (alias ``kms-root-alias``) exists."""
     store = store if store is not None else MemoryStore()
     hsm = hsm if hsm is not None else CountingHsm()
@@ -143,4 +183,4 @@ def make_world(hsm: Hsm | None = None, store: Store | None = None, **key_options
         aliases=("kms-root-alias",),
         **key_options,  # type: ignore[arg-type]
     )
-    return World(store, hsm, audit, clock, MonoClock(), service, view.id)
+    return World(store, hsm, audit, clock, MonoClock(), service, view.id, remote=remote)
