@@ -217,6 +217,9 @@ def b64decode_field(name: str, value: str, *, expected: str) -> bytes:
     except UnicodeEncodeError:
         raise invalid_field(name, f"{expected}: non-ASCII data") from None
     try:
+        if len(raw) % 4:
+            # Python would accept surplus padding ("YWJj="); Key Protect (Go) does not.
+            raise binascii.Error("length")
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         offset = _first_bad_base64_byte(raw)

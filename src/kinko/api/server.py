@@ -13,24 +13,28 @@ Invariants:
   is opened.
 - The access log names method, path and status; uvicorn never logs headers or bodies, so no
   bearer token, key material, plaintext or ciphertext reaches a log.
+- SIGTERM and SIGINT stop the server gracefully and :func:`serve` returns (uvicorn's habit
+  of re-raising the signal afterwards is switched off), so the caller's cleanup runs and the
+  process exits 0.
 - A failing periodic job is logged (its type and reason code) and retried on the next tick;
   it never stops the server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from kinko.errors import InvalidArgument, KinkoError
+from kinko.errors import InvalidArgument, KinkoError, UnavailableError
 
 log = logging.getLogger("kinko.api.server")
 
@@ -121,6 +125,29 @@ class Periodic:
             self._stop.wait(self._interval)
 
 
+def _config(
+    app: ASGIApp, listen: ListenAddress, tls: TlsConfig | None, grace: float, log_level: str
+) -> uvicorn.Config:
+    if tls is None and not listen.is_loopback:
+        raise InvalidArgument(
+            f"refusing plain HTTP on {listen.host}: --insecure-http is only allowed on a "
+            "loopback address (127.0.0.1, ::1, localhost)"
+        )
+    return uvicorn.Config(
+        app,
+        host=listen.host,
+        port=listen.port,
+        ssl_certfile=str(tls.cert) if tls is not None else None,
+        ssl_keyfile=str(tls.key) if tls is not None else None,
+        log_level=log_level,
+        access_log=True,
+        proxy_headers=False,
+        server_header=False,
+        lifespan="off",
+        timeout_graceful_shutdown=max(1, int(grace)),
+    )
+
+
 def serve(
     app: ASGIApp,
     listen: ListenAddress,
@@ -136,26 +163,47 @@ def serve(
     socket listens (uvicorn's ``server.servers`` then holds the bound sockets, which gives the
     port when ``listen.port`` is 0). Raises InvalidArgument (plain HTTP off loopback).
     """
-    if tls is None and not listen.is_loopback:
-        raise InvalidArgument(
-            f"refusing plain HTTP on {listen.host}: --insecure-http is only allowed on a "
-            "loopback address (127.0.0.1, ::1, localhost)"
-        )
-    config = uvicorn.Config(
-        app,
-        host=listen.host,
-        port=listen.port,
-        ssl_certfile=str(tls.cert) if tls is not None else None,
-        ssl_keyfile=str(tls.key) if tls is not None else None,
-        log_level=log_level,
-        access_log=True,
-        proxy_headers=False,
-        server_header=False,
-        lifespan="off",
-        timeout_graceful_shutdown=int(grace) if grace >= 1 else 1,
-    )
-    server = _Server(config, on_started)
+    server = _Server(_config(app, listen, tls, grace, log_level), on_started)
     server.run()
+
+
+class BackgroundServer:
+    """``app`` served by uvicorn on a thread of this process, for tests and benchmarks.
+
+    A context manager: entering starts the server and waits until it listens (``port`` is
+    then the bound port); leaving asks it to stop, lets requests finish and joins the thread.
+    Raises InvalidArgument (plain HTTP off loopback), UnavailableError (it did not start
+    within ``start_timeout`` seconds).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        listen: ListenAddress,
+        *,
+        tls: TlsConfig | None,
+        log_level: str = "warning",
+        start_timeout: float = 10.0,
+    ) -> None:
+        self._listening = threading.Event()
+        self._server = _Server(
+            _config(app, listen, tls, 5.0, log_level), lambda _: self._listening.set()
+        )
+        self._thread = threading.Thread(target=self._server.run, name="kinko-http", daemon=True)
+        self._start_timeout = start_timeout
+        self.port = 0
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        if not self._listening.wait(self._start_timeout) or not self._thread.is_alive():
+            self._server.should_exit = True
+            raise UnavailableError("the HTTP server did not start")
+        self.port = bound_port(self._server)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.should_exit = True
+        self._thread.join()
 
 
 class _Server(uvicorn.Server):
@@ -171,6 +219,17 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started and self._on_started is not None:
             self._on_started(self)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the SIGTERM or SIGINT it stopped on, which would kill the
+            # process before the caller closes its store, HSM session and audit log. The
+            # signal has been handled (a graceful stop), so it is not raised again.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
 
 def bound_port(server: uvicorn.Server) -> int:

@@ -29,6 +29,7 @@ import uvicorn
 from kinko.api.keyprotect import DEFAULT_MAX_BODY, create_keyprotect_app
 from kinko.api.server import Periodic, TlsConfig, bound_port, parse_listen, serve
 from kinko.api.tls import DEFAULT_NAMES, ensure_server_tls
+from kinko.cli.keys_client import add_client_commands
 from kinko.cli.token import STORE_FILE
 from kinko.errors import InvalidArgument
 from kinko.hsm.port import Hsm
@@ -44,6 +45,9 @@ _WILDCARDS = ("0.0.0.0", "::")
 @click.group()
 def keys() -> None:
     """Run the key service: IBM Key Protect API v2 over HTTPS (tokens: ``kinko token``)."""
+
+
+add_client_commands(keys)
 
 
 # --- shared options ----------------------------------------------------------------------
@@ -225,22 +229,24 @@ def serve_command(
             service.run_scheduled, interval=scheduler_interval, name="kinko-keys-scheduler"
         )
 
-        def started(server: uvicorn.Server) -> None:
-            port = bound_port(server)
+        if not hsm.hsm_grade:
             click.echo(
-                f"kinko keys: serving Key Protect API v2 on {scheme}://{address.url_host}:{port} "
-                f"(store: {store_text}; keys: {hsm.description}; audit: {audit.path})",
+                "kinko keys: WARNING: root keys are in the soft keystore under "
+                f"{data_dir / KEYSTORE_DIR}, which is NOT HSM-grade (a file on this machine; "
+                "use --hsm pkcs11 for an HSM)",
                 err=True,
             )
-            if not hsm.hsm_grade:
-                click.echo(
-                    "kinko keys: WARNING: root keys are in the soft keystore under "
-                    f"{data_dir / KEYSTORE_DIR}: NOT HSM-grade (a file on this machine; use "
-                    "--hsm pkcs11 for an HSM)",
-                    err=True,
-                )
-            if tls is not None and tls_cert is None:
-                click.echo(f"kinko keys: clients trust {data_dir / 'tls' / 'ca.crt'}", err=True)
+        if tls is not None and tls_cert is None:
+            click.echo(f"kinko keys: clients trust {data_dir / 'tls' / 'ca.crt'}", err=True)
+
+        def started(server: uvicorn.Server) -> None:
+            port = bound_port(server)
+            grade = "HSM" if hsm.hsm_grade else "NOT HSM-grade"
+            click.echo(
+                f"kinko keys: serving Key Protect API v2 on {scheme}://{address.url_host}:{port} "
+                f"(store: {store_text}; keys: {hsm.description}, {grade}; audit: {audit.path})",
+                err=True,
+            )
             scheduler.start()
 
         try:
