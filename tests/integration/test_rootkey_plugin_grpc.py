@@ -30,6 +30,7 @@ from kinko.crypto.formats import KmsV2
 from kinko.errors import DecryptionError, PluginError
 from kinko.gen import kms_v2_pb2 as v2pb
 from kinko.hsm.pkcs11 import Pkcs11Hsm
+from kinko.hsm.port import Hsm
 from kinko.keys.auth import Role, TokenBook, issue_token
 from kinko.keys.deployment import AUDIT_FILE, open_deployment
 from kinko.kms.client import GrpcKmsV2Api, parse_endpoint
@@ -203,7 +204,7 @@ def free_port() -> int:
     return port
 
 
-def prepare_data_dir(data_dir: Path) -> tuple[str, str]:
+def prepare_data_dir(data_dir: Path, hsm: Hsm | None = None) -> tuple[str, str]:
     """A data folder with a root key (alias ``cluster-root``) and the plugin's Reader token."""
     issued = issue_token(
         rng=os.urandom,
@@ -212,7 +213,7 @@ def prepare_data_dir(data_dir: Path) -> tuple[str, str]:
         now=datetime.now(UTC),
         name="kms-plugin",
     )
-    with open_deployment(data_dir) as deployment:
+    with open_deployment(data_dir, hsm=hsm) as deployment:
         TokenBook(deployment.store).add(issued.record)
         view = deployment.service.create_key(
             ADMIN, INSTANCE, name="cluster-root", aliases=("cluster-root",)
@@ -393,3 +394,55 @@ def test_kinko_kms_serve_over_https_to_kinko_keys_serve(sock_dir: Path) -> None:
         # Only the plugin's exit status is this test's business.
         stop(keys)
     assert '"who":"kms-plugin"' in (data_dir / AUDIT_FILE).read_text()
+
+
+@pytest.mark.hsm
+def test_kinko_kms_serve_with_root_keys_on_softhsm2(softhsm: SoftHsmToken, sock_dir: Path) -> None:
+    data_dir = sock_dir / "data"
+    with Pkcs11Hsm(softhsm.module, softhsm.label, softhsm.pin) as hsm:
+        root_id, token = prepare_data_dir(data_dir, hsm)
+    endpoint = f"unix://{sock_dir}/kms.sock"
+    proc = subprocess.Popen(
+        kinko(
+            "kms",
+            "serve",
+            "--socket",
+            endpoint,
+            "--key",
+            root_id,
+            "--data-dir",
+            str(data_dir),
+            "--instance",
+            INSTANCE,
+            "--hsm",
+            "pkcs11",
+            "--pkcs11-module",
+            softhsm.module,
+            "--token-label",
+            softhsm.label,
+            "--pin-env",
+            "KINKO_TEST_PIN",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KINKO_TOKEN": token, "KINKO_TEST_PIN": softhsm.pin},
+    )
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or (sock_dir / "kms.sock").exists(),
+            "the plugin socket",
+        )
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with GrpcKmsV2Api(endpoint) as api:
+            status = api.status()
+            assert status.healthz == "ok"
+            assert parse_key_id(status.key_id)[0] == root_id
+            r = api.encrypt(SEED, uid="u")
+            got = api.decrypt(r.ciphertext, uid="u", key_id=r.key_id, annotations=r.annotations)
+            assert got == SEED
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert softhsm.pin not in err
+    assert not (sock_dir / "kms.sock").exists()
