@@ -373,6 +373,14 @@ def test_an_oversize_ciphertext_is_refused(w: World) -> None:
         plugin.encrypt(b"x" * 700, uid="u")
 
 
+def test_a_plaintext_that_cannot_fit_is_refused_before_the_hsm(w: World) -> None:
+    plugin = w.plugin()
+    calls = counting(w).calls
+    with pytest.raises(InvalidArgument, match="expected fewer than 1024 bytes"):
+        plugin.encrypt(b"x" * 1024, uid="u")
+    assert counting(w).calls == calls
+
+
 def test_construction_is_checked(w: World) -> None:
     access = ServiceRootKeys(w.service, PLUGIN, INSTANCE)
     with pytest.raises(InvalidArgument):

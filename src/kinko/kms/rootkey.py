@@ -438,6 +438,12 @@ class RootKeyPlugin:
         _check_uid(uid)
         if not plaintext:
             raise InvalidArgument("plaintext: expected non-empty bytes, got none")
+        if len(plaintext) >= ENCRYPTED_DEK_SOURCE_MAX_SIZE:
+            # No wrap ciphertext is shorter than its plaintext: refuse before using the HSM.
+            raise InvalidArgument(
+                f"plaintext: expected fewer than {ENCRYPTED_DEK_SOURCE_MAX_SIZE} bytes (the KMS "
+                f"v2 limit on the wrapped result), got {len(plaintext)}"
+            )
         root_id = self._resolve(uid)
         try:
             wrapped = self._access.wrap(root_id, plaintext, aad=SEED_AAD, correlation_id=uid)
