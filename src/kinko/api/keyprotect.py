@@ -146,6 +146,107 @@ def _no_content() -> Response:
     return Response(status_code=204)
 
 
+# --- request examples (shown in the OpenAPI document; the fuzzer starts from them) ---------
+
+_META_KEY: Final = {"collectionType": wire.MEDIA_KEY, "collectionTotal": 1}
+_META_POLICY: Final = {"collectionType": wire.MEDIA_POLICY, "collectionTotal": 1}
+_EX_CREATE: Final[dict[str, Any]] = {
+    "root key": {
+        "value": {
+            "metadata": _META_KEY,
+            "resources": [{"type": wire.MEDIA_KEY, "name": "root-key-1", "extractable": False}],
+        }
+    },
+    "standard key with alias": {
+        "value": {
+            "metadata": _META_KEY,
+            "resources": [
+                {
+                    "type": wire.MEDIA_KEY,
+                    "name": "standard-key-1",
+                    "extractable": True,
+                    "aliases": ["std-alias-1"],
+                    "expirationDate": "2099-01-01T00:00:00Z",
+                }
+            ],
+        }
+    },
+}
+_EX_OVERRIDES: Final[dict[str, Any]] = {
+    "rotation and dual authorization": {
+        "value": {
+            "metadata": _META_KEY,
+            "resources": [
+                {
+                    "type": wire.MEDIA_KEY,
+                    "name": "root-key-policies",
+                    "extractable": False,
+                    "rotation": {"enabled": True, "interval_month": 3},
+                    "dualAuthDelete": {"enabled": False},
+                }
+            ],
+        }
+    }
+}
+_EX_WRAP: Final[dict[str, Any]] = {
+    "generate a DEK": {"value": {}},
+    "wrap a DEK with AAD": {
+        "value": {"plaintext": "cGxhaW50ZXh0LWRhdGEta2V5", "aad": ["namespace", "secret"]}
+    },
+}
+_EX_ROTATE: Final[dict[str, Any]] = {"generated key": {"value": {}}}
+_EX_PATCH: Final[dict[str, Any]] = {"move to default": {"value": {"keyRingID": "default"}}}
+_EX_KEY_POLICY: Final[dict[str, Any]] = {
+    "rotation": {
+        "value": {
+            "metadata": _META_POLICY,
+            "resources": [
+                {"type": wire.MEDIA_POLICY, "rotation": {"enabled": True, "interval_month": 6}}
+            ],
+        }
+    },
+    "dual authorization": {
+        "value": {
+            "metadata": _META_POLICY,
+            "resources": [{"type": wire.MEDIA_POLICY, "dualAuthDelete": {"enabled": False}}],
+        }
+    },
+}
+_EX_INSTANCE_POLICY: Final[dict[str, Any]] = {
+    "dual authorization": {
+        "value": {
+            "metadata": _META_POLICY,
+            "resources": [{"policy_type": "dualAuthDelete", "policy_data": {"enabled": False}}],
+        }
+    },
+    "rotation": {
+        "value": {
+            "metadata": _META_POLICY,
+            "resources": [
+                {
+                    "policy_type": "rotation",
+                    "policy_data": {"enabled": True, "attributes": {"interval_month": 6}},
+                }
+            ],
+        }
+    },
+}
+_EX_IMPORT_TOKEN: Final[dict[str, Any]] = {
+    "ten minutes, one retrieval": {"value": {"expiration": 600, "maxAllowedRetrievals": 1}}
+}
+_EX_REGISTRATION: Final[dict[str, Any]] = {
+    "a bucket": {
+        "value": {
+            "metadata": {
+                "collectionType": "application/vnd.ibm.kms.registration_input+json",
+                "collectionTotal": 1,
+            },
+            "resources": [{"description": "a bucket", "preventKeyDeletion": False}],
+        }
+    }
+}
+
+
 # --- the call context ----------------------------------------------------------------------
 
 
@@ -305,7 +406,10 @@ def create_keyprotect_app(
         responses={201: {"model": KeyCollectionOut}},
     )
     def create_key(
-        call: CallDep, body: Annotated[KeyCreateBody, Body(media_type=wire.MEDIA_KEY)]
+        call: CallDep,
+        body: Annotated[
+            KeyCreateBody, Body(media_type=wire.MEDIA_KEY, openapi_examples=_EX_CREATE)
+        ],
     ) -> Response:
         """Create (or import, with ``payload``) one key."""
         _one(body.metadata.collectionType, body.metadata.collectionTotal, body.resources)
@@ -329,7 +433,10 @@ def create_keyprotect_app(
     )
     def create_key_with_policy_overrides(
         call: CallDep,
-        body: Annotated[KeyWithPolicyOverridesCreateBody, Body(media_type=wire.MEDIA_KEY)],
+        body: Annotated[
+            KeyWithPolicyOverridesCreateBody,
+            Body(media_type=wire.MEDIA_KEY, openapi_examples=_EX_OVERRIDES),
+        ],
     ) -> Response:
         """Create one key with its own rotation and dual authorization policies."""
         _one(body.metadata.collectionType, body.metadata.collectionTotal, body.resources)
@@ -476,7 +583,7 @@ def create_keyprotect_app(
     def patch_key(
         call: CallDep,
         id: str,
-        body: Annotated[KeyPatchBody, Body(media_type=wire.MEDIA_KEY)],
+        body: Annotated[KeyPatchBody, Body(media_type=wire.MEDIA_KEY, openapi_examples=_EX_PATCH)],
     ) -> Response:
         """Move the key to another key ring."""
         view = service.move_key(
@@ -691,7 +798,10 @@ def create_keyprotect_app(
     def wrap_key(
         call: CallDep,
         id: str,
-        body: Annotated[WrapBody | None, Body(media_type=wire.MEDIA_KEY_ACTION)] = None,
+        body: Annotated[
+            WrapBody | None,
+            Body(media_type=wire.MEDIA_KEY_ACTION, openapi_examples=_EX_WRAP),
+        ] = None,
     ) -> Response:
         """Wrap a DEK (``plaintext``), or generate and wrap one (no ``plaintext``)."""
         return _wrap(call, id, body)
@@ -739,7 +849,10 @@ def create_keyprotect_app(
     def rotate_key(
         call: CallDep,
         id: str,
-        body: Annotated[RotateBody | None, Body(media_type=wire.MEDIA_KEY_ACTION)] = None,
+        body: Annotated[
+            RotateBody | None,
+            Body(media_type=wire.MEDIA_KEY_ACTION, openapi_examples=_EX_ROTATE),
+        ] = None,
     ) -> Response:
         """Add a key version (imported keys: with new ``payload``)."""
         return _rotate(call, id, body)
@@ -863,7 +976,10 @@ def create_keyprotect_app(
     def put_key_policies(
         call: CallDep,
         id: str,
-        body: Annotated[KeyPolicyPutBody, Body(media_type=wire.MEDIA_POLICY)],
+        body: Annotated[
+            KeyPolicyPutBody,
+            Body(media_type=wire.MEDIA_POLICY, openapi_examples=_EX_KEY_POLICY),
+        ],
         policy: Annotated[Literal["rotation", "dualAuthDelete"] | None, Query()] = None,
     ) -> Response:
         """Set the key's rotation and/or dual authorization policy."""
@@ -926,7 +1042,10 @@ def create_keyprotect_app(
     )
     def put_instance_policies(
         call: CallDep,
-        body: Annotated[InstancePolicyPutBody, Body(media_type=wire.MEDIA_POLICY)],
+        body: Annotated[
+            InstancePolicyPutBody,
+            Body(media_type=wire.MEDIA_POLICY, openapi_examples=_EX_INSTANCE_POLICY),
+        ],
         policy: str | None = None,
     ) -> Response:
         """Set the instance's dual authorization and/or rotation policy."""
@@ -983,7 +1102,8 @@ def create_keyprotect_app(
         responses={200: {"model": ImportTokenOut}},
     )
     def create_import_token(
-        call: CallDep, body: Annotated[ImportTokenBody | None, Body()] = None
+        call: CallDep,
+        body: Annotated[ImportTokenBody | None, Body(openapi_examples=_EX_IMPORT_TOKEN)] = None,
     ) -> Response:
         """Create the instance's import token (replacing any other)."""
         arguments: dict[str, int] = {}
@@ -1086,7 +1206,10 @@ def create_keyprotect_app(
         call: CallDep,
         id: str,
         crn: str,
-        body: Annotated[RegistrationBody | None, Body(media_type=wire.MEDIA_REGISTRATION)] = None,
+        body: Annotated[
+            RegistrationBody | None,
+            Body(media_type=wire.MEDIA_REGISTRATION, openapi_examples=_EX_REGISTRATION),
+        ] = None,
     ) -> Response:
         """Register a resource (its CRN) with a root key. Service identities only."""
         resource = _registration_input(body)
@@ -1115,7 +1238,10 @@ def create_keyprotect_app(
         call: CallDep,
         id: str,
         crn: str,
-        body: Annotated[RegistrationBody | None, Body(media_type=wire.MEDIA_REGISTRATION)] = None,
+        body: Annotated[
+            RegistrationBody | None,
+            Body(media_type=wire.MEDIA_REGISTRATION, openapi_examples=_EX_REGISTRATION),
+        ] = None,
     ) -> Response:
         """Create or replace a registration. Service identities only."""
         resource = _registration_input(body)
