@@ -1010,7 +1010,7 @@ _policy_options: Final = (
 
 
 def _policies_table(policies: KeyPolicies) -> Table:
-    table = Table(show_header=False, title=_t(f"policies of key {policies.key_id}"))
+    table = Table(show_header=False, title=_t(f"policies of key {policies.key_id}"), min_width=60)
     table.add_column("policy", style="bold")
     table.add_column("value")
     table.add_row("rotation", _rotation_label(policies.rotation))
@@ -1020,7 +1020,9 @@ def _policies_table(policies: KeyPolicies) -> Table:
 
 
 def _instance_table(policies: InstancePolicies) -> Table:
-    table = Table(show_header=False, title="instance policies (inherited by new keys)")
+    table = Table(
+        show_header=False, title="instance policies (inherited by new keys)", min_width=60
+    )
     table.add_column("policy", style="bold")
     table.add_column("value")
     table.add_row("rotation", _rotation_label(policies.rotation))
