@@ -662,3 +662,52 @@ def test_no_token_plaintext_or_ciphertext_in_logs(
     )
     for secret in (dek, wrapped["ciphertext"], api.tokens["alice"]):
         assert secret not in caplog.text
+
+
+# --- the authentication cache ----------------------------------------------------------------
+
+
+def test_successful_authentications_are_remembered_for_the_ttl_only() -> None:
+    import asyncio
+
+    from kinko.api import kp_auth
+    from kinko.errors import Unauthorized
+
+    store = MemoryStore()
+    service = KeyService(store, MemoryHsm(), audit=MemoryAuditSink(), clock=Clock(), rng=os.urandom)
+    issued = issue_token(
+        rng=os.urandom, instance=INST, roles=["Reader"], now=Clock()(), name="rita"
+    )
+    TokenBook(store).add(issued.record)
+    now = [1000.0]
+    headers = kp_auth.read_headers({"authorization": f"Bearer {issued.token}"})
+    cached = kp_auth.Authenticator(service, ttl=1.0, clock=lambda: now[0])
+    uncached = kp_auth.Authenticator(service, ttl=0, clock=lambda: now[0])
+
+    async def principal(authenticator: kp_auth.Authenticator) -> str:
+        return (await authenticator.principal(headers)).name
+
+    assert asyncio.run(principal(cached)) == "rita"
+    TokenBook(store).revoke(hash_token(issued.token))
+    assert asyncio.run(principal(cached)) == "rita"  # within the second
+    with pytest.raises(Unauthorized):
+        asyncio.run(principal(uncached))
+    now[0] += 1.01
+    with pytest.raises(Unauthorized):
+        asyncio.run(principal(cached))
+
+
+@pytest.mark.parametrize(
+    ("authorization", "token"),
+    [
+        ("Bearer kinko_abc", "kinko_abc"),
+        ("bearer   kinko_abc ", "kinko_abc"),
+        ("Basic kinko_abc", None),
+        ("Bearer ", None),
+        ("kinko_abc", None),
+    ],
+)
+def test_bearer_header_parsing(authorization: str, token: str | None) -> None:
+    from kinko.api.kp_auth import read_headers
+
+    assert read_headers({"authorization": authorization}).token == token

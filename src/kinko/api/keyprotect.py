@@ -43,14 +43,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kinko import __version__
 from kinko.api import kp_render as render
 from kinko.api import kp_wire as wire
+from kinko.api.kp_auth import DEFAULT_TTL, Authenticator, read_headers
 from kinko.api.kp_http import FAILURES, WireMiddleware, install_error_handlers
 from kinko.api.kp_models import (
     ErrorOut,
@@ -261,43 +261,26 @@ class Call:
     representation: bool
 
 
-_bearer = HTTPBearer(auto_error=False, description="A kinko bearer token (kinko_…).")
-
-
-def call_context(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    bluemix_instance: Annotated[
-        str | None,
-        Header(description="The instance (tenant) the call is about. Required."),
-    ] = None,
-    x_kms_key_ring: Annotated[
-        str | None, Header(description="The key ring of the key (default: any).")
-    ] = None,
-    prefer: Annotated[str | None, Header(description="return=minimal or return=representation")] = (
-        None
-    ),
-    correlation_id: Annotated[
-        str | None, Header(description="Echoed on the response; recorded in the audit.")
-    ] = None,
-) -> Call:
+async def call_context(request: Request) -> Call:
     """The :class:`Call` of a request: authenticates the bearer token, reads the headers.
 
-    Raises Unauthorized (no valid token), FieldError (``INVALID_HEADER_ERR``: no
-    ``bluemix-instance``, a ``prefer`` other than minimal or representation).
+    Headers are read straight from the request (they are documented in the OpenAPI
+    document by :func:`_clean_openapi`), and a token seen in the last second costs no store
+    read (:class:`~kinko.api.kp_auth.Authenticator`). Raises Unauthorized (no valid token),
+    FieldError (``INVALID_HEADER_ERR``: no ``bluemix-instance``; a ``prefer`` other than
+    minimal or representation).
     """
-    service: KeyService = request.app.state.key_service
-    token = credentials.credentials if credentials is not None else None
-    instance = bluemix_instance.strip() if bluemix_instance else None
-    principal = service.authenticate(token, instance=instance, correlation_id=correlation_id)
-    if not instance:
+    headers = read_headers(request.headers)
+    authenticator: Authenticator = request.app.state.authenticator
+    principal = await authenticator.principal(headers)
+    if headers.instance is None:
         raise wire.invalid_header("bluemix-instance", "the instance ID (required)")
     return Call(
         principal=principal,
-        instance=instance,
-        key_ring=(x_kms_key_ring.strip() or None) if x_kms_key_ring else None,
-        correlation_id=correlation_id,
-        representation=wire.parse_prefer(prefer),
+        instance=headers.instance,
+        key_ring=headers.key_ring,
+        correlation_id=headers.correlation_id,
+        representation=headers.representation,
     )
 
 
@@ -367,12 +350,18 @@ def _refuse_query(name: str, value: str | None) -> None:
 
 
 def create_keyprotect_app(
-    service: KeyService, *, max_body: int = DEFAULT_MAX_BODY, echo: bool = False
+    service: KeyService,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    echo: bool = False,
+    auth_cache_seconds: float = DEFAULT_TTL,
 ) -> FastAPI:
     """The Key Protect API v2 app on ``service``.
 
     ``max_body``: request bodies over this many bytes get 413. ``echo``: also serve ``POST
-    /api/v2/_echo`` (for the benchmark). Raises InvalidArgument (``max_body`` < 1 KiB).
+    /api/v2/_echo`` (for the benchmark). ``auth_cache_seconds``: how long a successful
+    authentication is remembered (a revoked token works at most this long; 0: never).
+    Raises InvalidArgument (``max_body`` < 1 KiB, a negative ``auth_cache_seconds``).
     """
     if max_body < 1024:
         raise InvalidArgument(f"max_body must be at least 1024 bytes, got {max_body}")
@@ -386,7 +375,7 @@ def create_keyprotect_app(
     install_error_handlers(app)
     app.add_middleware(WireMiddleware, max_body=max_body)
     router = APIRouter(prefix="/api/v2", responses=_ERRORS)
-    app.state.key_service = service
+    app.state.authenticator = Authenticator(service, ttl=auth_cache_seconds)
 
     def route(
         method: str, path: str, *, name: str, failure: str, **kwargs: Any
@@ -1449,8 +1438,41 @@ def _only(body: KeyActionBody | None, *allowed: str) -> None:
             raise wire.bad_body(f'json: unknown field "{name}"')
 
 
+_HEADER_PARAMETERS: Final[list[dict[str, Any]]] = [
+    {
+        "name": "bluemix-instance",
+        "in": "header",
+        "required": True,
+        "description": "The instance (tenant) the call is about.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    },
+    {
+        "name": "x-kms-key-ring",
+        "in": "header",
+        "required": False,
+        "description": "The key ring of the key (keys created without it are in 'default').",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "prefer",
+        "in": "header",
+        "required": False,
+        "description": "What POST and DELETE return.",
+        "schema": {"type": "string", "enum": ["return=minimal", "return=representation"]},
+    },
+    {
+        "name": "correlation-id",
+        "in": "header",
+        "required": False,
+        "description": "Echoed on the response and recorded in the audit log.",
+        "schema": {"type": "string"},
+    },
+]
+
+
 def _clean_openapi(app: FastAPI) -> None:
-    """Serves an OpenAPI document without FastAPI's 422 responses (errors here are 400)."""
+    """Serves an OpenAPI document with Key Protect's headers and bearer scheme on every
+    ``/api/v2`` operation, and without FastAPI's 422 responses (errors here are 400)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -1461,13 +1483,27 @@ def _clean_openapi(app: FastAPI) -> None:
             description=app.description,
             routes=app.routes,
         )
-        for path_item in schema.get("paths", {}).values():
+        for path, path_item in schema.get("paths", {}).items():
             for operation in path_item.values():
-                if isinstance(operation, dict):
-                    operation.get("responses", {}).pop("422", None)
-        components = schema.get("components", {}).get("schemas", {})
-        components.pop("HTTPValidationError", None)
-        components.pop("ValidationError", None)
+                if not isinstance(operation, dict):
+                    continue
+                operation.get("responses", {}).pop("422", None)
+                if path.startswith("/api/v2/"):
+                    operation["parameters"] = [
+                        *_HEADER_PARAMETERS,
+                        *operation.get("parameters", []),
+                    ]
+                    operation["security"] = [{"bearer": []}]
+        components = schema.setdefault("components", {})
+        components.get("schemas", {}).pop("HTTPValidationError", None)
+        components.get("schemas", {}).pop("ValidationError", None)
+        components["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A kinko bearer token (kinko_…), from kinko token create.",
+            }
+        }
         app.openapi_schema = schema
         return schema
 

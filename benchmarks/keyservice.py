@@ -1,0 +1,246 @@
+"""Key service wrap and unwrap over HTTPS next to a bare echo route of the same stack.
+
+One process runs kinko's REST app (uvicorn, TLS with the generated CA, the body cap and
+correlation middleware, FastAPI) with its benchmark-only ``POST /api/v2/_echo`` route; a
+keep-alive httpx client calls, one request at a time:
+
+- ``echo``: a JSON body the size of a wrap request, parsed and sent back (no token, no key
+  service): what the HTTP stack alone costs;
+- ``wrap``: ``POST /api/v2/keys/{id}/actions/wrap`` of a 32-byte DEK with two AAD strings
+  (token check, key lookup in the store, AES-GCM in the keystore, audit record);
+- ``unwrap``: the same ciphertext back.
+
+Rounds are interleaved (echo, wrap, unwrap, …); each line shows ops/s, p50 and p99 of the
+round with the best throughput, and the ratio wrap ÷ echo (target ≥ 0.8, p99 < 10 ms).
+
+Key stores, in separate runs of the same stack:
+
+- ``soft keystore``: ``kinko keys serve``'s defaults: a data folder with the SQLite store,
+  the soft keystore and the fsynced audit log;
+- ``soft keystore, audit in memory``: the same with the audit log in memory, to show what
+  the per-action fsync of the audit log costs;
+- ``SoftHSM2``: the same data folder with root keys in a SoftHSM2 token (PKCS#11), when
+  ``softhsm2-util`` and the module are installed (a throw-away token in a temporary folder).
+
+Usage: ``python benchmarks/keyservice.py [--rounds N] [--requests N] [--only NAME]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import shutil
+import ssl
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from kinko.api.keyprotect import create_keyprotect_app
+from kinko.api.server import BackgroundServer, ListenAddress, TlsConfig
+from kinko.api.tls import ensure_server_tls
+from kinko.hsm.port import Hsm
+from kinko.keys.audit import MemoryAuditSink
+from kinko.keys.auth import Principal, Role, TokenBook, issue_token
+from kinko.keys.deployment import open_deployment
+from kinko.keys.service import KeyService
+from kinko.store.port import Store
+from kinko.store.sqlite import SqliteStore
+
+INSTANCE = "bench-instance"
+ADMIN = Principal("bench-admin", INSTANCE, frozenset({Role.MANAGER, Role.WRITER}))
+SOFTHSM_MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+)
+DEK = base64.b64encode(os.urandom(32)).decode()
+AAD = ["kube-system", "secrets"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    ops_per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+def timed(fn: Callable[[], object], requests: int) -> Stats:
+    """Calls ``fn`` ``requests`` times in a row; throughput and latency percentiles."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        fn()
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - start
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Stats(requests / elapsed, cuts[49] * 1000, cuts[98] * 1000)
+
+
+def _token(store: Store) -> str:
+    issued = issue_token(
+        rng=os.urandom,
+        instance=INSTANCE,
+        roles=["Reader"],
+        now=datetime.now(UTC),
+        name="bench-client",
+    )
+    TokenBook(store).add(issued.record)
+    return issued.token
+
+
+@contextlib.contextmanager
+def on_data_dir(work: Path, hsm: Hsm | None = None) -> Iterator[tuple[KeyService, str]]:
+    with open_deployment(work / "data", hsm=hsm) as deployment:
+        yield deployment.service, _token(deployment.store)
+
+
+@contextlib.contextmanager
+def audit_in_memory(work: Path) -> Iterator[tuple[KeyService, str]]:
+    from kinko.hsm.soft import SoftKeystore
+
+    with SqliteStore(work / "memaudit.db") as store:
+        service = KeyService(
+            store,
+            SoftKeystore(work / "keystore-memaudit"),
+            audit=MemoryAuditSink(),
+            clock=lambda: datetime.now(UTC),
+            rng=os.urandom,
+        )
+        yield service, _token(store)
+
+
+@contextlib.contextmanager
+def on_softhsm(work: Path) -> Iterator[tuple[KeyService, str] | None]:
+    """None when SoftHSM2 is not installed."""
+    util = shutil.which("softhsm2-util")
+    module = next((m for m in SOFTHSM_MODULES if Path(m).is_file()), None)
+    if util is None or module is None:
+        yield None
+        return
+    from kinko.hsm.pkcs11 import Pkcs11Hsm
+
+    tokens = work / "softhsm-tokens"
+    tokens.mkdir(mode=0o700)
+    conf = work / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    pin = os.urandom(8).hex()
+    subprocess.run(
+        [
+            *(util, "--init-token", "--free", "--label", "kinko-bench"),
+            *("--so-pin", os.urandom(8).hex(), "--pin", pin),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with Pkcs11Hsm(module, "kinko-bench", pin) as hsm, on_data_dir(work, hsm) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def backend(name: str, work: Path) -> Iterator[tuple[KeyService, str] | None]:
+    if name == "soft keystore":
+        with on_data_dir(work) as running:
+            yield running
+    elif name == "soft keystore, audit in memory":
+        with audit_in_memory(work) as running:
+            yield running
+    elif name == "SoftHSM2":
+        with on_softhsm(work) as maybe:
+            yield maybe
+    else:
+        raise SystemExit(f"unknown backend {name!r}")
+
+
+BACKENDS = ("soft keystore", "soft keystore, audit in memory", "SoftHSM2")
+
+
+def measure(service: KeyService, token: str, work: Path, rounds: int, requests: int) -> None:
+    tls = ensure_server_tls(work / "tls-home")
+    app = create_keyprotect_app(service, echo=True)
+    key_id = service.create_key(ADMIN, INSTANCE, name="bench-root").id
+    headers = {"authorization": f"Bearer {token}", "bluemix-instance": INSTANCE}
+    with (
+        BackgroundServer(
+            app, ListenAddress("127.0.0.1", 0), tls=TlsConfig(tls.cert, tls.key)
+        ) as server,
+        httpx.Client(
+            base_url=f"https://127.0.0.1:{server.port}",
+            verify=ssl.create_default_context(cafile=tls.ca_cert),
+            headers=headers,
+        ) as http,
+    ):
+        wrap_body = {"plaintext": DEK, "aad": AAD}
+        ciphertext = http.post(f"/api/v2/keys/{key_id}/actions/wrap", json=wrap_body).json()[
+            "ciphertext"
+        ]
+        unwrap_body = {"ciphertext": ciphertext, "aad": AAD}
+
+        def call(path: str, body: Mapping[str, object]) -> Callable[[], object]:
+            def once() -> object:
+                response = http.post(path, json=body)
+                if response.status_code != 200:
+                    raise SystemExit(f"{path}: HTTP {response.status_code}")
+                return response
+
+            return once
+
+        cases = {
+            "echo": call("/api/v2/_echo", wrap_body),
+            "wrap": call(f"/api/v2/keys/{key_id}/actions/wrap", wrap_body),
+            "unwrap": call(f"/api/v2/keys/{key_id}/actions/unwrap", unwrap_body),
+        }
+        for fn in cases.values():  # warm up connections, caches and the first-call paths
+            for _ in range(50):
+                fn()
+        best: dict[str, Stats] = {}
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                stats = timed(fn, requests)
+                if name not in best or stats.ops_per_second > best[name].ops_per_second:
+                    best[name] = stats
+    echo = best["echo"]
+    print(
+        f"  {'echo':<7} {echo.ops_per_second:>8,.0f} ops/s   p50 {echo.p50_ms:6.2f} ms   "
+        f"p99 {echo.p99_ms:6.2f} ms"
+    )
+    for name in ("wrap", "unwrap"):
+        stats = best[name]
+        print(
+            f"  {name:<7} {stats.ops_per_second:>8,.0f} ops/s   p50 {stats.p50_ms:6.2f} ms   "
+            f"p99 {stats.p99_ms:6.2f} ms   ratio {stats.ops_per_second / echo.ops_per_second:.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=1000, help="per round and case")
+    parser.add_argument("--only", choices=BACKENDS, action="append", help="repeatable")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kinko-bench-") as tmp:
+        for name in args.only or BACKENDS:
+            work = Path(tmp) / name.replace(" ", "-").replace(",", "")
+            work.mkdir()
+            with backend(name, work) as running:
+                if running is None:
+                    print(f"key service: {name}: skipped (not installed)")
+                    continue
+                print(f"key service over HTTPS: {name}")
+                measure(*running, work, args.rounds, args.requests)
+    print("ratio = key service ops/s / bare echo ops/s, same HTTPS stack, same run")
+    print("target: ratio >= 0.80, p99 < 10 ms")
+
+
+if __name__ == "__main__":
+    main()
