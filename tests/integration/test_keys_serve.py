@@ -12,39 +12,17 @@ import base64
 import io
 import json
 import os
-import queue
-import re
-import signal
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 from ibm_cloud_sdk_core.authenticators import BearerTokenAuthenticator
 from keyprotect import IbmKeyProtectApiV2
 
 from kinko.api.tls import ensure_server_tls
+from tests.integration.keys_process import KINKO, serving
 
 INST = "serve-test-instance"
-KINKO = [sys.executable, "-m", "kinko"]
-_URL = re.compile(r"serving Key Protect API v2 on (https?://127\.0\.0\.1:\d+)")
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    url: str
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
 
 
 def _token(data_dir: Path, *roles: str) -> str:
@@ -55,60 +33,6 @@ def _token(data_dir: Path, *roles: str) -> str:
         [*args, "--name", "operator"], capture_output=True, text=True, check=True, timeout=60
     )
     return done.stdout.strip()
-
-
-@contextmanager
-def serving(data_dir: Path, *extra: str) -> Iterator[Server]:
-    """``kinko keys serve`` on a free loopback port; SIGTERM and a clean exit on leaving."""
-    process = subprocess.Popen(
-        [*KINKO, "keys", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    collected: list[str] = []
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-        lines.put("")
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    url = None
-    deadline = time.monotonic() + 30
-    while url is None and time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=deadline - time.monotonic())
-        except queue.Empty:
-            break
-        if line == "":
-            break
-        collected.append(line)
-        match = _URL.search(line)
-        if match:
-            url = match.group(1)
-    if url is None:
-        process.kill()
-        process.wait()
-        pytest.fail("kinko keys serve did not start:\n" + "".join(collected))
-    server = Server(process, url, collected)
-    try:
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        reader.join(timeout=10)
-        while not lines.empty():
-            collected.append(lines.get())
 
 
 def sdk(url: str, token: str, ca: Path) -> IbmKeyProtectApiV2:
