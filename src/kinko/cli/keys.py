@@ -229,11 +229,16 @@ def serve_command(
             service.run_scheduled, interval=scheduler_interval, name="kinko-keys-scheduler"
         )
 
-        if not hsm.hsm_grade:
+        if hsm_kind == "soft":
             click.echo(
                 "kinko keys: WARNING: root keys are in the soft keystore under "
                 f"{data_dir / KEYSTORE_DIR}, which is NOT HSM-grade (a file on this machine; "
                 "use --hsm pkcs11 for an HSM)",
+                err=True,
+            )
+        elif not hsm.hsm_grade:
+            click.echo(
+                f"kinko keys: WARNING: {hsm.description} is NOT HSM-grade (software keys)",
                 err=True,
             )
         if tls is not None and tls_cert is None:
