@@ -79,7 +79,7 @@ from kinko.api.kp_models import (
 )
 from kinko.errors import Forbidden, InvalidArgument
 from kinko.keys.auth import Principal
-from kinko.keys.model import RotationPolicy
+from kinko.keys.model import Registration, RotationPolicy
 from kinko.keys.results import KeyView
 from kinko.keys.service import KeyService
 
@@ -1178,7 +1178,7 @@ def create_keyprotect_app(
         _one(body.metadata.collectionType, body.metadata.collectionTotal, body.resources)
         return body.resources[0]
 
-    def _registration_response(status: int, registration: Any) -> Response:
+    def _registration_response(status: int, registration: Registration) -> Response:
         document = wire.envelope(wire.MEDIA_REGISTRATION, [render.registration(registration)])
         return _send(RegistrationJson, status, document)
 

@@ -30,15 +30,13 @@ from kinko.api.keyprotect import DEFAULT_MAX_BODY, create_keyprotect_app
 from kinko.api.server import Periodic, TlsConfig, bound_port, parse_listen, serve
 from kinko.api.tls import DEFAULT_NAMES, ensure_server_tls
 from kinko.cli.keys_client import add_client_commands
-from kinko.cli.token import STORE_FILE
 from kinko.errors import InvalidArgument
 from kinko.hsm.port import Hsm
 from kinko.keys.audit import FileAuditSink
+from kinko.keys.deployment import AUDIT_FILE, KEYSTORE_DIR, STORE_FILE
 from kinko.keys.service import KeyService
 from kinko.store.port import Store
 
-KEYSTORE_DIR = "keystore"
-AUDIT_FILE = "audit.log"
 _WILDCARDS = ("0.0.0.0", "::")
 
 
