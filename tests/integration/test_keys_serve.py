@@ -125,3 +125,28 @@ def test_plain_http_only_on_loopback(tmp_path: Path) -> None:
     with serving(tmp_path / "data", "--insecure-http") as server:
         assert server.url.startswith("http://")
         assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+
+
+def test_address_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(
+            [
+                *KINKO,
+                "keys",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert refused.returncode == 12  # UnavailableError
+    assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr

@@ -161,10 +161,19 @@ def serve(
 
     ``tls`` None means plain HTTP, allowed on loopback only. ``on_started`` is called once the
     socket listens (uvicorn's ``server.servers`` then holds the bound sockets, which gives the
-    port when ``listen.port`` is 0). Raises InvalidArgument (plain HTTP off loopback).
+    port when ``listen.port`` is 0). Raises InvalidArgument (plain HTTP off loopback),
+    UnavailableError (the address cannot be bound: in use, or not this machine's).
     """
     server = _Server(_config(app, listen, tls, grace, log_level), on_started)
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:
+        # uvicorn exits the process when it cannot bind (its own log line says why).
+        if server.started:
+            raise
+        raise UnavailableError(
+            f"cannot listen on {listen.url_host}:{listen.port} (see the error above)"
+        ) from exc
 
 
 class BackgroundServer:
