@@ -983,3 +983,23 @@ def test_injected_http_client_is_not_closed(w: World) -> None:
     with w.client() as kp:
         kp.list_keys()
     assert not w.http.is_closed
+
+
+@pytest.mark.parametrize(
+    ("token", "instance", "ring"),
+    [
+        ("kinko_secret\r\nX-Evil: 1", INST, None),
+        ("kinko_sécret", INST, None),
+        ("kinko_secret", "inst 1", None),
+        ("kinko_secret", INST, "ring\n"),
+    ],
+)
+def test_header_values_that_cannot_travel_are_refused(
+    token: str, instance: str, ring: str | None
+) -> None:
+    exc = raised(
+        errors.InvalidArgument,
+        lambda: KeyProtectClient(URL, token=token, instance=instance, key_ring=ring),
+    )
+    assert "secret" not in str(exc)
+    assert "sécret" not in str(exc)

@@ -631,3 +631,16 @@ def test_unreachable_service_exits_16(k: Cli) -> None:
     result = CliRunner().invoke(cli, argv)
     assert result.exit_code == 16
     assert "cannot reach the key service" in result.output
+
+
+def test_unreadable_input_files_exit_4(k: Cli, tmp_path: Path) -> None:
+    key = str(k.key("root")["id"])
+    odd = tmp_path / "odd"
+    odd.write_bytes(b"\xff\xfe not ascii")
+    result = k.run("unwrap", key, "--ciphertext-file", str(odd), "--stdout")
+    assert result.exit_code == 4
+    assert "other than ASCII" in result.output
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xff")
+    argv = ["keys", "list", "--token-file", str(token_file), "--instance", INST]
+    assert k.raw(argv).exit_code == 4

@@ -122,7 +122,7 @@ def _resolve_ca(ca: Path | None, data_dir: Path | None) -> Path | None:
 
 def _resolve_token(token: str | None, token_file: Path | None) -> str:
     if token_file is not None:
-        text = token_file.read_text(encoding="utf-8").strip()
+        text = _read_text(token_file).strip()
         if not text:
             raise click.UsageError(f"the token file {token_file} is empty")
         return text
@@ -370,8 +370,22 @@ def _done(fmt: str, action: str, key: str, sentence: str) -> None:
 # --------------------------------------------------------------------------- files
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return _read_bytes(path).decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{path} holds something other than ASCII text") from None
+
+
 def _read_material(path: Path, *, b64: bool) -> bytes:
-    data = path.read_bytes()
+    data = _read_bytes(path)
     if not b64:
         return data
     try:
@@ -411,7 +425,7 @@ def _read_ciphertext(ciphertext: str | None, ciphertext_file: Path | None) -> st
     if (ciphertext is None) == (ciphertext_file is None):
         raise click.UsageError("give exactly one of --ciphertext and --ciphertext-file")
     if ciphertext_file is not None:
-        return ciphertext_file.read_text(encoding="ascii").strip()
+        return _read_text(ciphertext_file).strip()
     assert ciphertext is not None
     return ciphertext.strip()
 
@@ -755,7 +769,7 @@ def wrap(
             "a generated DEK must go somewhere: pass --out FILE (or --show-plaintext), "
             "or wrap your own with --plaintext-file"
         )
-    plaintext = None if plaintext_file is None else plaintext_file.read_bytes()
+    plaintext = None if plaintext_file is None else _read_bytes(plaintext_file)
     if out is not None:
         with _secret_file(out) as fd:
             result = client.wrap(key, plaintext, aad=aad)

@@ -395,9 +395,9 @@ class KeyProtectClient:
         if timeout <= 0:
             raise errors.InvalidArgument(f"expected a positive timeout, got {timeout}")
         self._base = _check_url(url)
-        self._token = token.strip()
-        self._instance = instance.strip()
-        self._key_ring = key_ring
+        self._token = _header_value("bearer token", token.strip())
+        self._instance = _header_value("instance id", instance.strip())
+        self._key_ring = None if key_ring is None else _header_value("key ring", key_ring)
         self._owns_http = http is None
         if http is None:
             http = httpx.Client(
@@ -1189,6 +1189,16 @@ def _check_url(url: str) -> str:
     if parts.query or parts.fragment:
         raise errors.InvalidArgument("expected a key service URL without query or fragment")
     return url.strip().rstrip("/")
+
+
+def _header_value(what: str, value: str) -> str:
+    """``value`` if it can travel in an HTTP header as is (printable ASCII, no spaces); the
+    message never repeats it, since it may be a token."""
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
+        raise errors.InvalidArgument(
+            f"the {what} must be printable ASCII without spaces or line breaks"
+        )
+    return value
 
 
 def _is_loopback(host: str) -> bool:
