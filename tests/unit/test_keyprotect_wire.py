@@ -711,3 +711,15 @@ def test_bearer_header_parsing(authorization: str, token: str | None) -> None:
     from kinko.api.kp_auth import read_headers
 
     assert read_headers({"authorization": authorization}).token == token
+
+
+def test_patch_accepts_the_go_clients_field_name(api: Api) -> None:
+    key_id = api.create()
+    assert api.client.post("/api/v2/key_rings/ring-2", headers=api.headers()).status_code == 201
+    for field in ("KeyRingID", "keyRingID"):
+        ring = "ring-2" if field == "KeyRingID" else "default"
+        moved = api.client.patch(
+            f"/api/v2/keys/{key_id}", json={field: ring}, headers=api.headers()
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["resources"][0]["keyRingID"] == ring

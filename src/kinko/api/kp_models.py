@@ -18,7 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 class _In(BaseModel):
@@ -89,9 +89,13 @@ class KeyWithPolicyOverridesCreateBody(_In):
 
 
 class KeyPatchBody(_In):
-    """``PATCH /api/v2/keys/{id}``: move the key to another key ring."""
+    """``PATCH /api/v2/keys/{id}``: move the key to another key ring.
 
-    keyRingID: str = Field(max_length=256)
+    IBM's Go client sends the field as ``KeyRingID`` (Go decodes names case-insensitively);
+    both spellings are accepted.
+    """
+
+    keyRingID: str = Field(max_length=256, validation_alias=AliasChoices("keyRingID", "KeyRingID"))
 
 
 # --- actions -------------------------------------------------------------------------------
