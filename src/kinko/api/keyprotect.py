@@ -28,10 +28,14 @@ Headers: ``authorization: Bearer <token>`` (401 ``UNAUTHORIZED_ERR`` without a v
 ``bluemix-instance`` (required; 400 ``INVALID_HEADER_ERR`` when missing), ``x-kms-key-ring``,
 ``prefer: return=minimal|return=representation``, ``correlation-id`` (echoed on every
 response). Responses carry Key Protect's media types (``application/vnd.ibm.kms.key+json``,
-``…key_action+json``, ``…policy+json``, …) and collection envelopes.
+``…key_action+json``, ``…policy+json``, …) and collection envelopes, as the real service does;
+``ibm-cloud-sdk-core`` decodes only ``application/json``, so with IBM's Python SDK
+``get_result()`` is the ``requests`` response and callers use ``.json()``, exactly as IBM's
+own examples do against Key Protect. Request bodies may use any JSON media type.
 
-Invariants: instances are tenants (the service enforces it; nothing here caches across
-instances); handlers never log, and nothing they raise carries request data; a request that
+Invariants: instances are tenants (the service enforces it; the only cache here, of
+successful token checks for a second, is keyed by token and holds the token's own principal);
+handlers never log, and nothing they raise carries request data; a request that
 fails changes nothing (every check that the transport makes happens before the service is
 called, and the service's writes are all-or-nothing).
 """

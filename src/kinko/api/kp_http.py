@@ -8,10 +8,10 @@ Job: everything between uvicorn and a route handler that is not Key Protect sema
 - :func:`install_error_handlers`: every failure leaves as the Key Protect error envelope,
   including FastAPI's own request validation errors (JSON that does not parse, a missing or
   mistyped field: 400 ``BAD_BODY_ERR`` or ``NO_BODY_ERR``; a bad query parameter: 400
-  ``INVALID_QUERY_PARAM_ERR``), unknown routes (404) and bugs (500 ``INTERNAL_ERR``).
+  ``INVALID_QUERY_PARAM_ERR``) and unknown routes (404, 405).
 - :class:`WireMiddleware`, a pure ASGI middleware: caps request bodies (413 before a byte past
-  the cap is read, whether or not ``content-length`` was sent) and echoes the
-  ``correlation-id`` header on every response.
+  the cap is read, whether or not ``content-length`` was sent), echoes the
+  ``correlation-id`` header on every response, and answers bugs (500 ``INTERNAL_ERR``).
 
 Invariants: no response or log line carries a request body, a header value other than the
 correlation id, key material, plaintext or ciphertext. Error messages are the errors' own
