@@ -16,9 +16,9 @@ round with the best throughput, and the ratio wrap ÷ echo (target ≥ 0.8, p99 
 Key stores, in separate runs of the same stack:
 
 - ``soft keystore``: ``kinko keys serve``'s defaults: a data folder with the SQLite store,
-  the soft keystore and the fsynced audit log;
-- ``soft keystore, audit in memory``: the same with the audit log in memory, to show what
-  the per-action fsync of the audit log costs;
+  the soft keystore and the audit log (fsynced every 50 ms);
+- ``soft keystore, audit fsync per record``: the same with ``--audit-sync always``, to show
+  what an fsync per action costs;
 - ``SoftHSM2``: the same data folder with root keys in a SoftHSM2 token (PKCS#11), when
   ``softhsm2-util`` and the module are installed (a throw-away token in a temporary folder).
 
@@ -48,12 +48,10 @@ from kinko.api.keyprotect import create_keyprotect_app
 from kinko.api.server import BackgroundServer, ListenAddress, TlsConfig
 from kinko.api.tls import ensure_server_tls
 from kinko.hsm.port import Hsm
-from kinko.keys.audit import MemoryAuditSink
 from kinko.keys.auth import Principal, Role, TokenBook, issue_token
 from kinko.keys.deployment import open_deployment
 from kinko.keys.service import KeyService
 from kinko.store.port import Store
-from kinko.store.sqlite import SqliteStore
 
 INSTANCE = "bench-instance"
 ADMIN = Principal("bench-admin", INSTANCE, frozenset({Role.MANAGER, Role.WRITER}))
@@ -104,18 +102,9 @@ def on_data_dir(work: Path, hsm: Hsm | None = None) -> Iterator[tuple[KeyService
 
 
 @contextlib.contextmanager
-def audit_in_memory(work: Path) -> Iterator[tuple[KeyService, str]]:
-    from kinko.hsm.soft import SoftKeystore
-
-    with SqliteStore(work / "memaudit.db") as store:
-        service = KeyService(
-            store,
-            SoftKeystore(work / "keystore-memaudit"),
-            audit=MemoryAuditSink(),
-            clock=lambda: datetime.now(UTC),
-            rng=os.urandom,
-        )
-        yield service, _token(store)
+def audit_always(work: Path) -> Iterator[tuple[KeyService, str]]:
+    with open_deployment(work / "data-always", audit_sync="always") as deployment:
+        yield deployment.service, _token(deployment.store)
 
 
 @contextlib.contextmanager
@@ -152,8 +141,8 @@ def backend(name: str, work: Path) -> Iterator[tuple[KeyService, str] | None]:
     if name == "soft keystore":
         with on_data_dir(work) as running:
             yield running
-    elif name == "soft keystore, audit in memory":
-        with audit_in_memory(work) as running:
+    elif name == "soft keystore, audit fsync per record":
+        with audit_always(work) as running:
             yield running
     elif name == "SoftHSM2":
         with on_softhsm(work) as maybe:
@@ -162,7 +151,7 @@ def backend(name: str, work: Path) -> Iterator[tuple[KeyService, str] | None]:
         raise SystemExit(f"unknown backend {name!r}")
 
 
-BACKENDS = ("soft keystore", "soft keystore, audit in memory", "SoftHSM2")
+BACKENDS = ("soft keystore", "soft keystore, audit fsync per record", "SoftHSM2")
 
 
 def measure(service: KeyService, token: str, work: Path, rounds: int, requests: int) -> None:

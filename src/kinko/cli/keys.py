@@ -32,7 +32,7 @@ from kinko.api.tls import DEFAULT_NAMES, ensure_server_tls
 from kinko.cli.keys_client import add_client_commands
 from kinko.errors import InvalidArgument
 from kinko.hsm.port import Hsm
-from kinko.keys.audit import FileAuditSink
+from kinko.keys.audit import FileAuditSink, SyncMode
 from kinko.keys.deployment import AUDIT_FILE, KEYSTORE_DIR, STORE_FILE
 from kinko.keys.service import KeyService
 from kinko.store.port import Store
@@ -175,6 +175,14 @@ def _with_etcd_options(f: click.decorators.FC) -> click.decorators.FC:
     show_default=True,
     help="Seconds in-flight requests may take to finish after SIGTERM.",
 )
+@click.option(
+    "--audit-sync",
+    type=click.Choice(["interval", "always"]),
+    default="interval",
+    show_default=True,
+    help="When audit records reach the disk: fsync every 50 ms (interval) or per record "
+    "(always). Either way a record is in the file before the request is answered.",
+)
 @click.option("--echo-route", is_flag=True, hidden=True, help="Serve POST /api/v2/_echo.")
 def serve_command(
     data_dir: Path,
@@ -194,6 +202,7 @@ def serve_command(
     max_body: int,
     scheduler_interval: float,
     grace: float,
+    audit_sync: SyncMode,
     echo_route: bool,
 ) -> None:
     """Serve IBM Key Protect API v2 over HTTPS until SIGTERM.
@@ -218,7 +227,7 @@ def serve_command(
         hsm = stack.enter_context(
             _open_hsm(hsm_kind, data_dir, pkcs11_module, token_label, pin_file, pin_env)
         )
-        audit = stack.enter_context(FileAuditSink(data_dir / AUDIT_FILE))
+        audit = stack.enter_context(FileAuditSink(data_dir / AUDIT_FILE, sync=audit_sync))
         service = KeyService(store, hsm, audit=audit, clock=_utc_now, rng=os.urandom)
         app = create_keyprotect_app(service, max_body=max_body, echo=echo_route)
         tls = _tls(data_dir, address.host, tls_cert, tls_key, insecure_http)

@@ -15,10 +15,15 @@ Invariants:
 
 - Never key material, plaintext, ciphertext, AAD, tokens or error messages: the record type
   has no field that could hold them, and the service fills it with ids only.
-- :class:`FileAuditSink` appends one line per record and flushes and fsyncs it before
-  returning, so an acknowledged action's record survives a crash. A failure to write raises
-  :class:`~kinko.errors.UnavailableError`: an action whose record cannot be written has been
-  done but is reported as failed, never silently unaudited.
+- :class:`FileAuditSink` writes each record to the file (one ``write``) before returning, so
+  an acknowledged action's record survives a crash of kinko. Reaching the disk is a choice:
+  ``sync="always"`` fsyncs every record before returning; the default ``sync="interval"``
+  fsyncs at most every ``interval`` seconds (50 ms) from a background thread and on close, as
+  the Linux audit daemon does by default (``flush = INCREMENTAL_ASYNC``): a power loss or
+  kernel crash may lose the last 50 ms of records, and a wrap is not held up by a disk flush
+  (ADR 7). A failure to write raises :class:`~kinko.errors.UnavailableError`, and so does the
+  next record after a failed background fsync: an action whose record cannot be written has
+  been done but is reported as failed, never silently unaudited.
 - :class:`MemoryAuditSink` is the twin for tests; both render records with
   :meth:`AuditRecord.to_json`.
 """
@@ -33,9 +38,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
-from kinko.errors import UnavailableError
+from kinko.errors import InvalidArgument, UnavailableError
 
 Outcome = Literal["success", "failure"]
+SyncMode = Literal["interval", "always"]
+#: How long a record may wait for its fsync with ``sync="interval"``.
+DEFAULT_SYNC_INTERVAL = 0.05
 SUCCESS: Final = "success"
 FAILURE: Final = "failure"
 
@@ -101,44 +109,109 @@ class MemoryAuditSink:
 
 
 class FileAuditSink:
-    """Appends JSON lines to ``path`` (created 0600 if missing), fsynced per record.
+    """Appends JSON lines to ``path`` (created 0600 if missing).
 
-    Raises UnavailableError (the file cannot be opened).
+    ``sync``: ``"interval"`` (default) fsyncs from a background thread at most every
+    ``interval`` seconds while records are pending; ``"always"`` fsyncs each record before
+    :meth:`record` returns. Raises UnavailableError (the file cannot be opened),
+    InvalidArgument (an unknown ``sync`` or an interval that is not positive).
     """
 
-    __slots__ = ("_fd", "_lock", "_path")
+    __slots__ = (
+        "_error",
+        "_fd",
+        "_flusher",
+        "_interval",
+        "_lock",
+        "_path",
+        "_pending",
+        "_stop",
+        "_sync",
+    )
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, sync: SyncMode = "interval", interval: float = DEFAULT_SYNC_INTERVAL
+    ) -> None:
+        if sync not in ("interval", "always"):
+            raise InvalidArgument(f"audit sync: expected 'interval' or 'always', got {sync!r}")
+        if not interval > 0:
+            raise InvalidArgument(f"audit sync interval: expected > 0 seconds, got {interval}")
         self._path = Path(path)
+        self._sync = sync
+        self._interval = interval
         self._lock = threading.Lock()
+        self._pending = threading.Event()
+        self._stop = threading.Event()
+        self._error: str | None = None
         try:
             self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise UnavailableError(
                 f"cannot open the audit log {self._path}: {exc.strerror}"
             ) from exc
+        self._flusher: threading.Thread | None = None
+        if sync == "interval":
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="kinko-audit-fsync", daemon=True
+            )
+            self._flusher.start()
 
     @property
     def path(self) -> Path:
         """The audit log file."""
         return self._path
 
+    @property
+    def sync(self) -> SyncMode:
+        """When records reach the disk: ``"interval"`` or ``"always"``."""
+        return self._sync
+
     def record(self, record: AuditRecord) -> None:
-        """Appends one line and fsyncs it. Raises UnavailableError."""
+        """Appends one line (and fsyncs it with ``sync="always"``). Raises UnavailableError."""
         line = (record.to_json() + "\n").encode("ascii")
         with self._lock:
+            if self._error is not None:
+                raise UnavailableError(f"cannot sync the audit log {self._path}: {self._error}")
             try:
                 written = 0
                 while written < len(line):
                     written += os.write(self._fd, line[written:])
-                os.fsync(self._fd)
+                if self._sync == "always":
+                    os.fsync(self._fd)
             except OSError as exc:
                 raise UnavailableError(
                     f"cannot write the audit log {self._path}: {exc.strerror}"
                 ) from exc
+        if self._sync == "interval":
+            self._pending.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._pending.wait()
+            # Gather what arrives within one interval into a single fsync.
+            stopping = self._stop.wait(self._interval)
+            self._pending.clear()
+            self._fsync()
+            if stopping:
+                return
+
+    def _fsync(self) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._error = exc.strerror or "fsync failed"
 
     def close(self) -> None:
-        """Closes the file. Raises nothing."""
+        """Syncs what is pending and closes the file. Raises nothing."""
+        if self._flusher is not None:
+            self._stop.set()
+            self._pending.set()
+            self._flusher.join()
+            self._flusher = None
+        self._fsync()
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)

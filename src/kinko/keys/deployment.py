@@ -27,7 +27,7 @@ from typing import Final
 
 from kinko.errors import InvalidArgument
 from kinko.hsm.port import Hsm
-from kinko.keys.audit import FileAuditSink
+from kinko.keys.audit import FileAuditSink, SyncMode
 from kinko.keys.service import KeyService
 from kinko.store.sqlite import SqliteStore
 
@@ -76,10 +76,12 @@ def open_deployment(
     hsm: Hsm | None = None,
     clock: Callable[[], datetime] = utc_now,
     rng: Callable[[int], bytes] = os.urandom,
+    audit_sync: SyncMode = "interval",
 ) -> Deployment:
     """Opens (creating on first use) the data folder ``data_dir`` (module docstring).
 
     ``hsm``: the HSM holding the root keys (default: the soft keystore in the folder).
+    ``audit_sync``: when audit records reach the disk (:class:`FileAuditSink`).
 
     Raises InvalidArgument (``data_dir`` is not a folder), StoreUnavailable (the SQLite file),
     HsmUnavailable (the soft keystore), UnavailableError (the audit log).
@@ -98,7 +100,7 @@ def open_deployment(
         hsm = SoftKeystore(data_dir / KEYSTORE_DIR)
     store = SqliteStore(data_dir / STORE_FILE)
     try:
-        audit = FileAuditSink(data_dir / AUDIT_FILE)
+        audit = FileAuditSink(data_dir / AUDIT_FILE, sync=audit_sync)
     except BaseException:
         store.close()
         raise

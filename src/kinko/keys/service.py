@@ -138,6 +138,10 @@ ENCRYPTION_ALGORITHMS: Final = ("RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1")
 _PAGE: Final = 500
 
 
+#: Parsed key records kept per service (see KeyService._load_key).
+_PARSED_KEYS_MAX = 4096
+
+
 @dataclass(slots=True)
 class _Note:
     """What the audit record of the current call should name (filled in as it goes)."""
@@ -193,6 +197,7 @@ class KeyService:
         self._import_key_bits = import_key_bits
         self._tokens = TokenBook(store)
         self._kek_handle: str | None = None
+        self._parsed: dict[tuple[bytes, int], Key] = {}
 
     # --- authentication --------------------------------------------------------------------
 
@@ -1617,7 +1622,7 @@ class KeyService:
         entry = self._entry_for(instance, key_ref)
         if entry is None:
             raise _key_missing()
-        key = rec.load_key(entry.value)
+        key = self._load_key(entry)
         if key.instance != instance:
             raise CorruptMetadata("a stored key names another instance than its path")
         note.key_id = key.id
@@ -1627,6 +1632,23 @@ class KeyService:
         if key_ring is not None and key.key_ring_id != key_ring:
             raise _key_missing()
         return key, entry
+
+    def _load_key(self, entry: Entry) -> Key:
+        """The key of a stored record, parsed once per (path, mod_revision).
+
+        A store never gives one path's revision two contents (revisions only grow), and a
+        Key is immutable, so the parsed record can be shared; parsing is most of a wrap's
+        cost after the HSM. The memo is bounded and simply starts over when full.
+        Raises CorruptMetadata.
+        """
+        memo_key = (entry.key, entry.mod_revision)
+        key = self._parsed.get(memo_key)
+        if key is None:
+            key = rec.load_key(entry.value)
+            if len(self._parsed) >= _PARSED_KEYS_MAX:
+                self._parsed.clear()
+            self._parsed[memo_key] = key
+        return key
 
     def _cas_key(
         self,
