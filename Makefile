@@ -45,6 +45,10 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/formats.py
 	$(BIN)/python benchmarks/hsm.py
+	$(BIN)/python benchmarks/store.py
+	$(BIN)/python benchmarks/kms_grpc.py
+	$(BIN)/python benchmarks/plugin.py
+	$(BIN)/python benchmarks/keyservice.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -42,7 +42,10 @@ _WILDCARDS = ("0.0.0.0", "::")
 
 @click.group()
 def keys() -> None:
-    """Run the key service: IBM Key Protect API v2 over HTTPS (tokens: ``kinko token``)."""
+    """The key service: serve it (IBM Key Protect API v2 over HTTPS), or manage its keys.
+
+    Tokens for it come from ``kinko token create``.
+    """
 
 
 add_client_commands(keys)
