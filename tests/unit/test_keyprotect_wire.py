@@ -360,6 +360,24 @@ def test_revoked_token(api: Api) -> None:
     refused(api, response, 401, "UNAUTHORIZED_ERR", before)
 
 
+def test_expired_token(api: Api) -> None:
+    issued = issue_token(
+        rng=os.urandom,
+        instance=INST,
+        roles=["Reader"],
+        now=api.clock(),
+        name="temp",
+        expires=api.clock() + timedelta(hours=1),
+    )
+    TokenBook(api.store).add(issued.record)
+    api.clock.advance(timedelta(hours=1))
+    before = api.revision()
+    headers = {"authorization": f"Bearer {issued.token}", "bluemix-instance": INST}
+    response = api.client.get("/api/v2/keys", headers=headers)
+    refused(api, response, 401, "UNAUTHORIZED_ERR", before)
+    assert "expired" in response.json()["resources"][0]["reasons"][0]["message"]
+
+
 def test_wrong_instance(api: Api) -> None:
     key_id = api.create()
     before = api.revision()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from kinko.cli.main import cli
 from kinko.cli.token import STORE_FILE
+from kinko.errors import Unauthorized
 from kinko.keys.auth import Role, TokenBook, hash_token, token_path
 from kinko.store.sqlite import SqliteStore
 
@@ -30,7 +33,7 @@ def test_create_prints_only_a_token_that_authenticates(tmp_path: Path) -> None:
     assert out == token + "\n"
     assert re.fullmatch(r"kinko_[A-Za-z0-9_-]{43}", token)
     with SqliteStore(data / STORE_FILE) as store:
-        principal = TokenBook(store).authenticate(token)
+        principal = TokenBook(store).authenticate(token, now=datetime.now(UTC))
         entry = store.get(token_path(hash_token(token)))
         assert entry is not None
         assert token.encode() not in entry.value
@@ -49,8 +52,8 @@ def test_service_identity_and_two_tokens_differ(tmp_path: Path) -> None:
     assert first != second
     with SqliteStore(tmp_path / STORE_FILE) as store:
         book = TokenBook(store)
-        assert book.authenticate(first.strip()).service is True
-        purger = book.authenticate(second.strip())
+        assert book.authenticate(first.strip(), now=datetime.now(UTC)).service is True
+        purger = book.authenticate(second.strip(), now=datetime.now(UTC))
         assert purger.roles == frozenset({Role.KEY_PURGE})
         assert purger.name.startswith("token-")
 
@@ -64,4 +67,28 @@ def test_bad_input_is_refused_and_stores_nothing(tmp_path: Path) -> None:
     assert "instance id" in err
     code, out, _ = _create(tmp_path, "--instance", "i", "--role", "Reader", "--name", "two words")
     assert (code, out) == (4, "")
+    assert not (tmp_path / STORE_FILE).exists()
+
+
+def test_an_expiring_token_works_until_its_expiry_then_never(tmp_path: Path) -> None:
+    code, out, _ = _create(tmp_path, "--instance", "i", "--role", "Reader", "--expires-in", "2h")
+    assert code == 0
+    token = out.strip()
+    now = datetime.now(UTC)
+    with SqliteStore(tmp_path / STORE_FILE) as store:
+        book = TokenBook(store)
+        assert book.authenticate(token, now=now + timedelta(hours=1)).instance == "i"
+        for later in (timedelta(hours=2, minutes=1), timedelta(days=400)):
+            with pytest.raises(Unauthorized, match="expired bearer token") as info:
+                book.authenticate(token, now=now + later)
+            assert info.value.reason_code == "UNAUTHORIZED_ERR"
+
+
+@pytest.mark.parametrize("lifetime", ["0d", "2w", "-1h", "h", "1.5h", "9999999d"])
+def test_a_bad_lifetime_is_refused_and_stores_nothing(tmp_path: Path, lifetime: str) -> None:
+    code, out, err = _create(
+        tmp_path, "--instance", "i", "--role", "Reader", "--expires-in", lifetime
+    )
+    assert (code, out) == (4, "")
+    assert "--expires-in" in err
     assert not (tmp_path / STORE_FILE).exists()

@@ -9,11 +9,13 @@ them to exit codes.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 
+from kinko.errors import InvalidArgument
 from kinko.keys.auth import Role, TokenBook, issue_token
 from kinko.store.sqlite import SqliteStore
 
@@ -52,19 +54,47 @@ def token() -> None:
     default=None,
     help="Who the token is for (audit log, createdBy, dual authorization). Default: token-<id>.",
 )
+@click.option(
+    "--expires-in",
+    default=None,
+    metavar="N{d,h,m}",
+    help="The token stops working after this long (e.g. 90d, 12h, 30m). Default: never.",
+)
 def create(
-    data_dir: Path, instance: str, roles: tuple[str, ...], service: bool, name: str | None
+    data_dir: Path,
+    instance: str,
+    roles: tuple[str, ...],
+    service: bool,
+    name: str | None,
+    expires_in: str | None,
 ) -> None:
     """Create a token and print it (only it) on stdout. It is shown only this once."""
+    now = datetime.now(UTC)
     issued = issue_token(
         rng=os.urandom,
         instance=instance,
         roles=roles,
-        now=datetime.now(UTC),
+        now=now,
         service=service,
         name=name,
+        expires=None if expires_in is None else now + _lifetime(expires_in),
     )
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with SqliteStore(data_dir / STORE_FILE) as store:
         TokenBook(store).add(issued.record)
     click.echo(issued.token)
+
+
+_LIFETIME = re.compile(r"([1-9][0-9]{0,5})([dhm])")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def _lifetime(text: str) -> timedelta:
+    """``90d``, ``12h`` or ``30m`` as a timedelta. Raises InvalidArgument."""
+    match = _LIFETIME.fullmatch(text.strip())
+    if match is None:
+        raise InvalidArgument(
+            f"--expires-in: expected a whole number of days, hours or minutes (90d, 12h, 30m), "
+            f"got {text!r}"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

@@ -196,6 +196,7 @@ class TokenRecord:
     service: bool
     name: str
     created: datetime
+    expires: datetime | None = None  # None: valid until revoked
 
     def principal(self) -> Principal:
         """The principal this token authenticates as."""
@@ -243,12 +244,16 @@ def issue_token(
     now: datetime,
     service: bool = False,
     name: str | None = None,
+    expires: datetime | None = None,
 ) -> IssuedToken:
     """A new token for ``instance`` with ``roles``; pure given ``rng`` and ``now``.
 
-    ``name`` defaults to ``token-<id>``. Raises InvalidArgument (instance, roles, name).
+    ``name`` defaults to ``token-<id>``; ``expires`` (aware) ends the token's validity.
+    Raises InvalidArgument (instance, roles, name, an expiry that is naive or not after now).
     """
     check_instance(instance)
+    if expires is not None and (expires.tzinfo is None or expires <= now):
+        raise InvalidArgument("expected a token expiry with a time zone, later than now")
     checked = check_roles(roles)
     secret = rng(TOKEN_BYTES)
     if len(secret) != TOKEN_BYTES:
@@ -268,6 +273,7 @@ def issue_token(
         service=service,
         name=name,
         created=now.astimezone(UTC),
+        expires=None if expires is None else expires.astimezone(UTC),
     )
     return IssuedToken(token=token, record=record)
 
@@ -311,6 +317,8 @@ def dump_token(record: TokenRecord) -> bytes:
         "name": record.name,
         "created": record.created.isoformat(),
     }
+    if record.expires is not None:
+        doc["expires"] = record.expires.isoformat()
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -326,6 +334,9 @@ def load_token(data: bytes) -> TokenRecord:
         created = datetime.fromisoformat(doc["created"])
         if created.tzinfo is None:
             raise ValueError
+        expires = None if doc.get("expires") is None else datetime.fromisoformat(doc["expires"])
+        if expires is not None and expires.tzinfo is None:
+            raise ValueError
         record = TokenRecord(
             token_hash=str(doc["tokenHash"]),
             instance=str(doc["instance"]),
@@ -333,6 +344,7 @@ def load_token(data: bytes) -> TokenRecord:
             service=bool(doc["service"]),
             name=str(doc["name"]),
             created=created.astimezone(UTC),
+            expires=None if expires is None else expires.astimezone(UTC),
         )
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise CorruptMetadata("stored token record is malformed") from None
@@ -353,10 +365,10 @@ class TokenBook:
         if not result.succeeded:
             raise Conflict("a token with this hash exists already")
 
-    def authenticate(self, token: str | None) -> Principal:
-        """The principal of a presented bearer token.
+    def authenticate(self, token: str | None, *, now: datetime) -> Principal:
+        """The principal of a presented bearer token at time ``now``.
 
-        Raises Unauthorized (missing, malformed or unknown token), CorruptMetadata,
+        Raises Unauthorized (missing, malformed, unknown or expired token), CorruptMetadata,
         StoreUnavailable. The message never repeats the token.
         """
         if not token or _TOKEN_RE.fullmatch(token) is None:
@@ -364,7 +376,10 @@ class TokenBook:
         entry = self._store.get(token_path(hash_token(token)))
         if entry is None:
             raise Unauthorized("unknown or revoked bearer token")
-        return load_token(entry.value).principal()
+        record = load_token(entry.value)
+        if record.expires is not None and now >= record.expires:
+            raise Unauthorized("expired bearer token")
+        return record.principal()
 
     def revoke(self, token_hash: str) -> None:
         """Deletes a token record. Raises NotFound, StoreUnavailable."""

@@ -213,7 +213,7 @@ class KeyService:
         Raises Unauthorized (401 ``UNAUTHORIZED_ERR``), CorruptMetadata, StoreUnavailable.
         """
         try:
-            return self._tokens.authenticate(token)
+            return self._tokens.authenticate(token, now=self._now())
         except KinkoError as exc:
             self._audit.record(
                 AuditRecord(
