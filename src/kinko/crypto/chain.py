@@ -27,16 +27,21 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from kinko.crypto.formats import ENCRYPTED_PREFIX, Identity
 from kinko.crypto.types import Opened, Transformer
 from kinko.errors import DecryptionError, InvalidArgument, UnavailableError
 
 
+class _Seal(Protocol):
+    def __call__(self, plaintext: bytes, *, aad: bytes) -> bytes: ...
+
+
 class ProviderChain:
     """The transformers of one resource in EncryptionConfiguration order (never empty)."""
 
-    __slots__ = ("_read_unprefixed_as_identity", "_seal", "_transformers")
+    __slots__ = ("_read_unprefixed_as_identity", "_transformers", "seal")
 
     def __init__(
         self,
@@ -48,7 +53,10 @@ class ProviderChain:
         if not transformers:
             raise InvalidArgument("provider chain: expected at least one transformer, got none")
         self._transformers: tuple[Transformer, ...] = tuple(transformers)
-        self._seal = self._transformers[0].seal
+        # The chain's seal *is* the first transformer's seal: bound once, so a write costs no
+        # extra call. Raises what that transformer raises: InvalidArgument (a read-only first
+        # provider), PluginError (KMS unavailable).
+        self.seal: _Seal = self._transformers[0].seal
         self._read_unprefixed_as_identity = read_unprefixed_as_identity
 
     @classmethod
@@ -72,13 +80,6 @@ class ProviderChain:
     def __repr__(self) -> str:
         names = ", ".join(f"{t.kind}:{t.name}" if t.name else t.kind for t in self._transformers)
         return f"ProviderChain([{names}])"
-
-    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
-        """Seal with the first transformer.
-
-        Raises InvalidArgument (read-only first provider), PluginError (KMS unavailable).
-        """
-        return self._seal(plaintext, aad=aad)
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Open ``value`` with the first matching transformer that succeeds.
