@@ -1086,28 +1086,24 @@ class KeyService:
         Unprocessable (``KEY_ROOT_REQ_REG_ERR``, ``KEY_INVALID_STATE_ERR``,
         ``KEY_VERSION_INVALID``), Conflict (registered already), StoreUnavailable.
         """
-        now = self._now()
-        with self._audited(
-            now, principal, Action.REGISTRATION_CREATE, instance, correlation_id
-        ) as note:
-            note.resource = crn
-            key = self._cas_key(
-                now,
-                instance,
-                key_ref,
-                key_ring,
-                note,
-                lambda k: model.register(
-                    k,
-                    now=now,
-                    actor=principal.name,
-                    crn=crn,
-                    description=description,
-                    prevent_key_deletion=prevent_key_deletion,
-                    key_version_id=key_version_id,
-                ),
-            )
-            return _registration(key, crn, note)
+        return self._change_registration(
+            principal,
+            instance,
+            key_ref,
+            crn,
+            Action.REGISTRATION_CREATE,
+            lambda k, now: model.register(
+                k,
+                now=now,
+                actor=principal.name,
+                crn=crn,
+                description=description,
+                prevent_key_deletion=prevent_key_deletion,
+                key_version_id=key_version_id,
+            ),
+            key_ring=key_ring,
+            correlation_id=correlation_id,
+        )
 
     def update_registration(
         self,
@@ -1127,27 +1123,23 @@ class KeyService:
         Raises Unauthorized, Forbidden (``SERVICE_ONLY_ERR``), InvalidArgument, NotFound,
         Conflict, StoreUnavailable.
         """
-        now = self._now()
-        with self._audited(
-            now, principal, Action.REGISTRATION_UPDATE, instance, correlation_id
-        ) as note:
-            note.resource = crn
-            key = self._cas_key(
-                now,
-                instance,
-                key_ref,
-                key_ring,
-                note,
-                lambda k: model.update_registration(
-                    k,
-                    now=now,
-                    actor=principal.name,
-                    crn=crn,
-                    description=description,
-                    prevent_key_deletion=prevent_key_deletion,
-                ),
-            )
-            return _registration(key, crn, note)
+        return self._change_registration(
+            principal,
+            instance,
+            key_ref,
+            crn,
+            Action.REGISTRATION_UPDATE,
+            lambda k, now: model.update_registration(
+                k,
+                now=now,
+                actor=principal.name,
+                crn=crn,
+                description=description,
+                prevent_key_deletion=prevent_key_deletion,
+            ),
+            key_ring=key_ring,
+            correlation_id=correlation_id,
+        )
 
     def replace_registration(
         self,
@@ -1169,27 +1161,43 @@ class KeyService:
         Unprocessable (``KEY_VERSION_INVALID``, ``KEY_ROOT_REQ_REG_ERR``,
         ``KEY_INVALID_STATE_ERR``), Conflict, StoreUnavailable.
         """
+        return self._change_registration(
+            principal,
+            instance,
+            key_ref,
+            crn,
+            Action.REGISTRATION_REPLACE,
+            lambda k, now: model.replace_registration(
+                k,
+                now=now,
+                actor=principal.name,
+                crn=crn,
+                description=description,
+                prevent_key_deletion=prevent_key_deletion,
+                key_version_id=key_version_id,
+            ),
+            key_ring=key_ring,
+            correlation_id=correlation_id,
+        )
+
+    def _change_registration(
+        self,
+        principal: Principal,
+        instance: str,
+        key_ref: str,
+        crn: str,
+        action: Action,
+        change: Callable[[Key, datetime], Key],
+        *,
+        key_ring: str | None,
+        correlation_id: str | None,
+    ) -> Registration:
+        """Audits ``action``, applies ``change`` to the key with compare-and-swap, and returns
+        the registration of ``crn`` as stored. Raises what ``change`` and the store raise."""
         now = self._now()
-        with self._audited(
-            now, principal, Action.REGISTRATION_REPLACE, instance, correlation_id
-        ) as note:
+        with self._audited(now, principal, action, instance, correlation_id) as note:
             note.resource = crn
-            key = self._cas_key(
-                now,
-                instance,
-                key_ref,
-                key_ring,
-                note,
-                lambda k: model.replace_registration(
-                    k,
-                    now=now,
-                    actor=principal.name,
-                    crn=crn,
-                    description=description,
-                    prevent_key_deletion=prevent_key_deletion,
-                    key_version_id=key_version_id,
-                ),
-            )
+            key = self._cas_key(now, instance, key_ref, key_ring, note, lambda k: change(k, now))
             return _registration(key, crn, note)
 
     def delete_registration(
