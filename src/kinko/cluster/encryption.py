@@ -1,0 +1,538 @@
+"""Encryption at rest for the cluster store: the live EncryptionConfiguration and the byte layer.
+
+Job: :class:`EncryptionConfigSource` keeps the provider chains of one EncryptionConfiguration
+file current (reloaded when the file's content hash changes), and :class:`EncryptedObjects`
+reads and writes a :class:`~kinko.store.port.Store` through those chains exactly as
+kube-apiserver stores Secrets and ConfigMaps.
+
+Invariants:
+
+- **AAD is the exact storage key.** Every value is sealed and opened with its own key's bytes
+  as AAD, so a value copied to another key does not open.
+- **Chains swap atomically.** Every operation reads the current generation (chains, hash,
+  load time) once; a reload replaces it in one assignment. A bad new file (unreadable,
+  invalid) keeps the old generation and is reported in ``last_error`` and the
+  :class:`ReloadResult`; the same bad content is not parsed again until it changes.
+- **KMS sessions outlive reloads.** A KMS provider whose settings (name, endpoint, timeout)
+  are unchanged keeps its session, so its write seed and DEK cache survive a reload. Writes
+  reuse the current seed (no plugin call per write); the seed is refreshed when Status
+  reports a new key_id; writes fail closed with a PluginError naming the plugin once no
+  Status was healthy for 3 minutes; reads call Decrypt only for a seed not yet cached
+  (all of this is :class:`~kinko.kms.envelope.KmsV2Session`'s). Sessions and clients of
+  providers no longer configured are closed after the swap.
+- **One undecryptable value never breaks a LIST.** A value that no provider opens (its key
+  destroyed, its provider removed, tampered) is left out of ``items`` and named in
+  ``unreadable``. A KMS plugin that is *unavailable* is not "undecryptable": the value may open
+  once the plugin is back, so the LIST raises the PluginError instead of reporting the value
+  as unreadable. Reporting it would invite an administrator to force-delete readable data, and
+  a LIST that silently shrinks while a plugin is down would look like data loss.
+- :meth:`EncryptedObjects.force_delete_unreadable` deletes only a value that fails to decrypt
+  *now* with a DecryptionError, guarded on the revision it was read at.
+- Messages name storage keys, resources, providers, revisions and config hashes; never
+  plaintext, ciphertext or key bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn, Protocol
+
+from kinko.crypto.chain import ProviderChain
+from kinko.crypto.config import (
+    EncryptionChains,
+    KmsConfig,
+    build_chains,
+    config_hash,
+    parse_encryption_config,
+)
+from kinko.crypto.types import KmsV1Unwrapper, KmsV2Keys, Opened, Rng
+from kinko.errors import (
+    ConfigError,
+    Conflict,
+    DecryptionError,
+    DeletionRefused,
+    InvalidArgument,
+    NotFound,
+)
+from kinko.etcdtool import resolve_resource
+from kinko.kms.envelope import KmsV2Poller, KmsV2Session
+from kinko.kms.port import KmsV2Api
+from kinko.store.port import Delete, Put, Store
+
+__all__ = [
+    "EncryptedObjects",
+    "EncryptionConfigSource",
+    "EncryptionState",
+    "ListItem",
+    "ListResult",
+    "ReadValue",
+    "ReloadResult",
+    "UnreadableValue",
+]
+
+log = logging.getLogger(__name__)
+
+#: Opens a KMS v2 plugin API for a provider (default: a gRPC client of its endpoint).
+KmsV2ApiFactory = Callable[[KmsConfig], KmsV2Api]
+#: Opens a read-only KMS v1 client for a provider (default: a gRPC client of its endpoint).
+KmsV1Factory = Callable[[KmsConfig], KmsV1Unwrapper]
+
+
+class UnreadableValue(DecryptionError):
+    """A stored value cannot be decrypted with the current configuration.
+
+    ``key`` is the storage key; ``reason`` one of :data:`NO_PROVIDER` and :data:`NOT_OPENED`.
+    """
+
+    NO_PROVIDER = (
+        "no configured provider matches the value's prefix (its provider was removed from "
+        "the EncryptionConfiguration)"
+    )
+    NOT_OPENED = "it cannot be decrypted (its key was destroyed or its provider removed)"
+
+    def __init__(self, key: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.args = (f"cannot read {_show(key)}: {reason}",)
+
+
+# --------------------------------------------------------------------------- the source
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionState:
+    """One loaded generation of the configuration: its chains, content hash and load time."""
+
+    chains: EncryptionChains = field(repr=False)
+    config_hash: str
+    loaded_at: float  # wall-clock seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What :meth:`EncryptionConfigSource.reload_if_changed` did.
+
+    ``config_hash`` is the hash in force afterwards; ``error`` says why a changed file was
+    refused (None when it was loaded or unchanged).
+    """
+
+    changed: bool
+    config_hash: str
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Kms:
+    """One KMS provider's live connection: its port, the client to close, its poller."""
+
+    api: object
+    session: KmsV2Session | None = None
+    unwrapper: KmsV1Unwrapper | None = None
+    poller: KmsV2Poller | None = None
+
+    def close(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+        close: Callable[[], None] | None = getattr(self.api, "close", None)
+        if close is not None:
+            close()
+
+
+def _grpc_v2(kms: KmsConfig) -> KmsV2Api:
+    from kinko.kms.client import GrpcKmsV2Api
+
+    return GrpcKmsV2Api(kms.endpoint, timeout=kms.timeout_seconds)
+
+
+def _grpc_v1(kms: KmsConfig) -> KmsV1Unwrapper:
+    from kinko.kms.client import GrpcKmsV1Api
+
+    return GrpcKmsV1Api(kms.endpoint, timeout=kms.timeout_seconds)
+
+
+class EncryptionConfigSource:
+    """The live EncryptionConfiguration read from ``path``, with its provider chains.
+
+    ``kms_v2`` / ``kms_v1`` open a plugin client for a KMS provider (gRPC by default, so any
+    plugin on its socket works: kinko's or another). ``poll_kms`` starts a
+    :class:`~kinko.kms.envelope.KmsV2Poller` per KMS v2 session (kube-apiserver's Status
+    intervals); without it, sessions check only on first use. ``clock`` is the sessions'
+    monotonic clock, ``wall_clock`` stamps ``loaded_at``. Thread-safe.
+
+    Raises ConfigError at construction: the file cannot be read or is invalid.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kms_v2: KmsV2ApiFactory = _grpc_v2,
+        kms_v1: KmsV1Factory = _grpc_v1,
+        rng: Rng = os.urandom,
+        poll_kms: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._path = path
+        self._kms_v2_api = kms_v2
+        self._kms_v1_api = kms_v1
+        self._rng = rng
+        self._poll_kms = poll_kms
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # Guards _kms, _last_error, _rejected_hash and the swap of _state.
+        self._lock = threading.Lock()
+        # Serialises reloads, so two pollers never build two generations at once.
+        self._reload_lock = threading.Lock()
+        self._kms: dict[KmsConfig, _Kms] = {}
+        self._last_error: str | None = None
+        self._rejected_hash: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        data = self._read()
+        self._state = self._load(data, config_hash(data))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def state(self) -> EncryptionState:
+        """The generation in force. Raises nothing."""
+        return self._state
+
+    @property
+    def config_hash(self) -> str:
+        return self._state.config_hash
+
+    @property
+    def loaded_at(self) -> float:
+        return self._state.loaded_at
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the newest file content was refused; None once a good one loads."""
+        with self._lock:
+            return self._last_error
+
+    def chain_for(self, resource: str) -> ProviderChain:
+        """The current chain for ``resource``. Raises as ``EncryptionChains.chain_for``."""
+        return self._state.chains.chain_for(resource)
+
+    def kms_v2_session(self, name: str) -> KmsV2Session | None:
+        """The live session of the KMS v2 provider ``name``, once a chain has used it."""
+        with self._lock:
+            for kms, live in self._kms.items():
+                if kms.name == name and live.session is not None:
+                    return live.session
+        return None
+
+    # -- reloading -------------------------------------------------------------------------
+
+    def reload_if_changed(self) -> ReloadResult:
+        """Load the file again if its content hash changed; keep the old chains on any error.
+
+        Raises nothing: a read or validation error is returned and kept in ``last_error``.
+        """
+        with self._reload_lock:
+            try:
+                data = self._read()
+            except ConfigError as exc:
+                return self._refuse(None, str(exc))
+            digest = config_hash(data)
+            current = self._state
+            if digest == current.config_hash:
+                with self._lock:
+                    self._last_error = None
+                    self._rejected_hash = None
+                return ReloadResult(changed=False, config_hash=digest)
+            with self._lock:
+                if digest == self._rejected_hash:
+                    return ReloadResult(False, current.config_hash, self._last_error)
+            try:
+                state = self._load(data, digest)
+            except ConfigError as exc:
+                return self._refuse(digest, str(exc))
+            with self._lock:
+                self._state = state
+                self._last_error = None
+                self._rejected_hash = None
+                wanted = set(state.chains.config.kms_providers)
+                gone = [self._kms.pop(k) for k in list(self._kms) if k not in wanted]
+            for live in gone:
+                live.close()
+            log.info(
+                "EncryptionConfiguration %s: loaded %s (was %s)",
+                self._path,
+                digest,
+                current.config_hash,
+            )
+            return ReloadResult(changed=True, config_hash=digest)
+
+    def _refuse(self, digest: str | None, message: str) -> ReloadResult:
+        current = self._state.config_hash
+        text = f"EncryptionConfiguration {self._path} not reloaded, keeping {current}: {message}"
+        with self._lock:
+            self._last_error = text
+            self._rejected_hash = digest
+        log.warning("%s", text)
+        return ReloadResult(changed=False, config_hash=current, error=text)
+
+    def start_polling(self, interval: float = 60.0) -> None:
+        """Call :meth:`reload_if_changed` every ``interval`` seconds in a daemon thread.
+
+        Raises InvalidArgument: a non-positive interval, or polling already started.
+        """
+        if interval <= 0:
+            raise InvalidArgument(f"interval: expected positive seconds, got {interval}")
+        if self._thread is not None:
+            raise InvalidArgument("EncryptionConfiguration polling: already started")
+        self._thread = threading.Thread(
+            target=self._poll, args=(interval,), name="encryption-config-poller", daemon=True
+        )
+        self._thread.start()
+
+    def _poll(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.reload_if_changed()
+            except Exception:
+                # A bug must not end the polling silently; the traceback carries no key bytes.
+                log.exception("EncryptionConfiguration %s: reload crashed", self._path)
+
+    def close(self) -> None:
+        """Stop polling, the KMS pollers and close every KMS client. Raises nothing."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            self._closed = True
+            live = list(self._kms.values())
+            self._kms.clear()
+        for item in live:
+            item.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _read(self) -> bytes:
+        try:
+            return self._path.read_bytes()
+        except OSError as exc:
+            raise ConfigError("", f"cannot read {self._path}: {exc.strerror}") from exc
+
+    def _load(self, data: bytes, digest: str) -> EncryptionState:
+        config = parse_encryption_config(data)
+        chains = build_chains(config, kms_v2=self._v2_port, kms_v1=self._v1_port, rng=self._rng)
+        return EncryptionState(chains=chains, config_hash=digest, loaded_at=self._wall_clock())
+
+    def _v2_port(self, kms: KmsConfig) -> KmsV2Keys:
+        with self._lock:
+            live = self._kms.get(kms)
+            if live is not None:
+                return live.session or _refuse_kind(kms)
+            api = self._kms_v2_api(kms)
+            session = KmsV2Session(api, name=kms.name, clock=self._clock, rng=self._rng)
+            poller = KmsV2Poller(session) if self._poll_kms and not self._closed else None
+            self._kms[kms] = _Kms(api=api, session=session, poller=poller)
+        if poller is not None:
+            poller.start()
+        return session
+
+    def _v1_port(self, kms: KmsConfig) -> KmsV1Unwrapper:
+        with self._lock:
+            live = self._kms.get(kms)
+            if live is None:
+                api = self._kms_v1_api(kms)
+                live = _Kms(api=api, unwrapper=api)
+                self._kms[kms] = live
+        return live.unwrapper or _refuse_kind(kms)
+
+
+def _refuse_kind(kms: KmsConfig) -> NoReturn:
+    # KmsConfig carries api_version, so a v1 and a v2 provider never share an entry; this is
+    # a guard against a broken invariant, not a reachable path.
+    raise InvalidArgument(f"KMS provider {kms.name}: live connection of another API version")
+
+
+# --------------------------------------------------------------------------- the byte layer
+
+
+class ChainSource(Protocol):
+    """What picks a provider chain: :class:`EncryptionConfigSource` (or EncryptionChains)."""
+
+    def chain_for(self, resource: str) -> ProviderChain: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadValue:
+    """One decrypted object. ``stale``: not what the chain would write now (migrate it)."""
+
+    plaintext: bytes = field(repr=False)
+    mod_revision: int
+    stale: bool
+    provider: str
+    key_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListItem:
+    key: bytes
+    value: ReadValue
+
+
+@dataclass(frozen=True, slots=True)
+class ListResult:
+    """One page: the readable objects, the storage keys of the unreadable ones, and paging.
+
+    ``more``: another page follows; continue after the last key of ``items`` or
+    ``unreadable``, whichever is greater (:attr:`last_key`), at ``revision``.
+    """
+
+    items: tuple[ListItem, ...]
+    unreadable: tuple[bytes, ...]
+    more: bool
+    revision: int
+    last_key: bytes = b""
+
+
+class EncryptedObjects:
+    """Encrypted reads and guarded writes of cluster objects over a Store. Thread-safe."""
+
+    def __init__(self, store: Store, source: ChainSource) -> None:
+        self._store = store
+        self._source = source
+
+    def write(self, resource: str, key: bytes, plaintext: bytes, *, expect: int) -> int:
+        """Seal ``plaintext`` with AAD = ``key`` and Put it if the key's revision is ``expect``.
+
+        ``expect`` 0 creates. Returns the new revision. Raises PluginError (the KMS plugin
+        cannot serve a write: it names the plugin; map to 503), InvalidArgument (the first
+        provider cannot write, e.g. KMS v1; a bad key), Conflict (the guard failed),
+        StoreUnavailable.
+        """
+        sealed = self._source.chain_for(resource).seal(plaintext, aad=key)
+        result = self._store.txn([Put(key, sealed, expect=expect)])
+        if not result.succeeded:
+            raise Conflict(_changed(key, expect))
+        return result.revision
+
+    def read(self, resource: str, key: bytes) -> ReadValue:
+        """The decrypted object at ``key``.
+
+        Raises NotFound, UnreadableValue (a DecryptionError naming the reason), PluginError
+        (a KMS plugin needed for this value's seed is unavailable), StoreUnavailable.
+        """
+        entry = self._store.get(key)
+        if entry is None:
+            raise NotFound(f"no object is stored at {_show(key)}")
+        chain = self._source.chain_for(resource)
+        return _read_value(_open(chain, key, entry.value), entry.mod_revision)
+
+    def list(
+        self,
+        resource: str,
+        prefix: bytes,
+        *,
+        limit: int = 500,
+        start_after: bytes = b"",
+        revision: int = 0,
+    ) -> ListResult:
+        """One page of objects under ``prefix``; undecryptable values are reported, not raised.
+
+        Raises PluginError (a KMS plugin needed for a seed not cached yet is unavailable; see
+        the module docstring), InvalidArgument (limit < 1), Conflict (revision compacted),
+        StoreUnavailable.
+        """
+        page = self._store.range(prefix, start_after=start_after, limit=limit, revision=revision)
+        chain = self._source.chain_for(resource)
+        items: list[ListItem] = []
+        unreadable: list[bytes] = []
+        for entry in page.entries:
+            try:
+                opened = _open(chain, entry.key, entry.value)
+            except UnreadableValue:
+                unreadable.append(entry.key)
+                continue
+            items.append(ListItem(entry.key, _read_value(opened, entry.mod_revision)))
+        if unreadable:
+            log.warning(
+                "LIST %s under %s: %d unreadable value(s), first %s",
+                resource,
+                _show(prefix),
+                len(unreadable),
+                _show(unreadable[0]),
+            )
+        last = page.entries[-1].key if page.entries else b""
+        return ListResult(tuple(items), tuple(unreadable), page.more, page.revision, last)
+
+    def delete(self, key: bytes, *, expect: int) -> int:
+        """Delete ``key`` if its revision is ``expect``; returns the new revision.
+
+        Raises Conflict (the object changed or is gone), InvalidArgument, StoreUnavailable.
+        """
+        result = self._store.txn([Delete(key, expect=expect)])
+        if not result.succeeded:
+            raise Conflict(_changed(key, expect))
+        return result.revision
+
+    def force_delete_unreadable(self, key: bytes, *, resource: str | None = None) -> int:
+        """Delete the value at ``key`` only if it cannot be decrypted now; returns the revision.
+
+        ``resource`` defaults to the one parsed from the key (``/registry/<resource>/...``).
+        Raises NotFound, DeletionRefused (the value is readable: delete it normally),
+        PluginError (its plugin is unavailable, so whether it is readable is unknown),
+        Conflict (it changed since it was checked), InvalidArgument (no resource),
+        StoreUnavailable.
+        """
+        name = resolve_resource(key, resource=resource, etcd_prefix=None)
+        entry = self._store.get(key)
+        if entry is None:
+            raise NotFound(f"no object is stored at {_show(key)}")
+        try:
+            _open(self._source.chain_for(name), key, entry.value)
+        except UnreadableValue as exc:
+            log.warning("force-deleting unreadable %s: %s", _show(key), exc.reason)
+            return self.delete(key, expect=entry.mod_revision)
+        raise DeletionRefused(
+            f"{_show(key)} decrypts with the current configuration; "
+            "expected an unreadable value for a forced delete, delete it normally"
+        )
+
+
+def _open(chain: ProviderChain, key: bytes, value: bytes) -> Opened:
+    try:
+        return chain.open(value, aad=key)
+    except DecryptionError as exc:
+        reason = (
+            UnreadableValue.NO_PROVIDER
+            if exc.reason == DecryptionError.NO_MATCHING_PROVIDER
+            else UnreadableValue.NOT_OPENED
+        )
+        raise UnreadableValue(key, reason) from None
+
+
+def _read_value(opened: Opened, mod_revision: int) -> ReadValue:
+    return ReadValue(
+        plaintext=opened.plaintext,
+        mod_revision=mod_revision,
+        stale=opened.stale,
+        provider=opened.provider,
+        key_id=opened.key_id,
+    )
+
+
+def _changed(key: bytes, expect: int) -> str:
+    return f"{_show(key)} changed: expected mod_revision {expect}, the object is not at it"
+
+
+def _show(key: bytes) -> str:
+    return key.decode("utf-8", errors="backslashreplace")
