@@ -7,7 +7,9 @@ in-process by LocalKeyPlugin through KmsV2Session, with a fake clock. No test sl
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from kinko.errors import (
     Conflict,
     DecryptionError,
     DeletionRefused,
+    InvalidArgument,
     NotFound,
     PluginError,
 )
@@ -42,6 +45,7 @@ SECRET_3 = base64.b64encode(bytes(range(3, 35))).decode()
 
 PREFIX = b"/registry/secrets/ns/"
 PLUGIN_A = LocalKeyPlugin(KEY_A)
+WAIT = 10.0  # Upper bound for waits on a background thread; never reached when correct.
 
 
 def key(name: str) -> bytes:
@@ -440,3 +444,44 @@ def test_reload_keeps_unchanged_kms_sessions_and_closes_removed_ones(cfg: Path) 
     assert api.closed
     assert source.kms_v2_session("plug") is None
     source.close()
+
+
+def wait_for(condition: Callable[[], bool], *, bound: float = WAIT) -> bool:
+    """Waits until ``condition`` holds; ``bound`` is only reached when the code is wrong."""
+    tick = threading.Event()
+    deadline = time.monotonic() + bound
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        tick.wait(0.005)
+    return True
+
+
+def test_polling_picks_up_a_changed_file_and_close_stops_it(cfg: Path) -> None:
+    source = make_source(cfg, config(GCM_1))
+    with pytest.raises(InvalidArgument):
+        source.start_polling(0)
+    first = source.config_hash
+    source.start_polling(0.01)
+    with pytest.raises(InvalidArgument):
+        source.start_polling(0.01)
+    cfg.write_text("not: [valid")
+    assert wait_for(lambda: source.last_error is not None)
+    assert source.config_hash == first
+    cfg.write_text(config(BOX_3))
+    assert wait_for(lambda: source.config_hash != first)
+    assert source.last_error is None
+    source.close()
+    assert source.chain_for("secrets").first.kind == "secretbox"
+
+
+def test_kms_pollers_start_with_the_session_and_stop_on_close(cfg: Path) -> None:
+    api = CountingApi(LocalKeyPlugin(KEY_A))
+    cfg.write_text(config(KMS))
+    source = EncryptionConfigSource(cfg, kms_v2=lambda _: api, kms_v1=no_v1)
+    objects = EncryptedObjects(MemoryStore(), source)
+    objects.write("secrets", key("a"), b"x", expect=0)
+    assert wait_for(lambda: api.status_calls >= 1)
+    source.close()
+    assert api.closed
+    assert objects.read("secrets", key("a")).plaintext == b"x"  # the cached seed
