@@ -19,7 +19,8 @@ Invariants:
   reports a new key_id; writes fail closed with a PluginError naming the plugin once no
   Status was healthy for 3 minutes; reads call Decrypt only for a seed not yet cached
   (all of this is :class:`~kinko.kms.envelope.KmsV2Session`'s). Sessions and clients of
-  providers no longer configured are closed after the swap.
+  providers no longer configured are closed after the swap; an operation still running on the
+  old generation may then see a PluginError for that provider, which callers retry.
 - **One undecryptable value never breaks a LIST.** A value that no provider opens (its key
   destroyed, its provider removed, tampered) is left out of ``items`` and named in
   ``unreadable``. A KMS plugin that is *unavailable* is not "undecryptable": the value may open
