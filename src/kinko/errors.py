@@ -11,6 +11,8 @@ gRPC status codes in ``kinko.kms.server``).
     │   ├── InvalidArgument         malformed input (bytes, fields, options)      BAD_BODY_ERR
     │   │   ├── ConfigError         an EncryptionConfiguration field is invalid (names its path)
     │   │   ├── EnvelopeError       a stored KMS v2 EncryptedObject is malformed
+    │   │   ├── Invalid             a cluster object (Secret, ConfigMap) breaks a field rule;
+    │   │   │                       carries Kubernetes-style causes (field, reason, message)
     │   │   └── NotAllowed          well-formed, but the key's properties forbid it
     │   │                           (KEY_ROOT_REQ_ERR, KEY_PAYLOAD_REQ_ERR, KEY_EXPIRED_ERR,
     │   │                           KEY_RESTORE_EXPIRED, INCORRECT_NONCE_ERR, …)
@@ -52,6 +54,9 @@ expected and what came, using sizes, names and field paths only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class KinkoError(Exception):
@@ -95,6 +100,43 @@ class ConfigError(InvalidArgument):
 
 class EnvelopeError(InvalidArgument):
     """A stored KMS v2 ``EncryptedObject`` is malformed (missing or oversize fields)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCause:
+    """One Kubernetes ``StatusCause``: which field broke which rule.
+
+    ``field`` is a Kubernetes field path (``metadata.name``, ``data[tls.crt]``); ``reason`` a
+    Kubernetes cause type (``FieldValueInvalid``, ``FieldValueRequired``,
+    ``FieldValueNotSupported``, ``FieldValueTooLong``, ``FieldValueForbidden``,
+    ``FieldValueTypeInvalid``, ``FieldValueDuplicate``) or kinko's ``FieldValueUnknown`` for a
+    field the schema does not declare; ``message`` the detail. None of them carries secret data.
+    """
+
+    field: str
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class Invalid(InvalidArgument):
+    """A cluster object (a Secret or ConfigMap) breaks one or more field rules.
+
+    Kubernetes answers such a request with a ``Status`` of reason ``Invalid`` whose
+    ``details.causes`` name each offending field; ``causes`` holds exactly those. ``kind`` and
+    ``name`` name the object (either may be empty when the input was too broken to tell). The
+    message lists field paths, key names and sizes, never a value of ``data`` or ``stringData``.
+    """
+
+    def __init__(self, causes: Sequence[FieldCause], *, kind: str = "", name: str = "") -> None:
+        self.causes: tuple[FieldCause, ...] = tuple(causes)
+        self.kind = kind
+        self.name = name
+        subject = f'{kind} "{name}"' if name else (kind or "object")
+        listed = ", ".join(str(c) for c in self.causes)
+        super().__init__(f"{subject} is invalid: [{listed}]")
 
 
 class NotAllowed(InvalidArgument):

@@ -12,6 +12,7 @@ from kinko import errors
 #: Exit codes. 1 is reserved for unexpected failures (bugs), 2 for click usage errors.
 EXIT_CODES: dict[type[errors.KinkoError], int] = {
     errors.ConfigError: 3,
+    errors.Invalid: 4,
     errors.InvalidArgument: 4,
     errors.DecryptionError: 5,
     errors.NotFound: 6,
