@@ -72,6 +72,11 @@ TLS_CRT = _cert_pem(_KEY, "ingress.example")
 TLS_KEY = _key_pem(_KEY)
 OTHER_KEY = _key_pem(_OTHER_KEY)
 CA_CRT = _cert_pem(_OTHER_KEY, "ca.example")
+ENCRYPTED_KEY = _KEY.private_bytes(
+    serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8,
+    serialization.BestAvailableEncryption(b"passphrase"),
+)
 
 
 def secret_doc(**fields: Any) -> dict[str, Any]:
@@ -270,6 +275,13 @@ SECRET_CASES: list[tuple[str, object, dict[str, Any] | None, str, str]] = [
         "FieldValueInvalid",
     ),
     (
+        "tls-key-encrypted",
+        tls(**{"tls.crt": TLS_CRT, "tls.key": ENCRYPTED_KEY}),
+        None,
+        "data[tls.key]",
+        "FieldValueInvalid",
+    ),
+    (
         "tls-ca-not-pem",
         tls(**{"tls.crt": TLS_CRT, "tls.key": TLS_KEY, "ca.crt": SENSITIVE}),
         None,
@@ -417,6 +429,13 @@ CONFIGMAP_CASES: list[tuple[str, object, dict[str, Any] | None, str, str]] = [
         "FieldValueTooLong",
     ),
     ("cm-immutable-unset", cm_doc(), cm_doc(immutable=True), "immutable", "FieldValueForbidden"),
+    (
+        "cm-immutable-binary-changed",
+        cm_doc(immutable=True, binaryData={"blob": b64(b"new")}),
+        cm_doc(immutable=True, binaryData={"blob": b64(b"old")}),
+        "binaryData",
+        "FieldValueForbidden",
+    ),
     (
         "cm-immutable-changed",
         cm_doc(immutable=True, data={"mode": "slow"}),

@@ -652,7 +652,7 @@ def _type_rule_causes(secret: Secret) -> list[FieldCause]:
 
 
 def _immutable_causes(
-    new_immutable: bool | None, old_immutable: bool | None, data_changed: bool
+    new_immutable: bool | None, old_immutable: bool | None, changed: list[str]
 ) -> list[FieldCause]:
     if not old_immutable:
         return []
@@ -661,8 +661,10 @@ def _immutable_causes(
         causes.append(
             FieldCause("immutable", FORBIDDEN, "field is immutable when `immutable` is set")
         )
-    if data_changed:
-        causes.append(FieldCause("data", FORBIDDEN, "field is immutable when `immutable` is set"))
+    causes.extend(
+        FieldCause(path, FORBIDDEN, "field is immutable when `immutable` is set")
+        for path in changed
+    )
     return causes
 
 
@@ -685,9 +687,8 @@ def validate_secret(secret: Secret, *, old: Secret | None) -> None:
             causes.append(
                 FieldCause("type", INVALID, f"Invalid value: {secret.type!r}: field is immutable")
             )
-        causes.extend(
-            _immutable_causes(secret.immutable, old.immutable, dict(secret.data) != dict(old.data))
-        )
+        changed = ["data"] if dict(secret.data) != dict(old.data) else []
+        causes.extend(_immutable_causes(secret.immutable, old.immutable, changed))
     if causes:
         raise Invalid(causes, kind="Secret", name=secret.metadata.name)
 
@@ -717,9 +718,14 @@ def validate_configmap(configmap: ConfigMap, *, old: ConfigMap | None) -> None:
     size += sum(len(v) for v in configmap.binary_data.values())
     causes.extend(_size_cause("data", size))
     if old is not None:
-        changed = dict(configmap.data) != dict(old.data) or dict(configmap.binary_data) != dict(
-            old.binary_data
-        )
+        changed = [
+            path
+            for path, new, was in (
+                ("data", dict(configmap.data), dict(old.data)),
+                ("binaryData", dict(configmap.binary_data), dict(old.binary_data)),
+            )
+            if new != was
+        ]
         causes.extend(_immutable_causes(configmap.immutable, old.immutable, changed))
     if causes:
         raise Invalid(causes, kind="ConfigMap", name=configmap.metadata.name)
