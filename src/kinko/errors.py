@@ -20,8 +20,10 @@ gRPC status codes in ``kinko.kms.server``).
     │   ├── Forbidden               the credential lacks the role                 FORBIDDEN_ERR
     │   │                           (or is no service identity: SERVICE_ONLY_ERR)
     │   ├── DecryptionError         a value could not be decrypted (deliberately opaque)
-    │   │   └── UnprocessableCiphertext  a wrap ciphertext is malformed, tampered, or of
-    │   │                           another key or AAD              UNPROCESSABLE_CIPHERTEXT_ERR
+    │   │   ├── UnprocessableCiphertext  a wrap ciphertext is malformed, tampered, or of
+    │   │   │                       another key or AAD              UNPROCESSABLE_CIPHERTEXT_ERR
+    │   │   └── UnreadableValue     a stored object cannot be read with the current
+    │   │                           configuration (names its storage key and why)
     │   ├── NotFound                a named thing does not exist   NOT_FOUND_ERR, KEY_NOT_FOUND_ERR…
     │   ├── Gone                    the key was deleted                        KEY_DELETED_ERR
     │   ├── Unprocessable           valid syntax, refused by a rule (422)   KEY_INVALID_STATE_ERR,
@@ -182,6 +184,26 @@ class DecryptionError(CallerError):
     def __init__(self, reason: str = NOT_AUTHENTIC) -> None:
         self.reason = reason
         super().__init__(f"cannot decrypt value: {reason}")
+
+
+class UnreadableValue(DecryptionError):
+    """A stored value cannot be decrypted with the current configuration.
+
+    ``key`` is the storage key (a name, never a value); ``reason`` one of :data:`NO_PROVIDER`
+    and :data:`NOT_OPENED`.
+    """
+
+    NO_PROVIDER = (
+        "no configured provider matches the value's prefix (its provider was removed from "
+        "the EncryptionConfiguration)"
+    )
+    NOT_OPENED = "it cannot be decrypted (its key was destroyed or its provider removed)"
+
+    def __init__(self, key: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        shown = key.decode("utf-8", errors="backslashreplace")
+        self.args = (f"cannot read {shown}: {reason}",)
 
 
 class UnprocessableCiphertext(DecryptionError):

@@ -15,11 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kinko.cluster.encryption import (
-    EncryptedObjects,
-    EncryptionConfigSource,
-    UnreadableValue,
-)
+from kinko.cluster.encryption import EncryptedObjects, EncryptionConfigSource
 from kinko.crypto.config import KmsConfig
 from kinko.crypto.types import KmsV1Unwrapper
 from kinko.errors import (
@@ -29,6 +25,7 @@ from kinko.errors import (
     InvalidArgument,
     NotFound,
     PluginError,
+    UnreadableValue,
 )
 from kinko.etcdtool import decrypt_value
 from kinko.kms.envelope import WRITE_STATE_TTL

@@ -60,6 +60,7 @@ from kinko.errors import (
     DeletionRefused,
     InvalidArgument,
     NotFound,
+    UnreadableValue,
 )
 from kinko.etcdtool import resolve_resource
 from kinko.kms.envelope import KmsV2Poller, KmsV2Session
@@ -83,24 +84,6 @@ log = logging.getLogger(__name__)
 KmsV2ApiFactory = Callable[[KmsConfig], KmsV2Api]
 #: Opens a read-only KMS v1 client for a provider (default: a gRPC client of its endpoint).
 KmsV1Factory = Callable[[KmsConfig], KmsV1Unwrapper]
-
-
-class UnreadableValue(DecryptionError):
-    """A stored value cannot be decrypted with the current configuration.
-
-    ``key`` is the storage key; ``reason`` one of :data:`NO_PROVIDER` and :data:`NOT_OPENED`.
-    """
-
-    NO_PROVIDER = (
-        "no configured provider matches the value's prefix (its provider was removed from "
-        "the EncryptionConfiguration)"
-    )
-    NOT_OPENED = "it cannot be decrypted (its key was destroyed or its provider removed)"
-
-    def __init__(self, key: bytes, reason: str) -> None:
-        super().__init__(reason)
-        self.key = key
-        self.args = (f"cannot read {_show(key)}: {reason}",)
 
 
 # --------------------------------------------------------------------------- the source
