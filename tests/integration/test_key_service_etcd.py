@@ -12,11 +12,17 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from kinko.cli.main import cli
 from kinko.hsm.memory import MemoryDevice, MemoryHsm
 from kinko.keys.audit import MemoryAuditSink
+from kinko.keys.auth import TokenBook
+from kinko.keys.deployment import STORE_FILE
 from kinko.keys.service import KeyService
 from kinko.store.etcd import EtcdClient
 from kinko.store.etcd_store import EtcdStore
@@ -86,3 +92,23 @@ def test_services_on_different_members_of_a_cluster_agree(etcd_cluster3: EtcdClu
         view = services[1].get_key_metadata(READER, INST, key.id)
         assert view.registration_count == 16
         assert len(view.aliases) == 4
+
+
+def test_kinko_token_create_writes_to_etcd_when_given_endpoints(
+    etcd_endpoints: list[str], tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            *("token", "create", "--data-dir", str(tmp_path), "--instance", INST),
+            *("--role", "Reader", "--name", "etcd-reader"),
+            *("--etcd-endpoints", ",".join(etcd_endpoints)),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert not (tmp_path / STORE_FILE).exists()  # Nothing went to SQLite.
+    with EtcdClient(etcd_endpoints) as client:
+        principal = TokenBook(EtcdStore(client)).authenticate(token, now=datetime.now(UTC))
+    assert (principal.name, principal.instance) == ("etcd-reader", INST)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,12 +29,12 @@ from kinko.api.keyprotect import DEFAULT_MAX_BODY, create_keyprotect_app
 from kinko.api.server import Periodic, TlsConfig, bound_port, parse_listen, serve
 from kinko.api.tls import DEFAULT_NAMES, ensure_server_tls
 from kinko.cli.keys_client import add_client_commands
+from kinko.cli.options import etcd_store_options
 from kinko.errors import InvalidArgument
 from kinko.hsm.port import Hsm
 from kinko.keys.audit import FileAuditSink, SyncMode
-from kinko.keys.deployment import AUDIT_FILE, KEYSTORE_DIR, STORE_FILE
+from kinko.keys.deployment import AUDIT_FILE, KEYSTORE_DIR, StoreOptions, open_store
 from kinko.keys.service import KeyService
-from kinko.store.port import Store
 
 _WILDCARDS = ("0.0.0.0", "::")
 
@@ -54,52 +53,9 @@ add_client_commands(keys)
 # --- shared options ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _StoreOptions:
-    data_dir: Path
-    etcd_endpoints: tuple[str, ...]
-    etcd_cacert: Path | None
-    etcd_cert: Path | None
-    etcd_key: Path | None
-
-
 def _data_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
-
-
-@contextlib.contextmanager
-def _open_store(options: _StoreOptions) -> Iterator[tuple[Store, str]]:
-    """The store and a one-line description of it; closed on exit."""
-    if options.etcd_endpoints:
-        from kinko.store.etcd import EtcdClient
-        from kinko.store.etcd_store import EtcdStore
-
-        client = EtcdClient(
-            options.etcd_endpoints,
-            cacert=options.etcd_cacert,
-            cert=options.etcd_cert,
-            key=options.etcd_key,
-        )
-        try:
-            yield EtcdStore(client), f"etcd {', '.join(options.etcd_endpoints)}"
-        finally:
-            client.close()
-        return
-    from kinko.store.sqlite import SqliteStore
-
-    path = _data_dir(options.data_dir) / STORE_FILE
-    store = SqliteStore(path)
-    try:
-        yield store, f"SQLite {path}"
-    finally:
-        store.close()
-
-
-def _endpoints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
-    if not value:
-        return ()
-    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 _data_dir_option = click.option(
@@ -108,24 +64,6 @@ _data_dir_option = click.option(
     required=True,
     help="The key service's folder: SQLite store, soft keystore, audit log, TLS files.",
 )
-_etcd_options = [
-    click.option(
-        "--etcd-endpoints",
-        callback=_endpoints,
-        help="Keep metadata in etcd (comma-separated endpoints) instead of SQLite.",
-    ),
-    click.option("--etcd-cacert", type=click.Path(dir_okay=False, path_type=Path)),
-    click.option("--etcd-cert", type=click.Path(dir_okay=False, path_type=Path)),
-    click.option("--etcd-key", type=click.Path(dir_okay=False, path_type=Path)),
-]
-
-
-def _with_etcd_options(f: click.decorators.FC) -> click.decorators.FC:
-    for option in reversed(_etcd_options):
-        f = option(f)
-    return f
-
-
 # --- serve ---------------------------------------------------------------------------------
 
 
@@ -144,7 +82,7 @@ def _with_etcd_options(f: click.decorators.FC) -> click.decorators.FC:
     is_flag=True,
     help="Serve plain HTTP (refused unless --listen is a loopback address).",
 )
-@_with_etcd_options
+@etcd_store_options
 @click.option(
     "--hsm",
     "hsm_kind",
@@ -224,9 +162,9 @@ def serve_command(
     if (tls_cert is None) != (tls_key is None):
         raise InvalidArgument("--tls-cert and --tls-key go together")
     data_dir = _data_dir(data_dir)
-    store_options = _StoreOptions(data_dir, etcd_endpoints, etcd_cacert, etcd_cert, etcd_key)
+    store_options = StoreOptions(data_dir, etcd_endpoints, etcd_cacert, etcd_cert, etcd_key)
     with contextlib.ExitStack() as stack:
-        store, store_text = stack.enter_context(_open_store(store_options))
+        store, store_text = stack.enter_context(open_store(store_options))
         hsm = stack.enter_context(
             _open_hsm(hsm_kind, data_dir, pkcs11_module, token_label, pin_file, pin_env)
         )

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import click
 
+from kinko.cli.options import etcd_store_options
 from kinko.errors import InvalidArgument
 from kinko.keys.auth import Role, TokenBook, issue_token
-from kinko.store.sqlite import SqliteStore
+from kinko.keys.deployment import STORE_FILE, StoreOptions, open_store
 
-#: The SQLite file of a kinko data folder (shared with ``kinko up``).
-STORE_FILE = "kinko.db"
+__all__ = ["STORE_FILE", "token"]
 
 
 @click.group()
@@ -54,6 +54,7 @@ def token() -> None:
     default=None,
     help="Who the token is for (audit log, createdBy, dual authorization). Default: token-<id>.",
 )
+@etcd_store_options
 @click.option(
     "--expires-in",
     default=None,
@@ -66,6 +67,10 @@ def create(
     roles: tuple[str, ...],
     service: bool,
     name: str | None,
+    etcd_endpoints: tuple[str, ...],
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
     expires_in: str | None,
 ) -> None:
     """Create a token and print it (only it) on stdout. It is shown only this once."""
@@ -79,8 +84,8 @@ def create(
         name=name,
         expires=None if expires_in is None else now + _lifetime(expires_in),
     )
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with SqliteStore(data_dir / STORE_FILE) as store:
+    options = StoreOptions(data_dir, etcd_endpoints, etcd_cacert, etcd_cert, etcd_key)
+    with open_store(options) as (store, _):
         TokenBook(store).add(issued.record)
     click.echo(issued.token)
 

@@ -17,8 +17,9 @@ closes what this module opened and never an HSM the caller passed in.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from kinko.errors import InvalidArgument
 from kinko.hsm.port import Hsm
 from kinko.keys.audit import FileAuditSink, SyncMode
 from kinko.keys.service import KeyService
+from kinko.store.port import Store
 from kinko.store.sqlite import SqliteStore
 
 STORE_FILE: Final = "kinko.db"
@@ -68,6 +70,48 @@ class Deployment:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """Where a deployment keeps its metadata: etcd when endpoints are given, else SQLite in
+    the data folder."""
+
+    data_dir: Path
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_cacert: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+
+
+@contextlib.contextmanager
+def open_store(options: StoreOptions) -> Iterator[tuple[Store, str]]:
+    """The store and a one-line description of it; closed on exit.
+
+    Raises InvalidArgument (TLS files with http endpoints), StoreUnavailable.
+    """
+    if options.etcd_endpoints:
+        from kinko.store.etcd import EtcdClient
+        from kinko.store.etcd_store import EtcdStore
+
+        client = EtcdClient(
+            options.etcd_endpoints,
+            cacert=options.etcd_cacert,
+            cert=options.etcd_cert,
+            key=options.etcd_key,
+        )
+        try:
+            yield EtcdStore(client), f"etcd {', '.join(options.etcd_endpoints)}"
+        finally:
+            client.close()
+        return
+    options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = options.data_dir / STORE_FILE
+    store = SqliteStore(path)
+    try:
+        yield store, f"SQLite {path}"
+    finally:
+        store.close()
 
 
 def open_deployment(
