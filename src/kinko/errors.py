@@ -29,6 +29,7 @@ gRPC status codes in ``kinko.kms.server``).
     │   ├── Unprocessable           valid syntax, refused by a rule (422)   KEY_INVALID_STATE_ERR,
     │   │                           KEY_VERSION_INVALID, KEY_ROOT_REQ_REG_ERR
     │   └── Conflict                compare-and-swap lost, or the object changed   CONFLICT_ERR
+    │       ├── AlreadyExists       a create found the name taken (a cluster object)
     │       ├── WrongState          the key's state forbids the action
     │       │                                                   KEY_ACTION_INVALID_STATE_ERR
     │       ├── TooEarly            too soon after the last action        REQ_TOO_EARLY_ERR,
@@ -245,6 +246,12 @@ class Unprocessable(CallerError):
 
 class Conflict(CallerError):
     """A compare-and-swap lost: the object changed since it was read."""
+
+    reason_code = "CONFLICT_ERR"
+
+
+class AlreadyExists(Conflict):
+    """A create found the name taken (Kubernetes reason ``AlreadyExists``, HTTP 409)."""
 
     reason_code = "CONFLICT_ERR"
 
