@@ -1,0 +1,640 @@
+"""A typed HTTPS client of the Kubernetes REST API for Secrets and ConfigMaps.
+
+Job: one method per operation of core/v1 namespaced resources, exactly as Kubernetes serves
+them, so the same client talks to kinko's cluster API or to a real kube-apiserver:
+
+==========  ================================================================  ==============
+method      request                                                           answer
+==========  ================================================================  ==============
+get         ``GET /api/v1/namespaces/{ns}/{resource}/{name}``                 the object
+list        ``GET /api/v1/namespaces/{ns}/{resource}`` or ``/api/v1/{res}``   a ListPage
+create      ``POST /api/v1/namespaces/{ns}/{resource}``                       the object
+replace     ``PUT …/{name}`` (the body carries ``metadata.resourceVersion``)  the object
+patch       ``PATCH …/{name}``, ``application/merge-patch+json``              the object
+delete      ``DELETE …/{name}``                                               what it says
+version     ``GET /version``                                                  version info
+==========  ================================================================  ==============
+
+Lists take ``labelSelector``, ``limit`` and ``continue``; :meth:`ClusterClient.list_all`
+follows ``continue`` to the end. Objects travel as plain JSON (``dict[str, object]``), so
+the answer of ``get`` is exactly what the server sent.
+
+kinko's extensions, which a kube-apiserver never sends and this client does not require:
+
+- a list answer may carry ``"unreadable": {"count": N, "items": [{"namespace", "name",
+  "reason"}]}`` and the header ``X-Kinko-Unreadable: N``: objects left out because they can
+  no longer be decrypted. They come back as :attr:`ListPage.unreadable`.
+- ``DELETE …?forceDeleteUnreadable=true`` (Administrator only) deletes such an object.
+
+Errors: an answer other than 2xx is read as a Kubernetes ``Status`` and raised as the kinko
+error of its ``reason`` from :data:`REASON_ERRORS`, the client's one table; a reason not in it
+falls back to the HTTP status (:data:`STATUS_ERRORS`), then to UnavailableError for 5xx (and
+anything that is not 4xx) and InvalidArgument for any other 4xx. ``Invalid`` comes back as
+:class:`~kinko.errors.Invalid` with the server's field causes. A refused or failed connection,
+a TLS failure, a timeout, and an answer that is not the Kubernetes API raise
+:class:`~kinko.errors.UnavailableError`.
+
+Invariants:
+
+- TLS is verified: against ``ca`` when given (kinko's CA), else the system trust store. Plain
+  ``http://`` is refused for anything but a loopback host, so the bearer token never crosses
+  a network in clear.
+- No message or repr carries the bearer token or a value of ``data``/``stringData``: error
+  messages are built from the status, reason, path and the server's own message (control
+  characters removed, length capped); request bodies never appear in them; nothing logs.
+- The client holds no state between calls but its settings and the connection pool; it is
+  safe to share between threads (``httpx.Client`` is).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import ssl
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self, cast
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from kinko import __version__, errors
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_TIMEOUT",
+    "REASON_ERRORS",
+    "STATUS_ERRORS",
+    "UNREADABLE_HEADER",
+    "ClusterClient",
+    "KubeObject",
+    "ListPage",
+    "Unreadable",
+    "UnreadableObject",
+    "error_from_response",
+]
+
+#: A Kubernetes object (or any JSON object the API answers) as decoded JSON.
+KubeObject = dict[str, object]
+
+DEFAULT_TIMEOUT: Final = 10.0
+#: Page size :meth:`ClusterClient.list_all` asks for (kubectl's ``--chunk-size`` default).
+DEFAULT_PAGE_SIZE: Final = 500
+#: kinko's header with the number of objects a list left out as unreadable.
+UNREADABLE_HEADER: Final = "X-Kinko-Unreadable"
+MEDIA_JSON: Final = "application/json"
+MEDIA_MERGE_PATCH: Final = "application/merge-patch+json"
+#: Longest server message kept in an error (the rest is cut).
+_MAX_MESSAGE: Final = 300
+#: A resource name in a path: lowercase plural, as Kubernetes spells them.
+_RESOURCE: Final = re.compile(r"[a-z][a-z0-9]*")
+
+# --- the one error table -------------------------------------------------------------------
+
+#: Kubernetes ``Status.reason`` → the kinko error raised for it.
+REASON_ERRORS: Final[Mapping[str, type[errors.KinkoError]]] = {
+    "BadRequest": errors.InvalidArgument,
+    "RequestEntityTooLarge": errors.InvalidArgument,
+    "Invalid": errors.Invalid,
+    "Unauthorized": errors.Unauthorized,
+    "Forbidden": errors.Forbidden,
+    "NotFound": errors.NotFound,
+    "AlreadyExists": errors.AlreadyExists,
+    "Conflict": errors.Conflict,
+    "ServiceUnavailable": errors.UnavailableError,
+    "InternalError": errors.UnavailableError,
+    "Timeout": errors.UnavailableError,
+    "ServerTimeout": errors.UnavailableError,
+    "TooManyRequests": errors.UnavailableError,
+}
+
+#: HTTP status → kinko error, for a reason not in :data:`REASON_ERRORS` (or no Status body).
+STATUS_ERRORS: Final[Mapping[int, type[errors.KinkoError]]] = {
+    400: errors.InvalidArgument,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.InvalidArgument,
+    422: errors.Invalid,
+    429: errors.UnavailableError,
+}
+
+#: Kubernetes kinds by resource, to name the object of an ``Invalid`` whose details give
+#: the resource (kinko) rather than the kind (kube-apiserver).
+_KINDS: Final = {"secrets": "Secret", "configmaps": "ConfigMap"}
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableObject:
+    """An object a list left out because it cannot be decrypted; ``reason`` says why."""
+
+    namespace: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """kinko's report of unreadable objects in a list answer.
+
+    ``count`` may exceed ``len(items)``: the server may name only the first few.
+    """
+
+    count: int = 0
+    items: tuple[UnreadableObject, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One list answer: its ``items`` as sent, the ``continue`` token of the next page (None
+    on the last), the list's ``resourceVersion``, and what kinko left out as unreadable."""
+
+    items: tuple[KubeObject, ...]
+    continue_token: str | None = None
+    resource_version: str = ""
+    unreadable: Unreadable = Unreadable()
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+class ClusterClient:
+    """A client of the Kubernetes REST API at ``url`` (``https://host:port``).
+
+    ``token``: the bearer token (without the ``Bearer`` prefix). ``ca``: the PEM CA bundle
+    that signed the server's certificate (default: the system trust store). ``timeout``:
+    seconds per request. ``http``: an ``httpx.Client`` to send through instead of one made
+    here (tests pass a Starlette ``TestClient``); the caller keeps it, and ``ca`` and
+    ``timeout`` do not apply.
+
+    Use as a context manager, or call :meth:`close`. Raises InvalidArgument (an empty token,
+    a URL that is not http(s), plain http to a host that is not loopback, an unreadable CA).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        ca: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        http: httpx.Client | None = None,
+    ) -> None:
+        token = token.strip()
+        if token.lower().startswith("bearer "):
+            token = token[7:].strip()
+        if not token:
+            raise errors.InvalidArgument("expected a bearer token, got none")
+        if not token.isascii() or not token.isprintable() or " " in token:
+            raise errors.InvalidArgument(
+                "the bearer token must be printable ASCII without spaces or line breaks"
+            )
+        if timeout <= 0:
+            raise errors.InvalidArgument(f"expected a positive timeout, got {timeout}")
+        self._base = _check_url(url)
+        self._headers = {
+            "authorization": f"Bearer {token}",
+            "accept": MEDIA_JSON,
+            "user-agent": f"kinko/{__version__}",
+        }
+        self._owns_http = http is None
+        if http is None:
+            http = httpx.Client(
+                verify=_tls_context(ca), timeout=timeout, follow_redirects=False, trust_env=False
+            )
+        self._http = http
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return self._base
+
+    def close(self) -> None:
+        """Closes the connection pool (not an injected ``http`` client)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ClusterClient(url={self._base!r})"
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get(self, resource: str, namespace: str, name: str) -> KubeObject:
+        """``GET /api/v1/namespaces/{ns}/{resource}/{name}``: the object as the server sent it.
+
+        Raises NotFound, Unauthorized, Forbidden, InvalidArgument, UnavailableError.
+        """
+        return _object(self._send("GET", _path(resource, namespace, name)))
+
+    def list(
+        self,
+        resource: str,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        limit: int | None = None,
+        continue_: str | None = None,
+    ) -> ListPage:
+        """One page of ``resource`` in ``namespace`` (every namespace when None).
+
+        Raises InvalidArgument (a bad selector, limit or continue token), Unauthorized,
+        Forbidden, UnavailableError.
+        """
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if limit is not None:
+            if limit <= 0:
+                raise errors.InvalidArgument(f"expected a positive list limit, got {limit}")
+            params["limit"] = str(limit)
+        if continue_:
+            params["continue"] = continue_
+        return _list_page(self._send("GET", _path(resource, namespace), params=params))
+
+    def iter_pages(
+        self,
+        resource: str,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> Iterator[ListPage]:
+        """Every page of the list, following ``continue`` until the server sends none.
+
+        Raises what :meth:`list` raises, and UnavailableError if the server repeats a
+        continue token (it would loop forever).
+        """
+        token: str | None = None
+        seen: set[str] = set()
+        while True:
+            page = self.list(
+                resource,
+                namespace,
+                label_selector=label_selector,
+                limit=page_size,
+                continue_=token,
+            )
+            yield page
+            token = page.continue_token
+            if not token:
+                return
+            if token in seen:
+                raise errors.UnavailableError(
+                    f"the cluster API at {self._base} repeated a continue token while listing "
+                    f"{resource}"
+                )
+            seen.add(token)
+
+    def list_all(
+        self,
+        resource: str,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> ListPage:
+        """The whole list in one :class:`ListPage` (pages joined, unreadable reports summed;
+        ``resource_version`` is the first page's, the one Kubernetes keeps across pages).
+
+        Raises what :meth:`iter_pages` raises.
+        """
+        items: list[KubeObject] = []
+        unreadable: list[UnreadableObject] = []
+        count = 0
+        version: str | None = None
+        for page in self.iter_pages(
+            resource, namespace, label_selector=label_selector, page_size=page_size
+        ):
+            items.extend(page.items)
+            unreadable.extend(page.unreadable.items)
+            count += page.unreadable.count
+            if version is None:
+                version = page.resource_version
+        return ListPage(
+            items=tuple(items),
+            continue_token=None,
+            resource_version=version or "",
+            unreadable=Unreadable(count=count, items=tuple(unreadable)),
+        )
+
+    def version(self) -> KubeObject:
+        """``GET /version``: the server's version info (``gitVersion``, ``platform``, …).
+
+        Raises Unauthorized, Forbidden, UnavailableError.
+        """
+        return _object(self._send("GET", "/version"))
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def create(self, resource: str, namespace: str, body: Mapping[str, object]) -> KubeObject:
+        """``POST /api/v1/namespaces/{ns}/{resource}``: the created object.
+
+        Raises AlreadyExists, Invalid, InvalidArgument (e.g. too large), Unauthorized,
+        Forbidden, NotFound, UnavailableError.
+        """
+        return _object(self._send("POST", _path(resource, namespace), body=body))
+
+    def replace(
+        self, resource: str, namespace: str, name: str, body: Mapping[str, object]
+    ) -> KubeObject:
+        """``PUT …/{name}``: the replaced object. With ``metadata.resourceVersion`` in the body
+        the write succeeds only if the object is still at that version.
+
+        Raises Conflict (the object changed), NotFound, Invalid, InvalidArgument,
+        Unauthorized, Forbidden, UnavailableError.
+        """
+        return _object(self._send("PUT", _path(resource, namespace, name), body=body))
+
+    def patch(
+        self, resource: str, namespace: str, name: str, merge_patch: Mapping[str, object]
+    ) -> KubeObject:
+        """``PATCH …/{name}`` with a JSON merge patch (RFC 7386): the patched object.
+
+        Raises what :meth:`replace` raises.
+        """
+        return _object(
+            self._send(
+                "PATCH",
+                _path(resource, namespace, name),
+                body=merge_patch,
+                content_type=MEDIA_MERGE_PATCH,
+            )
+        )
+
+    def delete(
+        self, resource: str, namespace: str, name: str, *, force_unreadable: bool = False
+    ) -> KubeObject:
+        """``DELETE …/{name}``: the deleted object, or a ``Status`` (whatever the server sent).
+
+        ``force_unreadable`` sends kinko's ``forceDeleteUnreadable=true``: deletes an object
+        that can no longer be decrypted (Administrator only).
+
+        Raises NotFound, Forbidden, Unauthorized, Conflict, UnavailableError.
+        """
+        params = {"forceDeleteUnreadable": "true"} if force_unreadable else None
+        return _object(self._send("DELETE", _path(resource, namespace, name), params=params))
+
+    # --- the wire --------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
+        content_type: str = MEDIA_JSON,
+    ) -> httpx.Response:
+        headers = dict(self._headers)
+        if body is not None:
+            headers["content-type"] = content_type
+        try:
+            response = self._http.request(
+                method,
+                self._base + path,
+                params=params,
+                json=None if body is None else dict(body),
+                headers=headers,
+            )
+        except httpx.HTTPError as exc:
+            raise errors.UnavailableError(
+                f"cannot reach the cluster API at {self._base}: {_transport_reason(exc)}"
+            ) from exc
+        if not 200 <= response.status_code < 300:
+            raise error_from_response(response)
+        return response
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def error_from_response(response: httpx.Response) -> errors.KinkoError:
+    """The kinko error for a non-2xx answer: by the ``Status`` reason (:data:`REASON_ERRORS`),
+    else by HTTP status (:data:`STATUS_ERRORS`), else UnavailableError for 5xx and anything
+    not 4xx, InvalidArgument for any other 4xx.
+
+    The message is the server's (control characters removed, at most 300 characters) with
+    the status and reason; an ``Invalid`` carries the server's field causes.
+    """
+    status = response.status_code
+    doc = _status_doc(response)
+    reason = _text(doc.get("reason"), 64)
+    message = _text(doc.get("message"), _MAX_MESSAGE)
+    cls = REASON_ERRORS.get(reason) if reason else None
+    if cls is None:
+        cls = STATUS_ERRORS.get(status)
+    if cls is None:
+        cls = errors.UnavailableError if status >= 500 or status < 400 else errors.InvalidArgument
+    if issubclass(cls, errors.Invalid):
+        return _invalid(doc, message)
+    where = f"{response.request.method} {response.request.url.path}"
+    detail = f"HTTP {status}" + (f" {reason}" if reason else "")
+    if status < 400:
+        # A redirect or another odd success code: the URL is not a Kubernetes API.
+        return _malformed(response, "unexpected status")
+    if issubclass(cls, errors.UnavailableError):
+        return cls(f"the cluster API failed: {message or 'no reason given'} ({where}, {detail})")
+    return cls(f"{message or f'the cluster API refused {where}'} ({detail})")
+
+
+def _status_doc(response: httpx.Response) -> Mapping[str, object]:
+    """The answer's body if it is a JSON object (a ``Status``, normally), else empty."""
+    try:
+        doc = response.json()
+    except ValueError:
+        return {}
+    return cast(dict[str, object], doc) if isinstance(doc, dict) else {}
+
+
+def _invalid(doc: Mapping[str, object], message: str) -> errors.Invalid:
+    details = doc.get("details")
+    details = cast(dict[str, object], details) if isinstance(details, dict) else {}
+    causes: list[errors.FieldCause] = []
+    raw = details.get("causes")
+    if isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, dict):
+                causes.append(
+                    errors.FieldCause(
+                        field=_text(item.get("field"), 200),
+                        reason=_text(item.get("reason"), 64),
+                        message=_text(item.get("message"), _MAX_MESSAGE),
+                    )
+                )
+    if not causes:
+        causes.append(
+            errors.FieldCause("", "FieldValueInvalid", message or "the object is invalid")
+        )
+    kind = _text(details.get("kind"), 64)
+    return errors.Invalid(causes, kind=_KINDS.get(kind, kind), name=_text(details.get("name"), 253))
+
+
+def _text(value: object, limit: int) -> str:
+    """A string from the server, without control characters (no terminal escapes), cut."""
+    if not isinstance(value, str):
+        return ""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in value)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def _transport_reason(exc: httpx.HTTPError) -> str:
+    """Why a connection failed, in words (the exception type and the OS or TLS reason)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS verification failed ({_text(str(cause.verify_message), 120)})"
+        cause = cause.__cause__ or cause.__context__
+    text = _text(str(exc), 160)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _malformed(response: httpx.Response, what: str) -> errors.UnavailableError:
+    where = f"{response.request.method} {response.request.url.path}"
+    return errors.UnavailableError(
+        f"the answer to {where} is not the Kubernetes API: {what} (HTTP {response.status_code})"
+    )
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def _object(response: httpx.Response) -> KubeObject:
+    try:
+        doc = response.json()
+    except ValueError:
+        raise _malformed(response, "the body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise _malformed(response, "expected a JSON object")
+    return cast(KubeObject, doc)
+
+
+def _list_page(response: httpx.Response) -> ListPage:
+    doc = _object(response)
+    raw_items = doc.get("items")
+    if raw_items is None:
+        raw_items = []
+    if not isinstance(raw_items, list) or not all(isinstance(i, dict) for i in raw_items):
+        raise _malformed(response, "expected items as a list of objects")
+    meta = doc.get("metadata")
+    meta = cast(dict[str, object], meta) if isinstance(meta, dict) else {}
+    token = meta.get("continue")
+    version = meta.get("resourceVersion")
+    return ListPage(
+        items=tuple(cast(list[KubeObject], raw_items)),
+        continue_token=token if isinstance(token, str) and token else None,
+        resource_version=version if isinstance(version, str) else "",
+        unreadable=_unreadable(response, doc.get("unreadable")),
+    )
+
+
+def _unreadable(response: httpx.Response, raw: object) -> Unreadable:
+    """kinko's unreadable report from the body and the header; the larger count wins, so a
+    header alone still reports how many were left out."""
+    items: list[UnreadableObject] = []
+    count = 0
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise _malformed(response, "expected unreadable as an object")
+        report = cast(dict[str, object], raw)
+        raw_count = report.get("count", 0)
+        raw_list = report.get("items") or []
+        if not isinstance(raw_count, int) or raw_count < 0 or not isinstance(raw_list, list):
+            raise _malformed(response, "expected unreadable.count and unreadable.items")
+        count = raw_count
+        for entry in raw_list:
+            if not isinstance(entry, dict):
+                raise _malformed(response, "expected unreadable.items as objects")
+            items.append(
+                UnreadableObject(
+                    namespace=_text(entry.get("namespace"), 253),
+                    name=_text(entry.get("name"), 253),
+                    reason=_text(entry.get("reason"), _MAX_MESSAGE),
+                )
+            )
+    header = response.headers.get(UNREADABLE_HEADER, "").strip()
+    if header:
+        if not header.isdigit():
+            raise _malformed(response, f"expected a number in {UNREADABLE_HEADER}")
+        count = max(count, int(header))
+    return Unreadable(count=max(count, len(items)), items=tuple(items))
+
+
+# --- request helpers -----------------------------------------------------------------------
+
+
+def _segment(what: str, text: str) -> str:
+    if not text:
+        raise errors.InvalidArgument(f"expected a {what}, got an empty one")
+    if text in (".", "..") or "/" in text:
+        raise errors.InvalidArgument(f"expected a {what} without '/', got {text!r}")
+    return quote(text, safe="")
+
+
+def _path(resource: str, namespace: str | None, name: str | None = None) -> str:
+    if not _RESOURCE.fullmatch(resource):
+        raise errors.InvalidArgument(
+            f"expected a resource such as secrets or configmaps, got {resource!r}"
+        )
+    path = "/api/v1"
+    if namespace is not None:
+        path += f"/namespaces/{_segment('namespace', namespace)}"
+    path += f"/{resource}"
+    if name is not None:
+        path += f"/{_segment('name', name)}"
+    return path
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise errors.InvalidArgument(
+            f"expected the cluster API URL as https://host[:port], got {url!r}"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise errors.InvalidArgument(
+            f"refusing plain http to {parts.hostname}: bearer tokens and secrets travel only "
+            "over https, except to a loopback address"
+        )
+    if parts.query or parts.fragment:
+        raise errors.InvalidArgument("expected a cluster API URL without query or fragment")
+    return url.strip().rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_context(ca: Path | None) -> ssl.SSLContext:
+    if ca is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.InvalidArgument(
+            f"cannot read the CA bundle {ca}: {type(exc).__name__}"
+        ) from exc
