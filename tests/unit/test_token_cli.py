@@ -1,4 +1,7 @@
-"""`kinko token create`: prints one token, stores only its hash, and the token authenticates."""
+"""`kinko token create`: prints one token, stores only its hash, and the token authenticates.
+
+Key service tokens, cluster API tokens, and one token registered in both books.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from click.testing import CliRunner
 
 from kinko.cli.main import cli
 from kinko.cli.token import STORE_FILE
+from kinko.cluster.auth import ClusterRole, ClusterTokenBook, cluster_token_path
 from kinko.errors import Unauthorized
 from kinko.keys.auth import Role, TokenBook, hash_token, token_path
 from kinko.store.sqlite import SqliteStore
@@ -91,4 +95,132 @@ def test_a_bad_lifetime_is_refused_and_stores_nothing(tmp_path: Path, lifetime: 
     )
     assert (code, out) == (4, "")
     assert "--expires-in" in err
+    assert not (tmp_path / STORE_FILE).exists()
+
+
+# --- cluster API tokens ---------------------------------------------------------------------
+
+
+def test_a_cluster_token_is_in_the_cluster_book_only(tmp_path: Path) -> None:
+    code, out, _ = _create(
+        tmp_path,
+        "--cluster-role",
+        "viewer",
+        "--namespace",
+        "team-a",
+        "--namespace",
+        "team-b",
+        "--name",
+        "dash",
+    )
+    assert code == 0
+    token = out.strip()
+    assert out == token + "\n"
+    assert re.fullmatch(r"kinko_[A-Za-z0-9_-]{43}", token)
+    now = datetime.now(UTC)
+    with SqliteStore(tmp_path / STORE_FILE) as store:
+        principal = ClusterTokenBook(store).authenticate(token, now=now)
+        entry = store.get(cluster_token_path(hash_token(token)))
+        assert entry is not None
+        assert token.encode() not in entry.value
+        with pytest.raises(Unauthorized):
+            TokenBook(store).authenticate(token, now=now)
+    assert principal.name == "dash"
+    assert principal.role is ClusterRole.VIEWER
+    assert principal.namespaces == frozenset({"team-a", "team-b"})
+
+
+@pytest.mark.parametrize(
+    ("args", "role", "namespaces"),
+    [
+        (["--cluster-role", "Administrator"], ClusterRole.ADMINISTRATOR, None),
+        (["--cluster-role", "Editor", "--namespace", "*"], ClusterRole.EDITOR, None),
+        (["--cluster-role", "EDITOR", "--namespace", "x"], ClusterRole.EDITOR, frozenset({"x"})),
+    ],
+)
+def test_cluster_roles_and_scopes(
+    tmp_path: Path, args: list[str], role: ClusterRole, namespaces: frozenset[str] | None
+) -> None:
+    code, out, _ = _create(tmp_path, *args)
+    assert code == 0
+    with SqliteStore(tmp_path / STORE_FILE) as store:
+        principal = ClusterTokenBook(store).authenticate(out.strip(), now=datetime.now(UTC))
+    assert (principal.role, principal.namespaces) == (role, namespaces)
+    assert principal.name.startswith("token-")
+
+
+def test_one_token_in_both_books(tmp_path: Path) -> None:
+    code, out, _ = _create(
+        tmp_path,
+        "--instance",
+        "inst-1",
+        "--role",
+        "Manager",
+        "--cluster-role",
+        "Administrator",
+        "--expires-in",
+        "1h",
+    )
+    assert code == 0
+    token = out.strip()
+    now = datetime.now(UTC)
+    with SqliteStore(tmp_path / STORE_FILE) as store:
+        key_principal = TokenBook(store).authenticate(token, now=now)
+        cluster_principal = ClusterTokenBook(store).authenticate(token, now=now)
+        for book in (TokenBook(store), ClusterTokenBook(store)):
+            with pytest.raises(Unauthorized, match="expired"):
+                book.authenticate(token, now=now + timedelta(hours=2))
+        assert store.get(token_path(hash_token(token))) is not None
+    assert key_principal.instance == "inst-1"
+    assert key_principal.roles == frozenset({Role.MANAGER})
+    assert cluster_principal.role is ClusterRole.ADMINISTRATOR
+    assert cluster_principal.name == key_principal.name
+    assert cluster_principal.token_id == key_principal.token_id
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "expected --instance with --role"),
+        (["--name", "x"], "expected --instance with --role"),
+        (["--role", "Reader"], "--role needs --instance"),
+        (["--instance", "i"], "--instance needs at least one --role"),
+        (["--instance", "i", "--cluster-role", "Administrator"], "--instance needs at least one"),
+        (["--service", "--cluster-role", "Administrator"], "--service needs --instance"),
+        (["--namespace", "a"], "--namespace needs --cluster-role"),
+        (["--instance", "i", "--role", "Reader", "--namespace", "a"], "--namespace needs"),
+        (["--cluster-role", "Administrator", "--namespace", "a"], "takes no --namespace"),
+        (["--cluster-role", "Administrator", "--namespace", "*"], "takes no --namespace"),
+        (["--cluster-role", "Editor"], "--cluster-role Editor needs --namespace"),
+        (["--cluster-role", "viewer"], "--cluster-role Viewer needs --namespace"),
+        (["--cluster-role", "Viewer", "--namespace", "*", "--namespace", "a"], "goes alone"),
+        (["--cluster-role", "Admin"], "Admin"),
+    ],
+)
+def test_wrong_combinations_are_usage_errors_and_store_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, out, err = _create(tmp_path, *args)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert not (tmp_path / STORE_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cluster-role", "Editor", "--namespace", "Team_A"], "got 'Team_A'"),
+        (["--cluster-role", "Administrator", "--name", "two words"], "token name"),
+        (
+            ["--instance", "i", "--role", "Reader", "--cluster-role", "Viewer", "--namespace", "-"],
+            "got '-'",
+        ),
+    ],
+)
+def test_bad_cluster_values_are_refused_and_store_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, out, err = _create(tmp_path, *args)
+    assert (code, out) == (4, "")
+    assert message in err
     assert not (tmp_path / STORE_FILE).exists()
