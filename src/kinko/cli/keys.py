@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,9 +28,8 @@ from kinko.api.keyprotect import DEFAULT_MAX_BODY, create_keyprotect_app
 from kinko.api.server import Periodic, TlsConfig, bound_port, parse_listen, serve
 from kinko.api.tls import DEFAULT_NAMES, ensure_server_tls
 from kinko.cli.keys_client import add_client_commands
-from kinko.cli.options import etcd_store_options
+from kinko.cli.options import etcd_store_options, hsm_options, open_hsm
 from kinko.errors import InvalidArgument
-from kinko.hsm.port import Hsm
 from kinko.keys.audit import FileAuditSink, SyncMode
 from kinko.keys.deployment import AUDIT_FILE, KEYSTORE_DIR, StoreOptions, open_store
 from kinko.keys.service import KeyService
@@ -83,18 +81,7 @@ _data_dir_option = click.option(
     help="Serve plain HTTP (refused unless --listen is a loopback address).",
 )
 @etcd_store_options
-@click.option(
-    "--hsm",
-    "hsm_kind",
-    type=click.Choice(["soft", "pkcs11"]),
-    default="soft",
-    show_default=True,
-    help="Where root keys live: the soft keystore (NOT HSM-grade) or a PKCS#11 token.",
-)
-@click.option("--pkcs11-module", help="Path of the PKCS#11 library (with --hsm pkcs11).")
-@click.option("--token-label", help="Label of the PKCS#11 token (with --hsm pkcs11).")
-@click.option("--pin-file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--pin-env", help="Name of the environment variable holding the user PIN.")
+@hsm_options
 @click.option(
     "--max-body",
     type=click.IntRange(min=1024),
@@ -166,7 +153,7 @@ def serve_command(
     with contextlib.ExitStack() as stack:
         store, store_text = stack.enter_context(open_store(store_options))
         hsm = stack.enter_context(
-            _open_hsm(hsm_kind, data_dir, pkcs11_module, token_label, pin_file, pin_env)
+            open_hsm(hsm_kind, data_dir, pkcs11_module, token_label, pin_file, pin_env)
         )
         audit = stack.enter_context(FileAuditSink(data_dir / AUDIT_FILE, sync=audit_sync))
         service = KeyService(store, hsm, audit=audit, clock=_utc_now, rng=os.urandom)
@@ -211,30 +198,6 @@ def serve_command(
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@contextlib.contextmanager
-def _open_hsm(
-    kind: str,
-    data_dir: Path,
-    module: str | None,
-    label: str | None,
-    pin_file: Path | None,
-    pin_env: str | None,
-) -> Iterator[Hsm]:
-    if kind == "soft":
-        if module or label or pin_file or pin_env:
-            raise InvalidArgument("PKCS#11 options need --hsm pkcs11")
-        from kinko.hsm.soft import SoftKeystore
-
-        yield SoftKeystore(data_dir / KEYSTORE_DIR)
-        return
-    if not module or not label:
-        raise InvalidArgument("--hsm pkcs11 needs --pkcs11-module and --token-label")
-    from kinko.hsm.pkcs11 import Pkcs11Hsm, pin_from
-
-    with Pkcs11Hsm(module, label, pin_from(pin_file, pin_env)) as hsm:
-        yield hsm
 
 
 def _tls(

@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from kinko.cli.options import open_hsm
 from kinko.errors import InvalidArgument, Unauthorized
 from kinko.hsm.port import Hsm
 from kinko.kms.client import DEFAULT_TIMEOUT, GrpcKmsV2Api
@@ -212,7 +212,7 @@ def serve(
                 hsm: Hsm | None = None
                 if hsm_kind == "pkcs11":
                     hsm = stack.enter_context(
-                        _pkcs11(pkcs11_module, token_label, pin_file, pin_env)
+                        _pkcs11(data_dir, pkcs11_module, token_label, pin_file, pin_env)
                     )
                 access: RootKeyAccess = _in_process(stack, data_dir, hsm, bearer, instance)
                 what = f"root key {key_ref} of the key service in {data_dir}"
@@ -270,16 +270,17 @@ def _token(token: str | None, token_file: Path | None) -> str:
     return text
 
 
-@contextlib.contextmanager
 def _pkcs11(
-    module: str | None, label: str | None, pin_file: Path | None, pin_env: str | None
-) -> Iterator[Hsm]:
+    data_dir: Path,
+    module: str | None,
+    label: str | None,
+    pin_file: Path | None,
+    pin_env: str | None,
+) -> contextlib.AbstractContextManager[Hsm]:
+    # A missing module or label is a usage error here (exit 2), checked before anything opens.
     if not module or not label:
         raise click.UsageError("--hsm pkcs11 needs --pkcs11-module and --token-label")
-    from kinko.hsm.pkcs11 import Pkcs11Hsm, pin_from
-
-    with Pkcs11Hsm(module, label, pin_from(pin_file, pin_env)) as hsm:
-        yield hsm
+    return open_hsm("pkcs11", data_dir, module, label, pin_file, pin_env)
 
 
 def _in_process(
