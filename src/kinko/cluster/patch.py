@@ -4,11 +4,15 @@ Job: :func:`apply_json_patch` applies a list of operations (``add``, ``remove``,
 ``move``, ``copy``, ``test``) to a document, the way kube-apiserver applies an
 ``application/json-patch+json`` PATCH to an object's JSON before it validates and stores it.
 
+:func:`json_patch_update` is the PATCH use case built on it and on
+:class:`~kinko.cluster.service.ClusterService`: read the object, patch its JSON, replace it
+guarded by the resource version that was read.
+
 Invariants:
 
-- Pure: no I/O, and neither the document nor the operations are modified; the result is a
-  new document. A patch applies whole or not at all (an error leaves nothing half-done,
-  because nothing outside the private copy was touched).
+- :func:`apply_json_patch` is pure: no I/O, and neither the document nor the operations
+  are modified; the result is a new document. A patch applies whole or not at all (an error
+  leaves nothing half-done, because nothing outside the private copy was touched).
 - Every failure is an :class:`~kinko.errors.InvalidArgument` whose message names the
   operation's index, its ``op`` and its pointer; it never quotes a ``value`` (a Secret's data
   may be in it), only the JSON type of what was found.
@@ -20,9 +24,11 @@ import copy
 from collections.abc import Sequence
 from typing import Final
 
+from kinko.cluster.resources import ConfigMap, Secret, to_json
+from kinko.cluster.service import ClusterService
 from kinko.errors import InvalidArgument
 
-__all__ = ["OPS", "apply_json_patch", "json_equal", "parse_pointer"]
+__all__ = ["OPS", "apply_json_patch", "json_equal", "json_patch_update", "parse_pointer"]
 
 #: The operations RFC 6902 defines.
 OPS: Final = ("add", "remove", "replace", "move", "copy", "test")
@@ -219,3 +225,28 @@ def _remove(doc: object, path: Sequence[str]) -> tuple[object, object]:
         return doc, parent.pop(path[-1])
     assert isinstance(parent, list)
     return doc, parent.pop(_array_index(path, len(path) - 1, parent, end_ok=False))
+
+
+def json_patch_update(
+    service: ClusterService, resource: str, namespace: str, name: str, ops: object
+) -> Secret | ConfigMap:
+    """Apply the JSON Patch ``ops`` to ``namespace/name`` (an ``application/json-patch+json``
+    PATCH) and store the result.
+
+    The patch applies to the object's Kubernetes JSON as read, and the result is written with
+    :meth:`ClusterService.replace` carrying the ``metadata.resourceVersion`` that was read
+    (restored if the patch removed it), so an object changed in between yields Conflict and no
+    change is lost. A patch that sets another ``resourceVersion`` asserts that one, as in
+    Kubernetes.
+
+    Raises InvalidArgument (a malformed patch or a failed ``test``, naming the operation),
+    Invalid (the patched object breaks a rule, or renames the object), NotFound, Conflict,
+    UnreadableValue, PluginError, StoreUnavailable.
+    """
+    current = service.get(resource, namespace, name)
+    doc = apply_json_patch(to_json(current), ops)
+    if isinstance(doc, dict):
+        meta = doc.get("metadata")
+        if isinstance(meta, dict) and not meta.get("resourceVersion"):
+            meta["resourceVersion"] = current.metadata.resource_version
+    return service.replace(resource, namespace, name, doc)
