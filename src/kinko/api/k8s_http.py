@@ -315,7 +315,15 @@ class ClusterMiddleware:
                 "unexpected %s in %s %s\n%s", type(exc).__name__, scope["method"], route, frames
             )
             if not responded:
-                response = json_response(status_doc(BUG.code, BUG.reason, BUG_MESSAGE), BUG.code)
+                state = scope.get("state")
+                target = state.get("target") if isinstance(state, dict) else None
+                doc = status_doc(
+                    BUG.code,
+                    BUG.reason,
+                    BUG_MESSAGE,
+                    target=target if isinstance(target, Target) else None,
+                )
+                response = json_response(doc, BUG.code)
                 await response(scope, receive, send_tracked)
         finally:
             if self.metrics is not None:
