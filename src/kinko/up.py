@@ -1,0 +1,830 @@
+"""All of kinko in one process: the key service, its KMS v2 plugin and the cluster API.
+
+Job: :class:`Kinko` composes what ``kinko keys serve``, ``kinko kms serve`` and the cluster API
+run separately, on one data folder, so that ``kinko up`` (and tests and benchmarks, on a
+thread) start the whole system with one call:
+
+- **one store** (SQLite ``kinko.db`` in the folder, or etcd) shared by the key service and the
+  cluster: key metadata, both token books and the encrypted Secrets and ConfigMaps;
+- **the key service** on the HSM given (default: the soft keystore in the folder, NOT
+  HSM-grade), with its audit log and its scheduler (rotation, expiry, purge);
+- **the KMS v2 plugin**: a :class:`~kinko.kms.rootkey.RootKeyPlugin` on the cluster's root
+  key, through the in-process key service, served by gRPC on ``DIR/kms.sock``. The cluster
+  reaches it over that socket like any external plugin: the generated
+  ``encryption-config.yaml`` names the socket, and :class:`~kinko.cluster.encryption.
+  EncryptionConfigSource` dials it (and reloads the file when its content changes);
+- **one HTTPS port** (CA generated under ``DIR/tls``) for both APIs: :class:`ApiDispatcher`
+  sends ``/api/v2/…`` to the Key Protect API and everything else to the Kubernetes-style
+  cluster API (:func:`route`).
+
+First start (:func:`bootstrap`) creates, in this order and each step only if missing: the key
+service instance id (a UUID) in ``up.json``; one admin token, registered in both token books
+in one transaction (key service: Manager, Writer, Reader and KeyPurge on the instance;
+cluster: Administrator) and kept in ``admin.token``; the root key ``kinko-cluster-root``
+(alias ``kinko-cluster``, created by the admin); ``encryption-config.yaml`` (KMS v2 first,
+then identity, for secrets and configmaps). Every later start finds each step done and reuses
+it, and a start killed half-way is completed by the next one, never duplicated: the root key
+is found by its alias before one is created, the token file is written before the token is
+registered, and a registration missing from either book is added.
+
+Data folder (created 0700; the key service's own files are described in
+:mod:`kinko.keys.deployment`)::
+
+    up.json                  instance id, root key id, config path (no secrets)
+    admin.token              the admin token (0600)
+    encryption-config.yaml   the cluster's EncryptionConfiguration (0600; yours to edit)
+    kms.sock                 the KMS v2 plugin socket, while running
+    tls/                     the CA (ca.crt) and the server certificate
+    kubeconfig               server URL, CA and admin token (0600), rewritten on each start
+    endpoints.json           URLs, socket and files (0600), only while running
+    up.lock                  held while a kinko up runs on the folder
+
+Invariants: nothing listens before every part is ready, and ``endpoints.json`` appears last,
+once the HTTPS port, the plugin socket and the config poller all run (so a client that finds
+it can use it) and is removed first on stop; :meth:`Kinko.stop` stops the parts in reverse
+order of start (HTTP server, scheduler, config poller and KMS clients, plugin server and its
+socket, audit log, store, lock) and raises nothing; the admin token is written only to
+``admin.token`` and ``kubeconfig`` and never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal, TypeVar
+
+import uvicorn
+import yaml
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kinko.api.keyprotect import DEFAULT_MAX_BODY, create_keyprotect_app
+from kinko.api.server import ListenAddress, Periodic, TlsConfig
+from kinko.api.tls import DEFAULT_NAMES, ensure_server_tls
+from kinko.cluster.auth import (
+    ClusterRole,
+    ClusterTokenBook,
+    cluster_token_path,
+    cluster_token_record,
+)
+from kinko.cluster.encryption import EncryptionConfigSource
+from kinko.cluster.endpoints import (
+    ADMIN_TOKEN_FILE,
+    ENDPOINTS_FILE,
+    Endpoints,
+    kubeconfig_yaml,
+    read_token_file,
+    write_admin_token,
+    write_endpoints,
+    write_kubeconfig,
+    write_private_file,
+)
+from kinko.cluster.metrics import ClusterMetrics
+from kinko.cluster.service import ClusterService
+from kinko.errors import (
+    CorruptMetadata,
+    InvalidArgument,
+    NotFound,
+    Unauthorized,
+    UnavailableError,
+)
+from kinko.hsm.port import Hsm
+from kinko.keys.audit import FileAuditSink, SyncMode
+from kinko.keys.auth import (
+    TOKEN_PREFIX,
+    Principal,
+    Role,
+    TokenBook,
+    TokenRecord,
+    hash_token,
+    issue_token,
+    load_token,
+    token_path,
+)
+from kinko.keys.deployment import AUDIT_FILE, KEYSTORE_DIR, StoreOptions, open_store
+from kinko.keys.service import KeyService
+from kinko.kms.client import SocketAddress, parse_socket_address
+from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
+from kinko.kms.server import KmsV2Server
+from kinko.store.port import Store
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_LISTEN",
+    "ApiDispatcher",
+    "Bootstrapped",
+    "Kinko",
+    "UpOptions",
+    "UpState",
+    "bootstrap",
+    "data_dir_from",
+    "encryption_config_text",
+    "kms_endpoint",
+    "load_state",
+    "make_data_dir",
+    "route",
+    "save_state",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE: Final = "up.json"
+ENCRYPTION_CONFIG_FILE: Final = "encryption-config.yaml"
+KMS_SOCKET_FILE: Final = "kms.sock"
+LOCK_FILE: Final = "up.lock"
+#: The data folder when neither ``--data-dir`` nor ``$KINKO_HOME`` names one.
+DEFAULT_DATA_DIR: Final = Path(".kinko")
+DATA_DIR_ENV: Final = "KINKO_HOME"
+DEFAULT_LISTEN: Final = ListenAddress("127.0.0.1", 6443)
+
+ROOT_KEY_NAME: Final = "kinko-cluster-root"
+ROOT_KEY_ALIAS: Final = "kinko-cluster"
+KMS_PROVIDER_NAME: Final = "kinko"
+KMS_TIMEOUT: Final = "3s"
+ADMIN_NAME: Final = "kinko-admin"
+PLUGIN_NAME: Final = "kinko-kms-plugin"
+#: The admin's key service roles: Manager does not imply KeyPurge (keys.auth), so it is named.
+ADMIN_KEY_ROLES: Final = frozenset({Role.MANAGER, Role.WRITER, Role.READER, Role.KEY_PURGE})
+#: The prefix that sends a request to the Key Protect API; the rest goes to the cluster API.
+KEY_SERVICE_PREFIX: Final = "/api/v2"
+
+_TOKEN_RE: Final = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
+_WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+# sun_path holds 108 bytes with the terminating NUL.
+_MAX_SOCKET_PATH: Final = 107
+
+
+def utc_now() -> datetime:
+    """kinko's wall clock: aware UTC."""
+    return datetime.now(UTC)
+
+
+def data_dir_from(given: Path | None, env: Mapping[str, str]) -> Path:
+    """The data folder: ``given`` (``--data-dir``), else ``$KINKO_HOME``, else ``./.kinko``."""
+    if given is not None:
+        return given
+    from_env = env.get(DATA_DIR_ENV, "").strip()
+    return Path(from_env) if from_env else DEFAULT_DATA_DIR
+
+
+# --- the state of the first start ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpState:
+    """What ``up.json`` keeps: no secret, only ids and a path. ``None``: not made yet."""
+
+    instance: str
+    root_key: str | None = None
+    encryption_config: Path | None = None
+
+
+def load_state(data_dir: Path) -> UpState | None:
+    """The state in ``DATA_DIR/up.json``, or None before the first start.
+
+    Raises CorruptMetadata (not the JSON this module writes), InvalidArgument (unreadable).
+    """
+    path = data_dir / STATE_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidArgument(f"cannot read {path}: {reason}") from None
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            raise ValueError
+        instance, root_key, config = doc["instance"], doc.get("rootKey"), doc.get("config")
+        if not isinstance(instance, str) or not instance:
+            raise ValueError
+        if root_key is not None and not isinstance(root_key, str):
+            raise ValueError
+        if config is not None and not isinstance(config, str):
+            raise ValueError
+    except (ValueError, KeyError):
+        raise CorruptMetadata(
+            f"{path}: expected kinko up's state (v 1, instance, rootKey, config)"
+        ) from None
+    return UpState(instance, root_key or None, Path(config) if config else None)
+
+
+def save_state(data_dir: Path, state: UpState) -> None:
+    """Writes ``DATA_DIR/up.json`` atomically. Raises InvalidArgument (unwritable folder)."""
+    doc = {
+        "v": 1,
+        "instance": state.instance,
+        "rootKey": state.root_key,
+        "config": None if state.encryption_config is None else str(state.encryption_config),
+    }
+    write_private_file(data_dir / STATE_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def kms_endpoint(socket_path: Path) -> str:
+    """The ``unix://`` endpoint of the socket file ``socket_path`` (absolute), escaped so that
+    kube-apiserver's parser (and kinko's) gives the path back, even with ``#``, ``?`` or
+    ``%`` in it.
+
+    Raises InvalidArgument: a relative path, or one the parsers would read as an abstract
+    socket.
+    """
+    if not socket_path.is_absolute():
+        raise InvalidArgument(f"expected an absolute socket path, got {socket_path}")
+    endpoint = "unix://" + urllib.parse.quote(str(socket_path), safe="/")
+    if parse_socket_address(endpoint) != SocketAddress(str(socket_path), abstract=False):
+        raise InvalidArgument(f"the socket path {socket_path} cannot be named by a unix:// URL")
+    return endpoint
+
+
+def encryption_config_text(socket_path: Path) -> str:
+    """The EncryptionConfiguration of ``kinko up``: KMS v2 (provider ``kinko`` on
+    :func:`kms_endpoint` of ``socket_path``, 3 s timeout) writes Secrets and ConfigMaps,
+    identity still reads what was stored before encryption was on.
+
+    Raises InvalidArgument (as :func:`kms_endpoint`).
+    """
+    doc = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "EncryptionConfiguration",
+        "resources": [
+            {
+                "resources": ["secrets", "configmaps"],
+                "providers": [
+                    {
+                        "kms": {
+                            "apiVersion": "v2",
+                            "name": KMS_PROVIDER_NAME,
+                            "endpoint": kms_endpoint(socket_path),
+                            "timeout": KMS_TIMEOUT,
+                        }
+                    },
+                    {"identity": {}},
+                ],
+            }
+        ],
+    }
+    head = (
+        "# Written by kinko up on first start. The first provider writes; every provider\n"
+        "# reads. Edits are picked up while kinko up runs (the file's content is polled).\n"
+    )
+    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrapped:
+    """What :func:`bootstrap` found or made."""
+
+    instance: str
+    admin_token: str = field(repr=False)
+    root_key: str
+    encryption_config: Path
+
+
+def bootstrap(
+    data_dir: Path,
+    store: Store,
+    service: KeyService,
+    *,
+    socket_path: Path,
+    now: datetime,
+    rng: Callable[[int], bytes] = os.urandom,
+    new_instance: Callable[[], str] = lambda: str(uuid.uuid4()),
+) -> Bootstrapped:
+    """Completes the first start in ``data_dir`` (module docstring); a no-op once done.
+
+    Each step is saved before the next begins, so a start interrupted anywhere is finished
+    by the next one. Raises InvalidArgument (an unwritable folder, an ``admin.token`` that
+    holds no kinko token), CorruptMetadata (``up.json``, a token record), Unauthorized (the
+    token's key service record names another instance), HsmUnavailable, StoreUnavailable.
+    """
+    state = load_state(data_dir)
+    token_file = data_dir / ADMIN_TOKEN_FILE
+    token = read_token_file(token_file) if token_file.exists() else None
+    if token is not None and _TOKEN_RE.fullmatch(token) is None:
+        raise InvalidArgument(f"{token_file}: expected a kinko token ({TOKEN_PREFIX}…)")
+    if state is None:
+        # up.json lost but the token kept: its key service record still names the instance.
+        known = _key_record(store, token) if token is not None else None
+        state = UpState(known.instance if known is not None else new_instance())
+        save_state(data_dir, state)
+    if token is None:
+        token = issue_token(
+            rng=rng, instance=state.instance, roles=ADMIN_KEY_ROLES, now=now, name=ADMIN_NAME
+        ).token
+        # The file first: a token registered but never written down would be lost for good.
+        write_admin_token(data_dir, token)
+    _register_admin(store, token, state.instance, now)
+    admin = service.authenticate(token, instance=state.instance)
+    if admin.instance != state.instance:
+        raise Unauthorized(f"{token_file} holds a token of another instance than up.json")
+    root_key = _root_key(service, admin, state.instance, state.root_key)
+    if root_key != state.root_key:
+        state = replace(state, root_key=root_key)
+        save_state(data_dir, state)
+    if state.encryption_config is None:
+        config = data_dir / ENCRYPTION_CONFIG_FILE
+        if not config.exists():
+            write_private_file(config, encryption_config_text(socket_path).encode("utf-8"))
+        state = replace(state, encryption_config=config)
+        save_state(data_dir, state)
+    assert state.root_key is not None
+    assert state.encryption_config is not None
+    return Bootstrapped(state.instance, token, state.root_key, state.encryption_config)
+
+
+def _key_record(store: Store, token: str) -> TokenRecord | None:
+    entry = store.get(token_path(hash_token(token)))
+    return None if entry is None else load_token(entry.value)
+
+
+def _register_admin(store: Store, token: str, instance: str, now: datetime) -> None:
+    """Registers ``token`` in whichever book lacks it: both in one transaction if both do."""
+    digest = hash_token(token)
+    key_record = TokenRecord(
+        token_hash=digest,
+        instance=instance,
+        roles=ADMIN_KEY_ROLES,
+        service=False,
+        name=ADMIN_NAME,
+        created=now.astimezone(UTC),
+    )
+    cluster_record = cluster_token_record(
+        token_hash=digest,
+        role=ClusterRole.ADMINISTRATOR.value,
+        namespaces=None,
+        name=ADMIN_NAME,
+        now=now,
+    )
+    has_key = store.get(token_path(digest)) is not None
+    has_cluster = store.get(cluster_token_path(digest)) is not None
+    if not has_key and not has_cluster:
+        ClusterTokenBook(store).add(cluster_record, key_token=key_record)
+    elif not has_key:
+        TokenBook(store).add(key_record)
+    elif not has_cluster:
+        ClusterTokenBook(store).add(cluster_record)
+
+
+def _root_key(service: KeyService, admin: Principal, instance: str, known: str | None) -> str:
+    """The cluster root key's id: the one recorded, else the key holding the alias, else a
+    new root key with the alias (set in the create's own transaction, so a key is never left
+    without it). A recorded key in any state is kept (a deleted one can be restored); only
+    one the store does not know (purged, or a new store) is replaced."""
+    for ref in (known, ROOT_KEY_ALIAS):
+        if ref is None:
+            continue
+        try:
+            return service.get_key_metadata(admin, instance, ref).id
+        except NotFound:
+            if ref == known:
+                log.warning(
+                    "root key %s of up.json is not in the store (purged, or a new store); "
+                    "data encrypted under it cannot be read",
+                    known,
+                )
+    view = service.create_key(
+        admin,
+        instance,
+        name=ROOT_KEY_NAME,
+        description="The root key of kinko's cluster: the KMS v2 plugin wraps seeds with it.",
+        aliases=(ROOT_KEY_ALIAS,),
+    )
+    return view.id
+
+
+# --- one port, two APIs --------------------------------------------------------------------
+
+
+def route(path: str) -> tuple[Literal["keys", "cluster"], str]:
+    """Which app serves ``path``, and the path it sees.
+
+    ``/api/v2`` and below: the Key Protect API (its OpenAPI document, served by that app at
+    ``/openapi.json``, is reached as ``/api/v2/openapi.json``). Everything else, ``/api``,
+    ``/api/v1/…``, ``/apis``, ``/version``, ``/healthz``, ``/metrics`` included: the cluster API.
+    """
+    if path == f"{KEY_SERVICE_PREFIX}/openapi.json":
+        return "keys", "/openapi.json"
+    if path == KEY_SERVICE_PREFIX or path.startswith(f"{KEY_SERVICE_PREFIX}/"):
+        return "keys", path
+    return "cluster", path
+
+
+class ApiDispatcher:
+    """An ASGI app that hands each request to the key service app or the cluster app, as
+    :func:`route` decides. Anything that is not HTTP goes to the cluster app."""
+
+    def __init__(self, keys: ASGIApp, cluster: ASGIApp) -> None:
+        self.keys = keys
+        self.cluster = cluster
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.cluster(scope, receive, send)
+            return
+        target, path = route(scope["path"])
+        if path != scope["path"]:
+            scope = {**scope, "path": path, "raw_path": path.encode("ascii")}
+        app = self.keys if target == "keys" else self.cluster
+        await app(scope, receive, send)
+
+
+# --- the composition -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    """How to run kinko.
+
+    ``hsm``: the HSM holding root keys, owned (opened and closed) by the caller; None: the
+    soft keystore in ``data_dir`` (NOT HSM-grade). ``etcd_*``: keep the store in etcd instead
+    of ``DATA_DIR/kinko.db``. ``listen`` port 0 picks a free port.
+    """
+
+    data_dir: Path
+    listen: ListenAddress = DEFAULT_LISTEN
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_cacert: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    hsm: Hsm | None = field(default=None, repr=False)
+    scheduler_interval: float = 60.0
+    config_poll_interval: float = 5.0
+    grace: float = 5.0
+    max_body: int = DEFAULT_MAX_BODY
+    audit_sync: SyncMode = "interval"
+    log_level: str = "warning"
+
+
+class Kinko:
+    """All of kinko on one data folder (module docstring). A context manager.
+
+    ``start()`` returns once every part serves and ``endpoints.json`` is written; ``stop()``
+    stops them all. Both are meant for one thread (the parts run on their own threads).
+    """
+
+    def __init__(self, options: UpOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.absolute()
+        self._stack: contextlib.ExitStack | None = None
+        self._endpoints: Endpoints | None = None
+        self._port = 0
+        self._key_service: KeyService | None = None
+        self._cluster_service: ClusterService | None = None
+        self._encryption: EncryptionConfigSource | None = None
+        self._metrics: ClusterMetrics | None = None
+        self._boot: Bootstrapped | None = None
+        self._hsm: Hsm | None = None
+        self.store_description = ""
+
+    # -- what a running kinko offers ------------------------------------------------------
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return _running(self._endpoints)
+
+    @property
+    def port(self) -> int:
+        """The bound HTTPS port (the real one when asked for port 0)."""
+        _running(self._endpoints)
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The base URL of both APIs."""
+        return self.endpoints.cluster_api
+
+    @property
+    def key_service(self) -> KeyService:
+        return _running(self._key_service)
+
+    @property
+    def cluster_service(self) -> ClusterService:
+        return _running(self._cluster_service)
+
+    @property
+    def encryption(self) -> EncryptionConfigSource:
+        return _running(self._encryption)
+
+    @property
+    def metrics(self) -> ClusterMetrics:
+        return _running(self._metrics)
+
+    @property
+    def hsm(self) -> Hsm:
+        return _running(self._hsm)
+
+    @property
+    def admin_token(self) -> str:
+        return _running(self._boot).admin_token
+
+    @property
+    def instance(self) -> str:
+        return _running(self._boot).instance
+
+    @property
+    def root_key(self) -> str:
+        return _running(self._boot).root_key
+
+    @property
+    def encryption_config(self) -> Path:
+        return _running(self._boot).encryption_config
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def start(self) -> Kinko:
+        """Starts every part (module docstring) and writes ``endpoints.json``.
+
+        Raises InvalidArgument (a bad folder, a socket path too long), UnavailableError
+        (another kinko up runs on the folder; the port is taken; a part did not start),
+        StoreUnavailable, HsmUnavailable, CorruptMetadata, ConfigError (the EncryptionConfiguration
+        file). On any failure what had started is stopped again.
+        """
+        if self._stack is not None:
+            raise InvalidArgument("kinko is already started")
+        stack = contextlib.ExitStack()
+        try:
+            self._start(stack)
+        except BaseException:
+            stack.close()
+            self._clear()
+            raise
+        self._stack = stack
+        return self
+
+    def _start(self, stack: contextlib.ExitStack) -> None:
+        options, data_dir = self.options, self.data_dir
+        make_data_dir(data_dir)
+        stack.enter_context(_folder_lock(data_dir))
+        (data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+        socket_path = data_dir / KMS_SOCKET_FILE
+        if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+            raise InvalidArgument(
+                f"the KMS plugin socket {socket_path} is longer than a unix socket path may be "
+                f"({_MAX_SOCKET_PATH} bytes): choose a data folder with a shorter path"
+            )
+        listener = stack.enter_context(_bind(options.listen))
+        self._port = int(listener.getsockname()[1])
+
+        store_options = StoreOptions(
+            data_dir,
+            options.etcd_endpoints,
+            options.etcd_cacert,
+            options.etcd_cert,
+            options.etcd_key,
+        )
+        store, self.store_description = stack.enter_context(open_store(store_options))
+        hsm = options.hsm
+        if hsm is None:
+            from kinko.hsm.soft import SoftKeystore
+
+            hsm = SoftKeystore(data_dir / KEYSTORE_DIR)
+        self._hsm = hsm
+        audit = stack.enter_context(FileAuditSink(data_dir / AUDIT_FILE, sync=options.audit_sync))
+        service = KeyService(store, hsm, audit=audit, clock=utc_now, rng=os.urandom)
+        boot = bootstrap(data_dir, store, service, socket_path=socket_path, now=utc_now())
+
+        host = options.listen.host
+        names = () if host in DEFAULT_NAMES or host in _WILDCARDS else (host,)
+        tls_files = ensure_server_tls(data_dir, names=names)
+
+        # The plugin acts as a principal of its own, made here: no token exists for it.
+        plugin_principal = Principal(
+            name=PLUGIN_NAME,
+            instance=boot.instance,
+            roles=frozenset({Role.READER}),
+            service=True,
+        )
+        plugin = RootKeyPlugin(
+            ServiceRootKeys(service, plugin_principal, boot.instance), boot.root_key
+        )
+        endpoint = kms_endpoint(socket_path)
+        kms_server = KmsV2Server(plugin, endpoint)
+        kms_server.start()
+        stack.callback(kms_server.stop, options.grace)
+
+        metrics = ClusterMetrics()
+        encryption = EncryptionConfigSource(boot.encryption_config)
+        stack.callback(encryption.close)
+        encryption.start_polling(options.config_poll_interval)
+        cluster_service = ClusterService(store, encryption, clock=utc_now)
+        tokens = ClusterTokenBook(store)
+
+        from kinko.api.cluster import create_cluster_app
+
+        app = ApiDispatcher(
+            create_keyprotect_app(service, max_body=options.max_body),
+            create_cluster_app(cluster_service, tokens, metrics=metrics),
+        )
+        scheduler = Periodic(
+            service.run_scheduled, interval=options.scheduler_interval, name="kinko-scheduler"
+        )
+        scheduler.start()
+        stack.callback(scheduler.stop)
+        http = _HttpThread(
+            app,
+            listener,
+            TlsConfig(tls_files.cert, tls_files.key),
+            grace=options.grace,
+            log_level=options.log_level,
+        )
+        http.start()
+        stack.callback(http.stop)
+
+        url_host = _WILDCARDS.get(host, host)
+        url = f"https://{f'[{url_host}]' if ':' in url_host else url_host}:{self._port}"
+        kubeconfig = write_kubeconfig(
+            data_dir,
+            kubeconfig_yaml(
+                server=url, ca_pem=tls_files.ca_cert.read_bytes(), token=boot.admin_token
+            ),
+        )
+        endpoints = Endpoints(
+            cluster_api=url,
+            key_service=url,
+            instance=boot.instance,
+            kms_plugin_socket=endpoint,
+            ca_file=tls_files.ca_cert,
+            admin_token_file=data_dir / ADMIN_TOKEN_FILE,
+            kubeconfig=kubeconfig,
+            root_key=boot.root_key,
+        )
+        # Last in, first out: endpoints.json goes before anything stops.
+        write_endpoints(data_dir, endpoints)
+        stack.callback((data_dir / ENDPOINTS_FILE).unlink, missing_ok=True)
+
+        self._boot = boot
+        self._key_service = service
+        self._cluster_service = cluster_service
+        self._encryption = encryption
+        self._metrics = metrics
+        self._endpoints = endpoints
+
+    def stop(self) -> None:
+        """Stops every part in reverse order and removes ``endpoints.json`` and the plugin
+        socket. Idempotent. Raises nothing a part raises while stopping (it is logged)."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        try:
+            stack.close()
+        except Exception:
+            log.exception("kinko: a part failed to stop cleanly")
+        finally:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._endpoints = None
+        self._key_service = None
+        self._cluster_service = None
+        self._encryption = None
+        self._metrics = None
+        self._boot = None
+        self._hsm = None
+
+    def __enter__(self) -> Kinko:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+_T = TypeVar("_T")
+
+
+def _running(value: _T | None) -> _T:
+    if value is None:
+        raise InvalidArgument("kinko is not running: call start() first")
+    return value
+
+
+def make_data_dir(data_dir: Path) -> None:
+    """Creates the data folder (mode 0700) if missing. Raises InvalidArgument."""
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgument(f"data folder {data_dir}: exists and is not a folder") from None
+    except OSError as exc:
+        raise InvalidArgument(f"data folder {data_dir}: cannot create: {exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def _folder_lock(data_dir: Path) -> Iterator[None]:
+    """Holds ``DATA_DIR/up.lock`` exclusively: two kinko up on one folder would race on the
+    first start and on the plugin socket. Raises UnavailableError (held by another)."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UnavailableError(
+                f"another kinko up is running on {data_dir} (it holds {LOCK_FILE})"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _bind(listen: ListenAddress) -> Iterator[socket.socket]:
+    """A listening TCP socket on ``listen``, bound before anything else starts so that a
+    taken port fails at once. Raises UnavailableError."""
+    try:
+        infos = socket.getaddrinfo(
+            listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise UnavailableError(f"cannot listen on {listen.host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UnavailableError(
+            f"cannot listen on {listen.url_host}:{listen.port}: {exc.strerror}"
+        ) from None
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+class _NotifyingServer(uvicorn.Server):
+    """uvicorn's server that says when it listens."""
+
+    def __init__(self, config: uvicorn.Config, listening: threading.Event) -> None:
+        super().__init__(config)
+        self._listening = listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._listening.set()
+
+
+class _HttpThread:
+    """``app`` over HTTPS on an already bound socket, served by uvicorn on a thread.
+
+    The configuration (the TLS files above all) is loaded on the caller's thread, so its
+    errors surface from the constructor. uvicorn installs no signal handlers off the main
+    thread: the owner stops it with :meth:`stop`.
+    """
+
+    def __init__(
+        self, app: ASGIApp, sock: socket.socket, tls: TlsConfig, *, grace: float, log_level: str
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            ssl_certfile=str(tls.cert),
+            ssl_keyfile=str(tls.key),
+            log_level=log_level,
+            access_log=log_level in ("debug", "info"),
+            proxy_headers=False,
+            server_header=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(grace)),
+        )
+        config.load()
+        self._listening = threading.Event()
+        self._server = _NotifyingServer(config, self._listening)
+        self._sock = sock
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kinko-https", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self._sock])
+        except BaseException as exc:  # reported by start(); a thread has nobody else to tell
+            self._failure = exc
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Starts serving; returns once it does. Raises UnavailableError."""
+        self._thread.start()
+        waited = 0.0
+        while not self._listening.wait(0.05):
+            waited += 0.05
+            if not self._thread.is_alive() or waited >= timeout:
+                self._server.should_exit = True
+                reason = type(self._failure).__name__ if self._failure else "no answer"
+                raise UnavailableError(f"the HTTPS server did not start ({reason})")
+
+    def stop(self) -> None:
+        """Stops accepting, lets requests finish within the grace period, joins the thread."""
+        self._server.should_exit = True
+        self._thread.join()
