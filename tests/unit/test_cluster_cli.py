@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from kinko.api.cluster import create_cluster_app
 from kinko.cli.cluster_client import (
     ClusterConnection,
     ClusterHook,
@@ -34,6 +41,7 @@ from kinko.cli.cluster_client import (
     human_age,
 )
 from kinko.cli.main import cli
+from kinko.cluster.auth import ClusterTokenBook, issue_cluster_token
 from kinko.cluster.client import UNREADABLE_HEADER, ClusterClient, KubeObject
 from kinko.cluster.endpoints import (
     Endpoints,
@@ -42,6 +50,10 @@ from kinko.cluster.endpoints import (
     write_endpoints,
     write_kubeconfig,
 )
+from kinko.cluster.service import ClusterService
+from kinko.crypto.chain import ProviderChain
+from kinko.crypto.config import KmsConfig, build_chains, parse_encryption_config
+from kinko.store.memory import MemoryStore
 
 SERVER = "https://127.0.0.1:6443"
 ADMIN = "kinko_admin_token"
@@ -210,7 +222,7 @@ class FakeKube:
             if request.method == "DELETE" and request.query_params.get("forceDeleteUnreadable"):
                 del self.unreadable[key]
                 return JSONResponse({"kind": "Status", "status": "Success"})
-            return _status(500, "InternalError", f"cannot decrypt /registry/{'/'.join(key)}")
+            return _status(500, "StorageReadError", f"cannot read /registry/{'/'.join(key)}")
         if key not in self.objects:
             return _status(404, "NotFound", f'{key[0]} "{key[2]}" not found')
         if request.method == "DELETE":
@@ -717,7 +729,8 @@ def test_delete(env: Env) -> None:
 def test_delete_unreadable_needs_force(env: Env) -> None:
     env.kube.unreadable[("secrets", "default", "lost")] = "gone"
     result = env.run("secret", "delete", "lost")
-    assert result.exit_code == 12
+    assert result.exit_code == 5
+    assert "cannot read /registry/secrets/default/lost" in result.output
     result = env.run("secret", "delete", "lost", "--force-unreadable")
     assert result.exit_code == 0, result.output
     assert env.kube.requests[-1].query_params["forceDeleteUnreadable"] == "true"
@@ -872,3 +885,183 @@ def test_kubeconfig_without_kinko_up(tmp_path: Path) -> None:
 )
 def test_ages_are_shown_as_kubectl_shows_them(seconds: int, shown: str) -> None:
     assert human_age(timedelta(seconds=seconds)) == shown
+
+
+# --------------------------------------------------------------------------- kinko's own API
+#
+# The same commands against kinko's cluster API app (ClusterService over a MemoryStore with a
+# real aescbc chain, real tokens), so the fake above cannot drift from the server.
+
+_AES = base64.b64encode(bytes(range(32))).decode()
+_OTHER_AES = base64.b64encode(bytes(range(1, 33))).decode()
+
+
+def _encryption_config(secret: str) -> str:
+    return f"""
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets, configmaps]
+    providers:
+      - aescbc:
+          keys:
+            - name: k1
+              secret: {secret}
+"""
+
+
+class _Chains:
+    """A ChainSource whose key a test can swap, to make stored objects unreadable."""
+
+    def __init__(self) -> None:
+        self.use(_AES)
+
+    def use(self, secret: str) -> None:
+        self._chains = build_chains(
+            parse_encryption_config(_encryption_config(secret)),
+            kms_v2=_no_kms,
+            kms_v1=_no_kms,
+            rng=os.urandom,
+        )
+
+    def chain_for(self, resource: str) -> ProviderChain:
+        return self._chains.chain_for(resource)
+
+
+def _no_kms(_: KmsConfig) -> NoReturn:
+    raise AssertionError("no KMS provider in these tests")
+
+
+@dataclass
+class Real:
+    env: Env
+    chains: _Chains
+    viewer: str
+
+
+@pytest.fixture
+def real(env: Env) -> Iterator[Real]:
+    now = datetime.now(UTC)
+    store = MemoryStore()
+    chains = _Chains()
+    service = ClusterService(store, chains, clock=lambda: datetime.now(UTC))
+    book = ClusterTokenBook(store)
+    admin, record = issue_cluster_token(
+        rng=os.urandom, role="Administrator", namespaces=None, now=now, name="admin"
+    )
+    book.add(record)
+    viewer, record = issue_cluster_token(
+        rng=os.urandom, role="Viewer", namespaces=["*"], now=now, name="viewer"
+    )
+    book.add(record)
+    write_admin_token(env.data_dir, admin)
+    app = create_cluster_app(service, book)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        yield Real(
+            env=Env(kube=FakeKube(), http=http, data_dir=env.data_dir),
+            chains=chains,
+            viewer=viewer,
+        )
+
+
+def _tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web.example.com")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_real_api_round_trip(real: Real, tmp_path: Path) -> None:
+    run = real.env.run
+    cert, key = _tls_pair(tmp_path)
+    steps = [
+        ["secret", "create", "generic", "db", "-n", "apps", "--from-literal", "pw=hunter2"],
+        ["secret", "create", "tls", "web", "-n", "apps", "--cert", str(cert), "--key", str(key)],
+        [
+            "secret",
+            "create",
+            "docker-registry",
+            "pull",
+            "--docker-server",
+            "registry.example.com",
+            "--docker-username",
+            "robot",
+            "--docker-password",
+            "pw",
+        ],
+        ["secret", "copy", "pull", "--to-namespace", "apps"],
+        ["configmap", "create", "cfg", "-n", "apps", "--from-literal", "mode=prod"],
+    ]
+    for argv in steps:
+        result = run(*argv)
+        assert result.exit_code == 0, (argv, result.output)
+    listed = run("secret", "list", "-n", "apps", "--chunk-size", "1", "-o", "json")
+    assert listed.exit_code == 0, listed.output
+    items = json.loads(listed.stdout)["items"]
+    assert [i["metadata"]["name"] for i in items] == ["db", "pull", "web"]
+    assert [i["type"] for i in items] == [
+        "Opaque",
+        "kubernetes.io/dockerconfigjson",
+        "kubernetes.io/tls",
+    ]
+    assert base64.b64decode(items[0]["data"]["pw"]) == b"hunter2"
+    table = run("secret", "get", "db", "-n", "apps")
+    assert "hunter2" not in table.output
+    assert "aHVudGVyMg==" not in table.output
+    assert json.loads(run("configmap", "get", "cfg", "-n", "apps", "-o", "json").output)[
+        "data"
+    ] == {"mode": "prod"}
+    assert run("secret", "delete", "db", "-n", "apps").exit_code == 0
+    assert run("secret", "get", "db", "-n", "apps").exit_code == 6
+
+
+def test_real_api_errors_exit_with_their_codes(real: Real) -> None:
+    run = real.env.run
+    assert run("secret", "create", "generic", "a", "--from-literal", "k=v").exit_code == 0
+    assert run("secret", "create", "generic", "a", "--from-literal", "k=v").exit_code == 7
+    invalid = run("secret", "create", "generic", "a-b", "--from-literal", "bad key=v")
+    assert invalid.exit_code == 4
+    assert "data[bad key]" in invalid.output
+    forbidden = run("secret", "delete", "a", "--token", real.viewer)
+    assert forbidden.exit_code == 9
+    assert run("secret", "get", "a", "--token", "kinko_" + "A" * 43).exit_code == 8
+
+
+def test_real_api_unreadable_objects_warn_and_need_forced_delete(real: Real) -> None:
+    run = real.env.run
+    assert run("secret", "create", "generic", "old", "--from-literal", "k=v").exit_code == 0
+    real.chains.use(_OTHER_AES)
+    assert run("secret", "create", "generic", "new", "--from-literal", "k=v").exit_code == 0
+    listed = run("secret", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "new" in listed.stdout
+    assert listed.stderr.startswith(
+        "warning: 1 secret cannot be decrypted and was left out: default/old ("
+    )
+    got = run("secret", "get", "old")
+    assert got.exit_code == 5
+    refused = run("secret", "delete", "old")
+    assert refused.exit_code == 5
+    assert "hint: an Administrator deletes it unread with --force-unreadable" in refused.stderr
+    forced = run("secret", "delete", "old", "--force-unreadable")
+    assert forced.exit_code == 0, forced.output
+    assert run("secret", "list").stderr == ""

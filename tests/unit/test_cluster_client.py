@@ -295,7 +295,9 @@ ERROR_TABLE: list[tuple[httpx.Response, type[errors.KinkoError]]] = [
     (status(500, "InternalError", "boom"), errors.UnavailableError),
     (status(400, "BadRequest", "bad selector"), errors.InvalidArgument),
     (status(413, "RequestEntityTooLarge", "too large"), errors.InvalidArgument),
-    (status(410, "Expired", "continue token expired"), errors.InvalidArgument),
+    (status(410, "Expired", "continue token expired"), errors.Gone),
+    (status(500, "StorageReadError", "cannot read /registry/secrets/ns/a"), errors.DecryptionError),
+    (httpx.Response(410), errors.Gone),
     (httpx.Response(404, text="no such page"), errors.NotFound),
     (httpx.Response(401), errors.Unauthorized),
     (httpx.Response(405, text="nope"), errors.InvalidArgument),
@@ -330,6 +332,13 @@ def test_unavailable_message_says_the_cluster_api_failed() -> None:
         "the cluster API failed: the KMS plugin is down "
         "(GET /api/v1/namespaces/ns/secrets/a, HTTP 503 ServiceUnavailable)"
     )
+
+
+def test_storage_read_error_keeps_the_servers_words() -> None:
+    wire = Wire([status(500, "StorageReadError", "cannot read /registry/secrets/ns/a: gone")])
+    with pytest.raises(errors.DecryptionError) as caught:
+        wire.client().get("secrets", "ns", "a")
+    assert str(caught.value) == "cannot decrypt value: cannot read /registry/secrets/ns/a: gone"
 
 
 def test_invalid_rebuilds_field_causes() -> None:

@@ -58,7 +58,7 @@ from kinko.cluster.client import (
     Unreadable,
 )
 from kinko.cluster.endpoints import read_endpoints, read_token_file, write_private_file
-from kinko.errors import InvalidArgument
+from kinko.errors import DecryptionError, InvalidArgument
 
 __all__ = [
     "CLUSTER_COMMANDS",
@@ -636,7 +636,16 @@ def _delete_command(kind: _Kind) -> click.Command:
     def delete(
         *, client: ClusterClient, fmt: str, name: str, namespace: str, force_unreadable: bool
     ) -> None:
-        answer = client.delete(kind.resource, namespace, name, force_unreadable=force_unreadable)
+        try:
+            answer = client.delete(
+                kind.resource, namespace, name, force_unreadable=force_unreadable
+            )
+        except DecryptionError:
+            if not force_unreadable:
+                click.echo(
+                    "hint: an Administrator deletes it unread with --force-unreadable", err=True
+                )
+            raise
         if fmt == "table":
             click.echo(f'{kind.singular} "{_t(name)}" deleted')
         else:

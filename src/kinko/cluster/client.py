@@ -30,7 +30,9 @@ Errors: an answer other than 2xx is read as a Kubernetes ``Status`` and raised a
 error of its ``reason`` from :data:`REASON_ERRORS`, the client's one table; a reason not in it
 falls back to the HTTP status (:data:`STATUS_ERRORS`), then to UnavailableError for 5xx (and
 anything that is not 4xx) and InvalidArgument for any other 4xx. ``Invalid`` comes back as
-:class:`~kinko.errors.Invalid` with the server's field causes. A refused or failed connection,
+:class:`~kinko.errors.Invalid` with the server's field causes; ``StorageReadError`` (an object
+that can no longer be decrypted) as :class:`~kinko.errors.DecryptionError`; ``Expired`` (a
+stale ``continue`` token) as :class:`~kinko.errors.Gone`. A refused or failed connection,
 a TLS failure, a timeout, and an answer that is not the Kubernetes API raise
 :class:`~kinko.errors.UnavailableError`.
 
@@ -103,6 +105,9 @@ REASON_ERRORS: Final[Mapping[str, type[errors.KinkoError]]] = {
     "NotFound": errors.NotFound,
     "AlreadyExists": errors.AlreadyExists,
     "Conflict": errors.Conflict,
+    "Expired": errors.Gone,
+    # Kubernetes' reason (KEP-3926) for an object that cannot be decrypted or decoded.
+    "StorageReadError": errors.DecryptionError,
     "ServiceUnavailable": errors.UnavailableError,
     "InternalError": errors.UnavailableError,
     "Timeout": errors.UnavailableError,
@@ -117,6 +122,7 @@ STATUS_ERRORS: Final[Mapping[int, type[errors.KinkoError]]] = {
     403: errors.Forbidden,
     404: errors.NotFound,
     409: errors.Conflict,
+    410: errors.Gone,
     413: errors.InvalidArgument,
     422: errors.Invalid,
     429: errors.UnavailableError,
@@ -447,6 +453,9 @@ def error_from_response(response: httpx.Response) -> errors.KinkoError:
         cls = errors.UnavailableError if status >= 500 or status < 400 else errors.InvalidArgument
     if issubclass(cls, errors.Invalid):
         return _invalid(doc, message)
+    if issubclass(cls, errors.DecryptionError):
+        # The server's message names the object and why; it never carries data.
+        return errors.DecryptionError(message or errors.DecryptionError.NOT_AUTHENTIC)
     where = f"{response.request.method} {response.request.url.path}"
     detail = f"HTTP {status}" + (f" {reason}" if reason else "")
     if status < 400:
