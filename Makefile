@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint typecheck unit bootstrap system-packages protos bench clean
 
 run: $(STAMP)
-	$(BIN)/kinko demo
+	$(BIN)/kinko up
 
 test: bootstrap lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -38,6 +38,7 @@ Data folder (created 0700; the key service's own files are described in
     kubeconfig               server URL, CA and admin token (0600), rewritten on each start
     endpoints.json           URLs, socket and files (0600), only while running
     up.lock                  held while a kinko up runs on the folder
+    .gitignore               ``*``: the folder (tokens, keys) never ends up in a commit
 
 Invariants: nothing listens before every part is ready, and ``endpoints.json`` appears last,
 once the HTTPS port, the plugin socket and the config poller all run (so a client that finds
@@ -486,6 +487,7 @@ class Kinko:
         self._metrics: ClusterMetrics | None = None
         self._boot: Bootstrapped | None = None
         self._hsm: Hsm | None = None
+        self._http: _HttpThread | None = None
         self.store_description = ""
 
     # -- what a running kinko offers ------------------------------------------------------
@@ -504,6 +506,11 @@ class Kinko:
     def url(self) -> str:
         """The base URL of both APIs."""
         return self.endpoints.cluster_api
+
+    @property
+    def serving(self) -> bool:
+        """Whether the HTTPS server still runs (False once it stopped, for whatever reason)."""
+        return self._http is not None and self._http.alive
 
     @property
     def key_service(self) -> KeyService:
@@ -566,6 +573,7 @@ class Kinko:
     def _start(self, stack: contextlib.ExitStack) -> None:
         options, data_dir = self.options, self.data_dir
         make_data_dir(data_dir)
+        _ignore_in_git(data_dir)
         stack.enter_context(_folder_lock(data_dir))
         (data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
         socket_path = data_dir / KMS_SOCKET_FILE
@@ -670,6 +678,7 @@ class Kinko:
         self._encryption = encryption
         self._metrics = metrics
         self._endpoints = endpoints
+        self._http = http
 
     def stop(self) -> None:
         """Stops every part in reverse order and removes ``endpoints.json`` and the plugin
@@ -692,6 +701,7 @@ class Kinko:
         self._metrics = None
         self._boot = None
         self._hsm = None
+        self._http = None
 
     def __enter__(self) -> Kinko:
         return self.start()
@@ -717,6 +727,14 @@ def make_data_dir(data_dir: Path) -> None:
         raise InvalidArgument(f"data folder {data_dir}: exists and is not a folder") from None
     except OSError as exc:
         raise InvalidArgument(f"data folder {data_dir}: cannot create: {exc.strerror}") from None
+
+
+def _ignore_in_git(data_dir: Path) -> None:
+    """Writes ``DIR/.gitignore`` (``*``) if missing: the default folder ``./.kinko`` sits in
+    whatever folder kinko up started in, often a repository, and it holds the admin token."""
+    path = data_dir / ".gitignore"
+    if not path.exists():
+        write_private_file(path, b"# kinko's data folder: tokens and keys, never commit it\n*\n")
 
 
 @contextlib.contextmanager
@@ -823,6 +841,10 @@ class _HttpThread:
                 self._server.should_exit = True
                 reason = type(self._failure).__name__ if self._failure else "no answer"
                 raise UnavailableError(f"the HTTPS server did not start ({reason})")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stops accepting, lets requests finish within the grace period, joins the thread."""

@@ -39,12 +39,14 @@ def _register() -> None:
     from kinko.cli.keys import keys
     from kinko.cli.kms import kms
     from kinko.cli.token import token
+    from kinko.cli.up import up
 
     cli.add_command(demo)
     cli.add_command(etcd)
     cli.add_command(keys)
     cli.add_command(kms)
     cli.add_command(token)
+    cli.add_command(up)
     add_cluster_commands(cli)
 
 

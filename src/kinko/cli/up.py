@@ -22,7 +22,7 @@ import click
 
 from kinko.api.server import parse_listen
 from kinko.cli.options import etcd_store_options, hsm_options, open_hsm
-from kinko.errors import InvalidArgument
+from kinko.errors import InvalidArgument, UnavailableError
 from kinko.keys.deployment import KEYSTORE_DIR
 from kinko.up import DEFAULT_LISTEN, Kinko, UpOptions, data_dir_from, make_data_dir
 
@@ -96,7 +96,8 @@ def up(
         click.echo(banner(kinko, folder))
         # A bounded wait lets the interpreter run the signal handler promptly.
         while not stopping.wait(1.0):
-            pass
+            if not kinko.serving:
+                raise UnavailableError("kinko up: the HTTPS server stopped unexpectedly")
         click.echo("kinko up: stopping", err=True)
     click.echo("kinko up: stopped", err=True)
 
