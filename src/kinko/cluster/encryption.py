@@ -31,6 +31,13 @@ Invariants:
   *now* with a DecryptionError, guarded on the revision it was read at.
 - Messages name storage keys, resources, providers, revisions and config hashes; never
   plaintext, ciphertext or key bytes.
+
+Observation: an optional :class:`EnvelopeObserver` (``EncryptionConfigSource(observer=...)``
+or the ``observer`` property) hears of every reload, every seal and open through a chain
+(:meth:`EnvelopeObserver.on_transform`, timed by :class:`EncryptedObjects`), and, through the
+KMS v2 sessions the source creates, of every plugin call and key_id. It is handed label
+material only (names, prefixes, hashes, errors, durations); ``kinko.cluster.metrics`` is the
+implementation. With no observer nothing is timed.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Final, NoReturn, Protocol
 
 from kinko.crypto.chain import ProviderChain
 from kinko.crypto.config import (
@@ -59,18 +66,27 @@ from kinko.errors import (
     DecryptionError,
     DeletionRefused,
     InvalidArgument,
+    KinkoError,
     NotFound,
     UnreadableValue,
 )
 from kinko.etcdtool import resolve_resource
-from kinko.kms.envelope import KmsV2Poller, KmsV2Session
+from kinko.kms.envelope import (
+    FROM_STORAGE,
+    TO_STORAGE,
+    KmsObserver,
+    KmsV2Poller,
+    KmsV2Session,
+)
 from kinko.kms.port import KmsV2Api
 from kinko.store.port import Delete, Put, Store
 
 __all__ = [
+    "IDENTITY_PREFIX",
     "EncryptedObjects",
     "EncryptionConfigSource",
     "EncryptionState",
+    "EnvelopeObserver",
     "ListItem",
     "ListResult",
     "ReadValue",
@@ -84,6 +100,29 @@ log = logging.getLogger(__name__)
 KmsV2ApiFactory = Callable[[KmsConfig], KmsV2Api]
 #: Opens a read-only KMS v1 client for a provider (default: a gRPC client of its endpoint).
 KmsV1Factory = Callable[[KmsConfig], KmsV1Unwrapper]
+#: The ``transformer_prefix`` of the identity transformer (its prefix is empty), as upstream.
+IDENTITY_PREFIX: Final = "identity"
+
+
+class EnvelopeObserver(KmsObserver, Protocol):
+    """Hears what the source and the byte layer do, for metrics. Methods must not raise.
+
+    Besides :class:`~kinko.kms.envelope.KmsObserver`'s plugin calls and key_ids:
+    """
+
+    def on_transform(
+        self, transformation: str, prefix: str, error: BaseException | None, seconds: float
+    ) -> None:
+        """One seal (``to_storage``) or open (``from_storage``) through a chain finished.
+
+        ``prefix`` is the transformer's value prefix (``k8s:enc:aescbc:v1:key1:``) or
+        :data:`IDENTITY_PREFIX`; ``error`` is what it raised (None: it succeeded).
+        """
+        ...
+
+    def on_reload(self, ok: bool) -> None:
+        """A reload loaded a changed file (True) or refused the file (False)."""
+        ...
 
 
 # --------------------------------------------------------------------------- the source
@@ -147,7 +186,8 @@ class EncryptionConfigSource:
     plugin on its socket works: kinko's or another). ``poll_kms`` starts a
     :class:`~kinko.kms.envelope.KmsV2Poller` per KMS v2 session (kube-apiserver's Status
     intervals); without it, sessions check only on first use. ``clock`` is the sessions'
-    monotonic clock, ``wall_clock`` stamps ``loaded_at``. Thread-safe.
+    monotonic clock, ``wall_clock`` stamps ``loaded_at``. ``observer`` (optional, also
+    settable later) hears of reloads and is passed on to every KMS v2 session. Thread-safe.
 
     Raises ConfigError at construction: the file cannot be read or is invalid.
     """
@@ -162,8 +202,10 @@ class EncryptionConfigSource:
         poll_kms: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        observer: EnvelopeObserver | None = None,
     ) -> None:
         self._path = path
+        self._observer = observer
         self._kms_v2_api = kms_v2
         self._kms_v1_api = kms_v1
         self._rng = rng
@@ -212,6 +254,19 @@ class EncryptionConfigSource:
         """The current chain for ``resource``. Raises as ``EncryptionChains.chain_for``."""
         return self._state.chains.chain_for(resource)
 
+    @property
+    def observer(self) -> EnvelopeObserver | None:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: EnvelopeObserver | None) -> None:
+        """Observe from now on, through the live KMS v2 sessions too. Raises nothing."""
+        with self._lock:
+            self._observer = observer
+            for live in self._kms.values():
+                if live.session is not None:
+                    live.session.observer = observer
+
     def kms_v2_session(self, name: str) -> KmsV2Session | None:
         """The live session of the KMS v2 provider ``name``, once a chain has used it."""
         with self._lock:
@@ -226,7 +281,15 @@ class EncryptionConfigSource:
         """Load the file again if its content hash changed; keep the old chains on any error.
 
         Raises nothing: a read or validation error is returned and kept in ``last_error``.
+        The observer hears of a loaded change and of every refusal, not of an unchanged file.
         """
+        result = self._reload()
+        observer = self._observer
+        if observer is not None and (result.changed or result.error is not None):
+            observer.on_reload(result.error is None)
+        return result
+
+    def _reload(self) -> ReloadResult:
         with self._reload_lock:
             try:
                 data = self._read()
@@ -324,7 +387,9 @@ class EncryptionConfigSource:
             if live is not None:
                 return live.session or _refuse_kind(kms)
             api = self._kms_v2_api(kms)
-            session = KmsV2Session(api, name=kms.name, clock=self._clock, rng=self._rng)
+            session = KmsV2Session(
+                api, name=kms.name, clock=self._clock, rng=self._rng, observer=self._observer
+            )
             poller = KmsV2Poller(session) if self._poll_kms and not self._closed else None
             self._kms[kms] = _Kms(api=api, session=session, poller=poller)
         if poller is not None:
@@ -389,11 +454,24 @@ class ListResult:
 
 
 class EncryptedObjects:
-    """Encrypted reads and guarded writes of cluster objects over a Store. Thread-safe."""
+    """Encrypted reads and guarded writes of cluster objects over a Store. Thread-safe.
 
-    def __init__(self, store: Store, source: ChainSource) -> None:
+    ``observer`` hears of every seal and open (module docstring); by default it is the
+    source's current observer when ``source`` is an :class:`EncryptionConfigSource`.
+    """
+
+    def __init__(
+        self, store: Store, source: ChainSource, *, observer: EnvelopeObserver | None = None
+    ) -> None:
         self._store = store
         self._source = source
+        self._fixed_observer = observer
+        self._live = source if isinstance(source, EncryptionConfigSource) else None
+
+    def _observer(self) -> EnvelopeObserver | None:
+        if self._fixed_observer is not None:
+            return self._fixed_observer
+        return self._live.observer if self._live is not None else None
 
     def write(self, resource: str, key: bytes, plaintext: bytes, *, expect: int) -> int:
         """Seal ``plaintext`` with AAD = ``key`` and Put it if the key's revision is ``expect``.
@@ -403,7 +481,12 @@ class EncryptedObjects:
         provider cannot write, e.g. KMS v1; a bad key), Conflict (the guard failed),
         StoreUnavailable.
         """
-        sealed = self._source.chain_for(resource).seal(plaintext, aad=key)
+        chain = self._source.chain_for(resource)
+        observer = self._observer()
+        if observer is None:
+            sealed = chain.seal(plaintext, aad=key)
+        else:
+            sealed = _observed_seal(observer, chain, plaintext, key)
         result = self._store.txn([Put(key, sealed, expect=expect)])
         if not result.succeeded:
             raise Conflict(_changed(key, expect))
@@ -419,7 +502,8 @@ class EncryptedObjects:
         if entry is None:
             raise NotFound(f"no object is stored at {_show(key)}")
         chain = self._source.chain_for(resource)
-        return _read_value(_open(chain, key, entry.value), entry.mod_revision)
+        opened = _open(chain, key, entry.value, self._observer())
+        return _read_value(opened, entry.mod_revision)
 
     def list(
         self,
@@ -438,11 +522,12 @@ class EncryptedObjects:
         """
         page = self._store.range(prefix, start_after=start_after, limit=limit, revision=revision)
         chain = self._source.chain_for(resource)
+        observer = self._observer()
         items: list[ListItem] = []
         unreadable: list[bytes] = []
         for entry in page.entries:
             try:
-                opened = _open(chain, entry.key, entry.value)
+                opened = _open(chain, entry.key, entry.value, observer)
             except UnreadableValue:
                 unreadable.append(entry.key)
                 continue
@@ -482,7 +567,7 @@ class EncryptedObjects:
         if entry is None:
             raise NotFound(f"no object is stored at {_show(key)}")
         try:
-            _open(self._source.chain_for(name), key, entry.value)
+            _open(self._source.chain_for(name), key, entry.value, self._observer())
         except UnreadableValue as exc:
             log.warning("force-deleting unreadable %s: %s", _show(key), exc.reason)
             return self.delete(key, expect=entry.mod_revision)
@@ -492,9 +577,13 @@ class EncryptedObjects:
         )
 
 
-def _open(chain: ProviderChain, key: bytes, value: bytes) -> Opened:
+def _open(
+    chain: ProviderChain, key: bytes, value: bytes, observer: EnvelopeObserver | None
+) -> Opened:
     try:
-        return chain.open(value, aad=key)
+        if observer is None:
+            return chain.open(value, aad=key)
+        return _observed_open(observer, chain, key, value)
     except DecryptionError as exc:
         reason = (
             UnreadableValue.NO_PROVIDER
@@ -502,6 +591,62 @@ def _open(chain: ProviderChain, key: bytes, value: bytes) -> Opened:
             else UnreadableValue.NOT_OPENED
         )
         raise UnreadableValue(key, reason) from None
+
+
+def _observed_seal(
+    observer: EnvelopeObserver, chain: ProviderChain, plaintext: bytes, key: bytes
+) -> bytes:
+    prefix = _label(chain.first.prefix)
+    started = time.perf_counter()
+    try:
+        sealed = chain.seal(plaintext, aad=key)
+    except KinkoError as exc:
+        observer.on_transform(TO_STORAGE, prefix, exc, time.perf_counter() - started)
+        raise
+    observer.on_transform(TO_STORAGE, prefix, None, time.perf_counter() - started)
+    return sealed
+
+
+def _observed_open(
+    observer: EnvelopeObserver, chain: ProviderChain, key: bytes, value: bytes
+) -> Opened:
+    """``chain.open``, reported under the prefix of the transformer that opened the value.
+
+    A failure is reported under the first matching non-identity prefix, and not at all when
+    no prefix matched (kube-apiserver records no transformation then either).
+    """
+    started = time.perf_counter()
+    try:
+        opened = chain.open(value, aad=key)
+    except KinkoError as exc:
+        seconds = time.perf_counter() - started
+        matched = next(
+            (t.prefix for t in chain.transformers if t.prefix and value.startswith(t.prefix)), None
+        )
+        if matched is not None:
+            observer.on_transform(FROM_STORAGE, _label(matched), exc, seconds)
+        raise
+    seconds = time.perf_counter() - started
+    observer.on_transform(FROM_STORAGE, _opened_prefix(chain, value, opened), None, seconds)
+    return opened
+
+
+def _opened_prefix(chain: ProviderChain, value: bytes, opened: Opened) -> str:
+    if opened.provider == IDENTITY_PREFIX:
+        return IDENTITY_PREFIX
+    fallback = IDENTITY_PREFIX
+    for t in chain.transformers:
+        if t.prefix and value.startswith(t.prefix):
+            if t.kind == opened.provider and t.name == opened.key_name:
+                return _label(t.prefix)
+            if fallback == IDENTITY_PREFIX:
+                fallback = _label(t.prefix)
+    return fallback
+
+
+def _label(prefix: bytes) -> str:
+    # Prefixes come from the validated configuration, so they are text.
+    return prefix.decode("utf-8", errors="backslashreplace") if prefix else IDENTITY_PREFIX
 
 
 def _read_value(opened: Opened, mod_revision: int) -> ReadValue:

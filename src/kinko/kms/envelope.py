@@ -19,9 +19,14 @@
 :class:`KmsV2Poller` runs the checks in the background at kube-apiserver's intervals
 (1 minute while healthy, 10 seconds while not).
 
+An optional :class:`KmsObserver` (``observer=``) hears of every plugin call (method, error,
+duration), every key_id used to write or read (as :func:`key_id_hash`), and every invalid
+key_id in a Status answer; ``kinko.cluster.metrics`` turns these into kube-apiserver's
+envelope metrics. Without one, nothing is timed or hashed beyond what the session needs.
+
 Invariants: seeds, DEKs and wrapped seeds never appear in a message or a log line; a failed
 check never changes the state; all state is guarded by one lock, and plugin calls are never
-made while holding it.
+made while holding it; an observer is handed names, hashes, errors and durations only.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Final, Protocol, TypeVar
 
 from kinko.crypto import kms_rules
 from kinko.crypto.types import DekSourceType, EncryptedObject, KmsWriteState, Rng
@@ -62,7 +68,36 @@ AES_KEY_SIZES = frozenset({16, 24, 32})
 DEFAULT_CACHE_SIZE = 1000
 _U16_MAX = 0xFFFF
 
+#: kube-apiserver's ``transformation_type`` label values.
+TO_STORAGE: Final = "to_storage"
+FROM_STORAGE: Final = "from_storage"
+#: kube-apiserver's ``error`` label values for an invalid key_id in a Status answer.
+KEY_ID_EMPTY: Final = "empty"
+KEY_ID_TOO_LONG: Final = "too_long"
+
 _T = TypeVar("_T")
+
+
+class KmsObserver(Protocol):
+    """Hears what a :class:`KmsV2Session` does, for metrics. Methods must not raise.
+
+    ``provider`` is the KMS provider name; ``method`` is ``Status``, ``Encrypt`` or
+    ``Decrypt``; ``transformation`` is :data:`TO_STORAGE` or :data:`FROM_STORAGE`.
+    """
+
+    def on_kms_call(
+        self, provider: str, method: str, error: BaseException | None, seconds: float
+    ) -> None:
+        """One plugin call finished: ``error`` is what it raised (None: it answered)."""
+        ...
+
+    def on_key_id(self, provider: str, key_id_hash: str, transformation: str) -> None:
+        """A value is about to be written with, or read under, the key_id of this hash."""
+        ...
+
+    def on_invalid_key_id(self, provider: str, error: str) -> None:
+        """A Status answer carried an invalid key_id (:data:`KEY_ID_EMPTY`, ...TOO_LONG)."""
+        ...
 
 
 def dek_cache_key(
@@ -102,6 +137,12 @@ def key_id_hash(key_id: str) -> str:
     return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
 
 
+@lru_cache(maxsize=256)
+def _cached_key_id_hash(key_id: str) -> str:
+    # Reads see few distinct key_ids; hashing one per read would cost more than the lookup.
+    return key_id_hash(key_id)
+
+
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     """DEK cache counters: ``misses`` is the number of Decrypt calls the cache caused."""
@@ -120,7 +161,8 @@ def _as_plugin_error(exc: KinkoError, *, name: str, what: str) -> PluginError:
 class KmsV2Session:
     """One KMS v2 provider's session with its plugin (see the module docstring).
 
-    ``clock`` is monotonic seconds; ``rng`` makes seeds. Thread-safe.
+    ``clock`` is monotonic seconds; ``rng`` makes seeds; ``observer`` (optional) hears of
+    plugin calls and key_ids (module docstring). Thread-safe.
 
     Raises InvalidArgument at construction: an empty name or a cache size below 1.
     """
@@ -133,6 +175,7 @@ class KmsV2Session:
         clock: Callable[[], float] = time.monotonic,
         rng: Rng = os.urandom,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        observer: KmsObserver | None = None,
     ) -> None:
         if not name:
             raise InvalidArgument("name: expected a non-empty KMS provider name")
@@ -143,12 +186,15 @@ class KmsV2Session:
         self._clock = clock
         self._rng = rng
         self._cache_size = cache_size
+        # Read without the lock: one reference, replaced whole by the setter.
+        self._observer = observer
         # Guards every field below; never held during a plugin call.
         self._lock = threading.Lock()
         # Serialises checks, so that two concurrent checks never wrap two seeds.
         self._check_lock = threading.Lock()
         self._state: KmsWriteState | None = None
         self._state_cache_key = b""
+        self._state_key_id_hash = ""
         self._expires_at = 0.0
         self._last_healthy_at: float | None = None
         self._version: str | None = None
@@ -162,6 +208,14 @@ class KmsV2Session:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def observer(self) -> KmsObserver | None:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: KmsObserver | None) -> None:
+        self._observer = observer
 
     # -- the Status probe ---------------------------------------------------------------
 
@@ -206,7 +260,14 @@ class KmsV2Session:
                 f"KMS plugin {self._name}: expected KMSv2 API version {version_seen} "
                 f"(as first reported), got {status.version}"
             )
-        self._check_field("Status", kms_rules.check_key_id, status.key_id)
+        try:
+            self._check_field("Status", kms_rules.check_key_id, status.key_id)
+        except PluginError:
+            observer = self._observer
+            if observer is not None:
+                error = KEY_ID_EMPTY if not status.key_id else KEY_ID_TOO_LONG
+                observer.on_invalid_key_id(self._name, error)
+            raise
         if state is not None and state.key_id == status.key_id:
             with self._lock:
                 self._extend(started, version=status.version)
@@ -218,16 +279,14 @@ class KmsV2Session:
             new_state.key_id,
             new_state.annotations,
         )
+        new_hash = key_id_hash(new_state.key_id)
         with self._lock:
             self._state = new_state
             self._state_cache_key = new_key
+            self._state_key_id_hash = new_hash
             self._cache_put(new_key, new_state.seed)
             self._extend(started, version=status.version)
-        log.info(
-            "KMS plugin %s: new write seed for key_id hash %s",
-            self._name,
-            key_id_hash(new_state.key_id),
-        )
+        log.info("KMS plugin %s: new write seed for key_id hash %s", self._name, new_hash)
 
     def _extend(self, started: float, *, version: str) -> None:
         self._expires_at = started + WRITE_STATE_TTL
@@ -260,9 +319,23 @@ class KmsV2Session:
 
     def _call(self, method: str, fn: Callable[[], _T]) -> _T:
         try:
-            return fn()
+            return self._timed(method, fn)
         except KinkoError as exc:
             raise _as_plugin_error(exc, name=self._name, what=f"{method} failed") from exc
+
+    def _timed(self, method: str, fn: Callable[[], _T]) -> _T:
+        """``fn()``, reported to the observer (if any) with its duration and error."""
+        observer = self._observer
+        if observer is None:
+            return fn()
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except BaseException as exc:
+            observer.on_kms_call(self._name, method, exc, time.perf_counter() - started)
+            raise
+        observer.on_kms_call(self._name, method, None, time.perf_counter() - started)
+        return result
 
     def _check_field(self, method: str, rule: Callable[[_T], None], value: _T) -> None:
         try:
@@ -305,7 +378,11 @@ class KmsV2Session:
                     f'encryptedDEKSource with keyID hash "{key_id_hash(state.key_id)}" '
                     f"expired; the KMS plugin {self._name} has not been healthy for {since:.0f}s"
                 )
-            return state
+            digest = self._state_key_id_hash
+        observer = self._observer
+        if observer is not None:
+            observer.on_key_id(self._name, digest, TO_STORAGE)
+        return state
 
     def current_key_id(self) -> str | None:
         """The write state's key_id, or None if the plugin was never healthy.
@@ -329,6 +406,9 @@ class KmsV2Session:
         cache_key = dek_cache_key(
             obj.dek_source_type, obj.encrypted_dek_source, obj.key_id, obj.annotations
         )
+        observer = self._observer
+        if observer is not None:
+            observer.on_key_id(self._name, _cached_key_id_hash(obj.key_id), FROM_STORAGE)
         with self._lock:
             state = self._state
             if state is not None and cache_key == self._state_cache_key:
@@ -343,11 +423,14 @@ class KmsV2Session:
                 return cached
             self._misses += 1
         try:
-            plaintext = self._api.decrypt(
-                obj.encrypted_dek_source,
-                uid=str(uuid.uuid4()),
-                key_id=obj.key_id,
-                annotations=obj.annotations,
+            plaintext = self._timed(
+                "Decrypt",
+                lambda: self._api.decrypt(
+                    obj.encrypted_dek_source,
+                    uid=str(uuid.uuid4()),
+                    key_id=obj.key_id,
+                    annotations=obj.annotations,
+                ),
             )
         except (DecryptionError, PluginError):
             raise
