@@ -466,6 +466,21 @@ def test_create_without_content_type_is_json(world: World) -> None:
     assert got.status_code == 201, got.text
 
 
+def test_create_and_replace_fill_a_missing_api_version_and_kind(world: World) -> None:
+    h = world.headers("admin")
+    body = {"metadata": {"name": "bare"}, "data": {"password": SECRET_B64}}
+    got = world.client.post("/api/v1/namespaces/a/secrets", headers=h, json=body)
+    assert got.status_code == 201, got.text
+    assert (got.json()["apiVersion"], got.json()["kind"]) == ("v1", "Secret")
+    replaced = world.client.put(
+        "/api/v1/namespaces/a/configmaps/c1",
+        headers=h,
+        json={"apiVersion": "", "kind": "", "metadata": {"name": "c1"}, "data": {"x": "y"}},
+    )
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["kind"] == "ConfigMap"
+
+
 def test_create_takes_string_data(world: World) -> None:
     body = secret("sd")
     body["stringData"] = {"user": "alice"}

@@ -18,7 +18,8 @@ Routes:
 - ``GET /metrics`` (with ``metrics``): Prometheus text, Administrator tokens only.
 
 Kubernetes behaviour kept: verbs, status codes and ``Status`` reasons of kube-apiserver;
-POST and PUT take JSON (also without a ``Content-Type``) or YAML; PATCH takes a JSON merge
+POST and PUT take JSON (also without a ``Content-Type``) or YAML, and fill a missing
+``apiVersion`` and ``kind`` from the endpoint; PATCH takes a JSON merge
 patch, a strategic merge patch (equal to a merge patch for these kinds, see
 :func:`~kinko.api.k8s_wire.decode_patch`) or a JSON Patch; DELETE takes DeleteOptions with
 preconditions and answers the deleted object; ``limit``/``continue`` page one snapshot;
@@ -228,7 +229,9 @@ def create_cluster_app(
         _refuse_dry_run(request.query_params)
         content_type = request.headers.get("content-type")
         wire.check_object_media_type(content_type)
-        body = wire.decode_object(await wire.read_body(request, max_body), content_type)
+        body = wire.with_type_meta(
+            wire.decode_object(await wire.read_body(request, max_body), content_type), resource
+        )
         meta = body.get("metadata") if isinstance(body, dict) else None
         if isinstance(meta, dict) and isinstance(meta.get("name"), str):
             request.state.target = Target(resource, meta["name"][:253])
@@ -247,7 +250,9 @@ def create_cluster_app(
         _refuse_dry_run(request.query_params)
         content_type = request.headers.get("content-type")
         wire.check_object_media_type(content_type)
-        body = wire.decode_object(await wire.read_body(request, max_body), content_type)
+        body = wire.with_type_meta(
+            wire.decode_object(await wire.read_body(request, max_body), content_type), resource
+        )
         obj = await run_in_threadpool(service.replace, resource, namespace, name, body)
         return json_response(to_json(obj, include_data=call.include_data))
 

@@ -136,6 +136,24 @@ def decode_object(body: bytes, content_type: str | None) -> object:
     return _yaml(body) if kind == MEDIA_YAML else _json(body)
 
 
+def with_type_meta(body: object, resource: str) -> object:
+    """``body`` with a missing or empty ``apiVersion`` and ``kind`` taken from the endpoint.
+
+    kube-apiserver's decoder does the same: a POST to ``/api/v1/namespaces/x/secrets`` of an
+    object without them is a v1 Secret (clients such as the ``kubernetes`` Python package send
+    models without them). A ``kind`` or ``apiVersion`` that is given is left for the service
+    to check.
+    """
+    if not isinstance(body, dict):
+        return body
+    out = dict(body)
+    if out.get("apiVersion") in (None, ""):
+        out["apiVersion"] = "v1"
+    if out.get("kind") in (None, ""):
+        out["kind"] = KINDS[resource]
+    return out
+
+
 def check_object_media_type(content_type: str | None) -> str:
     """The media type of a POST or PUT body, checked before it is read.
 
