@@ -323,6 +323,45 @@ def test_viewer_gets_secret_metadata_without_data(world: World, who: str) -> Non
     assert cm.json()["data"] == {"color": "blue"}
 
 
+def test_viewer_does_not_get_the_data_kubectl_apply_copies_into_an_annotation(
+    world: World,
+) -> None:
+    applied = json.dumps(secret("applied"))
+    body = secret(
+        "applied",
+        metadata={
+            "name": "applied",
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": applied,
+                "owner": "team-a",
+            },
+        },
+    )
+    made = world.client.post(
+        "/api/v1/namespaces/a/secrets", headers=world.headers("editor_a"), json=body
+    )
+    assert made.status_code == 201
+    assert SECRET_B64 in made.text
+    for who in ("viewer_a", "viewer_all"):
+        h = world.headers(who)
+        got = world.client.get("/api/v1/namespaces/a/secrets/applied", headers=h)
+        listed = world.client.get("/api/v1/namespaces/a/secrets", headers=h)
+        assert got.json()["metadata"]["annotations"] == {"owner": "team-a"}
+        assert SECRET_B64 not in got.text + listed.text
+    cm = configmap(
+        "applied",
+        metadata={
+            "name": "applied",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+        },
+    )
+    world.client.post("/api/v1/namespaces/a/configmaps", headers=world.headers("admin"), json=cm)
+    seen = world.client.get(
+        "/api/v1/namespaces/a/configmaps/applied", headers=world.headers("viewer_a")
+    ).json()
+    assert "kubectl.kubernetes.io/last-applied-configuration" in seen["metadata"]["annotations"]
+
+
 def test_viewer_of_all_namespaces_lists_secrets_everywhere_without_data(world: World) -> None:
     listed = world.client.get("/api/v1/secrets", headers=world.headers("viewer_all"))
     assert listed.status_code == 200

@@ -36,8 +36,9 @@ field; ``forceDeleteUnreadable=true`` is accepted as kinko's short name).
 
 Invariants:
 
-- A Viewer never receives Secret data: every read renders with the ``include_data`` that
-  :func:`~kinko.cluster.auth.authorize` returned.
+- A Viewer never receives Secret data: every answer renders with the ``include_data`` that
+  :func:`~kinko.cluster.auth.authorize` returned, which also drops kubectl's
+  last-applied-configuration annotation (a copy of the object, data included).
 - A request that fails changes nothing: every check here happens before the service is
   called, and the service's writes are guarded compare-and-swaps.
 - Nothing logs a token, a header or a body; warnings name objects (namespace and name) only.
@@ -69,7 +70,6 @@ from kinko.api.k8s_http import (
 from kinko.cluster.auth import ClusterPrincipal, ClusterTokenBook, Verb, authorize
 from kinko.cluster.metrics import ClusterMetrics
 from kinko.cluster.patch import json_patch_update
-from kinko.cluster.resources import to_json
 from kinko.cluster.service import RESOURCES, ClusterService
 from kinko.errors import InvalidArgument, NotFound
 
@@ -236,13 +236,13 @@ def create_cluster_app(
         if isinstance(meta, dict) and isinstance(meta.get("name"), str):
             request.state.target = Target(resource, meta["name"][:253])
         obj = await run_in_threadpool(service.create, resource, namespace, body)
-        return json_response(to_json(obj, include_data=call.include_data), 201)
+        return json_response(wire.render(obj, include_data=call.include_data), 201)
 
     @app.get("/api/v1/namespaces/{namespace}/{resource}/{name}")
     async def get(request: Request, namespace: str, resource: str, name: str) -> Response:
         call = _admit(request, await caller(request), Verb.GET, resource, namespace, name)
         obj = await run_in_threadpool(service.get, resource, namespace, name)
-        return json_response(to_json(obj, include_data=call.include_data))
+        return json_response(wire.render(obj, include_data=call.include_data))
 
     @app.put("/api/v1/namespaces/{namespace}/{resource}/{name}")
     async def replace(request: Request, namespace: str, resource: str, name: str) -> Response:
@@ -254,7 +254,7 @@ def create_cluster_app(
             wire.decode_object(await wire.read_body(request, max_body), content_type), resource
         )
         obj = await run_in_threadpool(service.replace, resource, namespace, name, body)
-        return json_response(to_json(obj, include_data=call.include_data))
+        return json_response(wire.render(obj, include_data=call.include_data))
 
     @app.patch("/api/v1/namespaces/{namespace}/{resource}/{name}")
     async def patch(request: Request, namespace: str, resource: str, name: str) -> Response:
@@ -268,7 +268,7 @@ def create_cluster_app(
             )
         else:
             obj = await run_in_threadpool(service.patch, resource, namespace, name, document)
-        return json_response(to_json(obj, include_data=call.include_data))
+        return json_response(wire.render(obj, include_data=call.include_data))
 
     @app.delete("/api/v1/namespaces/{namespace}/{resource}/{name}")
     async def delete(request: Request, namespace: str, resource: str, name: str) -> Response:
@@ -310,6 +310,6 @@ def create_cluster_app(
             resource_version=options.resource_version,
             uid=options.uid,
         )
-        return json_response(to_json(obj, include_data=call.include_data))
+        return json_response(wire.render(obj, include_data=call.include_data))
 
     return app

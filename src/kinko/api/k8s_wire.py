@@ -427,6 +427,30 @@ class ListQuery:
         )
 
 
+#: kubectl's client-side apply keeps the whole applied object, ``data`` included, here.
+LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def render(obj: Obj, *, include_data: bool) -> dict[str, object]:
+    """The Kubernetes JSON of ``obj`` as the caller may see it.
+
+    Without ``include_data`` (a Viewer reading a Secret) ``data`` is left out, and so is the
+    annotation :data:`LAST_APPLIED`, which ``kubectl apply`` fills with a copy of the object,
+    its data included.
+    """
+    doc = to_json(obj, include_data=include_data)
+    meta = doc["metadata"]
+    if not include_data and isinstance(meta, dict):
+        annotations = meta.get("annotations")
+        if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+            kept = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+            if kept:
+                meta["annotations"] = kept
+            else:
+                del meta["annotations"]
+    return doc
+
+
 def _fields_of(obj: Obj) -> dict[str, str]:
     fields = {"metadata.name": obj.metadata.name, "metadata.namespace": obj.metadata.namespace}
     if isinstance(obj, Secret):
@@ -443,7 +467,7 @@ def list_doc(
     An unreadable object's type is unknown, so a ``type`` term never leaves one out.
     """
     chosen = [
-        to_json(obj, include_data=include_data)
+        render(obj, include_data=include_data)
         for obj in page.items
         if fields.matches(_fields_of(obj))
     ]
