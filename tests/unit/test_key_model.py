@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kinko.errors import KinkoError, UnprocessableCiphertext
 from kinko.keys import model
@@ -785,6 +787,7 @@ def test_import_token_limits(kw: dict[str, object]) -> None:
 # --- wrap ciphertext and AAD -------------------------------------------------------------------
 
 WRAPPED = WrappedDek(ciphertext=b"c" * 48, iv=b"i" * 12, version_id=_uuid(7))
+GOOD_IV = "aWlpaWlpaWlpaWlp"
 
 
 def test_ciphertext_is_key_protects_base64_json() -> None:
@@ -800,6 +803,56 @@ def test_ciphertext_is_key_protects_base64_json() -> None:
     assert model.parse_ciphertext(text) == WRAPPED
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    ciphertext=st.binary(max_size=96),
+    iv=st.binary(min_size=12, max_size=12),
+    version_id=st.one_of(st.uuids().map(str), st.text(max_size=40)),
+)
+def test_ciphertext_is_written_as_json_dumps_writes_it(
+    ciphertext: bytes, iv: bytes, version_id: str
+) -> None:
+    # encode_ciphertext builds the document by hand (it is on every wrap's path); its output
+    # must stay what json.dumps gave, so ciphertexts wrapped before and after are alike.
+    import base64
+    import json
+
+    doc = {
+        "ciphertext": base64.b64encode(ciphertext).decode(),
+        "iv": base64.b64encode(iv).decode(),
+        "version": "4.0.0",
+        "handle": version_id,
+    }
+    expected = base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
+    wrapped = WrappedDek(ciphertext=ciphertext, iv=iv, version_id=version_id)
+    assert model.encode_ciphertext(wrapped) == expected
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"handle": _uuid(7), "version": "4.0.0", "iv": GOOD_IV, "ciphertext": "Y" * 64},
+        {"ciphertext": "Y" * 64, "iv": GOOD_IV, "version": "4.0.0", "handle": _uuid(7)},
+    ],
+)
+def test_ciphertexts_in_any_json_layout_parse(doc: dict[str, str]) -> None:
+    # Key order and spacing other than kinko's own go through the JSON parser: same result.
+    import base64
+    import json
+
+    for text in (
+        json.dumps(doc),
+        json.dumps(doc, separators=(",", ":")),
+        json.dumps(doc, indent=1),
+    ):
+        wrapped = model.parse_ciphertext(base64.b64encode(text.encode()).decode())
+        assert (wrapped.ciphertext, wrapped.iv, wrapped.version_id) == (
+            base64.b64decode("Y" * 64),
+            base64.b64decode(GOOD_IV),
+            _uuid(7),
+        )
+
+
 def _b64json(doc: object) -> str:
     import base64
     import json
@@ -807,7 +860,7 @@ def _b64json(doc: object) -> str:
     return base64.b64encode(json.dumps(doc).encode()).decode()
 
 
-GOOD = {"ciphertext": "Y" * 64, "iv": "aWlpaWlpaWlpaWlp", "version": "4.0.0", "handle": _uuid(7)}
+GOOD = {"ciphertext": "Y" * 64, "iv": GOOD_IV, "version": "4.0.0", "handle": _uuid(7)}
 
 
 def _noncanonical_outer() -> str:

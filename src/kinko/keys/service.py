@@ -62,9 +62,10 @@ import hmac
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
+from types import TracebackType
 from typing import Final, Literal
 
 from cryptography.exceptions import InvalidTag
@@ -160,6 +161,88 @@ class _Material:
 
     def __repr__(self) -> str:
         return f"_Material(<{len(self.data)} bytes>, imported={self.imported})"
+
+
+class _Audited:
+    """The audit of one key service call, as a context manager.
+
+    On entry it authorizes ``principal`` for ``action`` on ``instance`` (unless ``system``);
+    on exit it writes one record: success, or failure with the kinko error's reason code
+    (``INTERNAL_ERR`` for anything else), naming what the call put in its :class:`_Note`.
+    The exception, if any, propagates unchanged (so does a failure to write the record). A
+    class rather than a generator-based context manager: it is on every call's path.
+    """
+
+    __slots__ = (
+        "_action",
+        "_correlation_id",
+        "_instance",
+        "_note",
+        "_now",
+        "_principal",
+        "_sink",
+        "_system",
+    )
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        now: datetime,
+        principal: Principal,
+        action: Action,
+        instance: str,
+        correlation_id: str | None,
+        system: bool,
+    ) -> None:
+        self._sink = sink
+        self._now = now
+        self._principal = principal
+        self._action = action
+        self._instance = instance
+        self._correlation_id = correlation_id
+        self._system = system
+        self._note = _Note()
+
+    def __enter__(self) -> _Note:
+        if not self._system:
+            try:
+                authorize(self._principal, self._action, self._instance)
+            except BaseException as exc:
+                self._write(exc)
+                raise
+        return self._note
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._write(exc)
+
+    def _write(self, exc: BaseException | None) -> None:
+        if exc is None:
+            outcome: Literal["success", "failure"] = SUCCESS
+            reason = None
+        else:
+            outcome = FAILURE
+            reason = exc.reason_code if isinstance(exc, KinkoError) else "INTERNAL_ERR"
+        note = self._note
+        self._sink.record(
+            AuditRecord(
+                timestamp=self._now,
+                action=self._action.value,
+                outcome=outcome,
+                who=self._principal.name,
+                instance=self._instance,
+                token_id=self._principal.token_id,
+                key_id=note.key_id,
+                key_version=note.key_version,
+                resource=note.resource,
+                reason=reason,
+                correlation_id=self._correlation_id,
+            )
+        )
 
 
 class KeyService:
@@ -1520,7 +1603,6 @@ class KeyService:
     def _uuid(self) -> str:
         return str(uuid.UUID(bytes=self._rng(16), version=4))
 
-    @contextmanager
     def _audited(
         self,
         now: datetime,
@@ -1530,37 +1612,10 @@ class KeyService:
         correlation_id: str | None,
         *,
         system: bool = False,
-    ) -> Iterator[_Note]:
-        note = _Note()
-
-        def write(outcome: Literal["success", "failure"], reason: str | None) -> None:
-            self._audit.record(
-                AuditRecord(
-                    timestamp=now,
-                    action=action.value,
-                    outcome=outcome,
-                    who=principal.name,
-                    instance=instance,
-                    token_id=principal.token_id,
-                    key_id=note.key_id,
-                    key_version=note.key_version,
-                    resource=note.resource,
-                    reason=reason,
-                    correlation_id=correlation_id,
-                )
-            )
-
-        try:
-            if not system:
-                authorize(principal, action, instance)
-            yield note
-        except KinkoError as exc:
-            write(FAILURE, exc.reason_code)
-            raise
-        except BaseException:
-            write(FAILURE, "INTERNAL_ERR")
-            raise
-        write(SUCCESS, None)
+    ) -> _Audited:
+        """Authorizes the call (unless ``system``) and audits how it ends: the context's
+        value is the note the call fills in. See :class:`_Audited`."""
+        return _Audited(self._audit, now, principal, action, instance, correlation_id, system)
 
     def _transition(
         self,

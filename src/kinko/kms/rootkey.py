@@ -51,6 +51,7 @@ effect on the next call.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import re
@@ -268,8 +269,10 @@ class ServiceRootKeys:
 # --- key_id --------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def key_id_for(root_key_id: str, version_id: str) -> str:
-    """The KMS v2 key_id of a root key version (see the module docstring).
+    """The KMS v2 key_id of a root key version (see the module docstring). Remembered for
+    the last few versions (a pure function, asked on every Encrypt).
 
     Raises InvalidArgument: either id is not a lowercase UUID.
     """
@@ -280,8 +283,10 @@ def key_id_for(root_key_id: str, version_id: str) -> str:
     return key_id
 
 
+@functools.lru_cache(maxsize=256)
 def parse_key_id(key_id: str) -> tuple[str, str]:
-    """The (root key id, version id) a key_id of this plugin names.
+    """The (root key id, version id) a key_id of this plugin names. Remembered for the last
+    few key_ids that parsed (a pure function, asked on every Decrypt; a refusal is not kept).
 
     Raises InvalidArgument: not a key_id of this plugin (the message shows at most its start).
     """
