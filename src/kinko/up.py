@@ -625,6 +625,8 @@ class Kinko:
         metrics = ClusterMetrics()
         encryption = EncryptionConfigSource(boot.encryption_config)
         stack.callback(encryption.close)
+        # Before the first seal: the observer reaches every KMS v2 session the source makes.
+        metrics.instrument(encryption, store=store)
         encryption.start_polling(options.config_poll_interval)
         cluster_service = ClusterService(store, encryption, clock=utc_now)
         tokens = ClusterTokenBook(store)

@@ -206,6 +206,13 @@ def test_up_serves_both_apis_encrypts_at_rest_and_restarts(tmp_path: Path) -> No
             entry = store.get(SECRET_KEY)
             _assert_sealed(None if entry is None else entry.value)
 
+        # The cluster's metrics see the seal through the plugin and the config in force.
+        with _client(e, token) as http:
+            metrics = http.get("/metrics").text
+        assert 'transformer_prefix="k8s:enc:kms:v2:kinko:"' in metrics
+        assert "apiserver_envelope_encryption_key_id_hash_total{" in metrics
+        assert "kinko_encryption_config_info{" in metrics
+
         (root_key,) = _root_keys(e, token)
         assert root_key["id"] == e.root_key
         assert root_key["aliases"] == ["kinko-cluster"]
