@@ -40,9 +40,10 @@ Data folder (created 0700; the key service's own files are described in
     up.lock                  held while a kinko up runs on the folder
     .gitignore               ``*``: the folder (tokens, keys) never ends up in a commit
 
-Invariants: nothing listens before every part is ready, and ``endpoints.json`` appears last,
-once the HTTPS port, the plugin socket and the config poller all run (so a client that finds
-it can use it) and is removed first on stop; :meth:`Kinko.stop` stops the parts in reverse
+Invariants: the HTTPS port is bound first (a taken port fails before anything starts) but
+answers only once every other part runs; ``endpoints.json`` appears last, once the HTTPS
+server, the plugin socket and the config poller all run (so a client that finds it can use
+it), and is removed first on stop; :meth:`Kinko.stop` stops the parts in reverse
 order of start (HTTP server, scheduler, config poller and KMS clients, plugin server and its
 socket, audit log, store, lock) and raises nothing; the admin token is written only to
 ``admin.token`` and ``kubeconfig`` and never logged.
