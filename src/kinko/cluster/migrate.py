@@ -32,9 +32,11 @@ Invariants:
   pauses the run: what was sealed before the failure is committed, the record says
   ``paused`` with the error's message (which names the plugin or store, never data) and the
   error is raised for a supervisor to retry with backoff.
-- **Memory is bounded.** The walk reads pages of ``page`` entries (current state, paged by
-  key; a page is dropped before the next is read) and holds at most one page and one
-  batch of values, whatever the number of objects.
+- **Memory is bounded.** The walk reads the current state in pages of ``page`` entries,
+  each continuing after the last key of the one before, and holds at most two pages (while
+  the next is read) and one batch of sealed values, whatever the number of objects. It
+  reads no snapshot revision: that would pin the store's history for the whole walk, and the
+  guards make a snapshot unnecessary.
 - Messages and records name resources, storage keys, counts, config hashes and key_id
   hashes; never plaintext, ciphertext or key bytes.
 
@@ -328,7 +330,7 @@ class Migrator:
 
     @property
     def page(self) -> int:
-        """Entries read per page: at most this many values are held at once (plus one batch)."""
+        """Entries read per page; the walk holds at most two pages and one batch of values."""
         return self._page
 
     def prefix(self, resource: str) -> bytes:

@@ -1,0 +1,416 @@
+"""Migration throughput: aescbc → KMS v2 for N Secrets, next to a raw rewrite of the same rows.
+
+For each store (SQLite: 100,000 Secrets; etcd: 10,000) the script stores N Secrets of about
+1 KiB under aescbc, then, per round:
+
+1. **migrate**: switches the EncryptionConfiguration to KMS v2 first (aescbc kept for reads)
+   and runs :class:`~kinko.cluster.migrate.Migrator` over ``secrets`` (defaults: pages of 508,
+   127 rewrites + the checkpoint per txn, no progress callback, so no counting pass);
+2. **raw**: reads every row in pages of 512 and Puts the same bytes back (the KMS v2 values
+   just written, so the same sizes), guarded on the revision read, in txns of 128 ops through
+   the same store adapter — the floor a migration cannot beat (no cryptography, no
+   checkpoint);
+3. switches back and migrates to aescbc again, then compacts the store's history (both
+   untimed), so every round starts from the same data.
+
+The KMS v2 provider is a real LocalKeyPlugin served by KmsV2Server on a unix socket and
+reached through EncryptionConfigSource's gRPC client. Printed: objects/s of raw and migrate
+(best of the rounds, and every round), migrate ÷ raw, this process's CPU µs per object (all
+threads; etcd's own CPU is not included — it moves far less than the wall clock when other
+work shares the machine), the CPU µs per object of the cryptography alone (open + seal of
+5,000 stored values in a loop), and the peak RSS of this process (``getrusage``), each
+against its target.
+
+SQLite runs with the store's own settings (WAL, ``synchronous=FULL``: one fsync per txn) on a
+file in a temporary folder (``--dir`` chooses the disk). etcd: a single-member etcd-server
+started on loopback ports with its data in that folder (``$KINKO_ETCD_BIN`` or ``etcd`` on
+the PATH); without the binary the etcd part is skipped with a note.
+
+Usage: ``python benchmarks/migrate.py [--n-sqlite N] [--n-etcd N] [--rounds R] [--dir DIR]
+[--only sqlite|etcd]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kinko.cluster.encryption import EncryptionConfigSource
+from kinko.cluster.migrate import Migrator
+from kinko.kms.plugin import LocalKeyPlugin
+from kinko.kms.server import KmsV2Server
+from kinko.store.etcd import EtcdClient
+from kinko.store.etcd_store import EtcdStore
+from kinko.store.port import MAX_TXN_OPS, Put, Store
+from kinko.store.sqlite import SqliteStore
+
+PREFIX = b"/registry/secrets/"
+AES_SECRET = base64.b64encode(os.urandom(32)).decode()
+CBC = (
+    "      - aescbc:\n          keys:\n            - name: k1\n"
+    f"              secret: {AES_SECRET}\n"
+)
+TARGETS = {"sqlite": 20_000.0, "etcd": 10_000.0}
+RATIO_TARGET = 0.7
+RSS_TARGET_MB = 250.0
+ETCD_START_DEADLINE_S = 30.0
+
+
+def kms(socket_path: Path) -> str:
+    return (
+        "      - kms:\n          apiVersion: v2\n          name: bench\n"
+        f"          endpoint: unix://{socket_path}\n"
+    )
+
+
+def config(*providers: str) -> str:
+    return (
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
+        "resources:\n  - resources: [secrets]\n    providers:\n" + "".join(providers)
+    )
+
+
+def secret_json(i: int) -> tuple[bytes, bytes]:
+    """A storage key and a Secret of about 1 KiB as ClusterService stores it."""
+    namespace, name = f"team-{i % 50:02d}", f"app-{i:07d}-credentials"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"{i:08x}-0000-4000-8000-000000000000",
+            "creationTimestamp": "2026-11-28T12:00:00Z",
+            "labels": {"app": f"app-{i % 100}"},
+        },
+        "type": "Opaque",
+        "data": {
+            "username": base64.b64encode(b"service-account").decode(),
+            "password": base64.b64encode(os.urandom(560)).decode(),
+        },
+    }
+    key = f"/registry/secrets/{namespace}/{name}".encode()
+    return key, json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass
+class Rate:
+    per_second: float
+    cpu_us: float
+
+
+@dataclass
+class Result:
+    store: str
+    n: int
+    raw: list[Rate] = field(default_factory=list)
+    migrate: list[Rate] = field(default_factory=list)
+    crypto_us: list[float] = field(default_factory=list)
+
+
+def timed(n: int, fn: Callable[[], object]) -> Rate:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Rate(n / wall, cpu / n * 1e6)
+
+
+def fill(store: Store, source: EncryptionConfigSource, n: int) -> None:
+    chain = source.chain_for("secrets")
+    ops: list[Put] = []
+    for i in range(n):
+        key, plaintext = secret_json(i)
+        ops.append(Put(key, chain.seal(plaintext, aad=key), expect=0))
+        if len(ops) == MAX_TXN_OPS:
+            store.txn(ops)
+            ops = []
+    if ops:
+        store.txn(ops)
+
+
+def raw_rewrite(store: Store) -> int:
+    """Every row read in pages and Put back unchanged, CAS on its revision, 128 per txn."""
+    after, n = b"", 0
+    while True:
+        page = store.range(PREFIX, start_after=after, limit=4 * MAX_TXN_OPS)
+        entries = page.entries
+        for start in range(0, len(entries), MAX_TXN_OPS):
+            chunk = entries[start : start + MAX_TXN_OPS]
+            result = store.txn([Put(e.key, e.value, expect=e.mod_revision) for e in chunk])
+            assert result.succeeded
+        n += len(entries)
+        if not page.more or not entries:
+            return n
+        after = entries[-1].key
+
+
+def crypto_alone(store: Store, source: EncryptionConfigSource, n: int = 5000) -> float:
+    """CPU µs per object of what a migration adds per value: open (aescbc) and seal (KMS v2)."""
+    chain = source.chain_for("secrets")
+    entries = store.range(PREFIX, limit=n).entries
+    cpu = time.process_time()
+    for entry in entries:
+        opened = chain.open(entry.value, aad=entry.key)
+        chain.seal(opened.plaintext, aad=entry.key)
+    return (time.process_time() - cpu) / len(entries) * 1e6
+
+
+def switch(source: EncryptionConfigSource, text: str) -> None:
+    source.path.write_text(text)
+    result = source.reload_if_changed()
+    assert result.changed, result.error
+
+
+def bench_store(
+    name: str,
+    store: Store,
+    compact: Callable[[], None],
+    n: int,
+    rounds: int,
+    folder: Path,
+    socket_path: Path,
+) -> Result:
+    path = folder / f"encryption-{name}.yaml"
+    path.write_text(config(CBC))
+    source = EncryptionConfigSource(path)
+    to_kms, to_cbc = config(kms(socket_path), CBC), config(CBC, kms(socket_path))
+    result = Result(name, n)
+    try:
+        started = time.perf_counter()
+        fill(store, source, n)
+        print(
+            f"  ({name}: stored {n:,} Secrets under aescbc in {time.perf_counter() - started:.0f}s)"
+        )
+        migrator = Migrator(store, source, resources=["secrets"])
+        for _ in range(rounds):
+            switch(source, to_kms)
+            result.crypto_us.append(crypto_alone(store, source))
+            report = None
+
+            def run() -> None:
+                nonlocal report
+                report = migrator.run("secrets")
+
+            result.migrate.append(timed(n, run))
+            assert report is not None
+            assert (report.done, report.rewritten) == (n, n), report
+            # The floor rewrites the very bytes the migration wrote, after a write pass too.
+            result.raw.append(timed(n, lambda: raw_rewrite(store)))
+            switch(source, to_cbc)
+            back = migrator.run("secrets")
+            assert back.rewritten == n, back
+            compact()
+            print(
+                f"  ({name} round: migrate {result.migrate[-1].per_second:,.0f}/s, "
+                f"raw {result.raw[-1].per_second:,.0f}/s)"
+            )
+    finally:
+        source.close()
+    return result
+
+
+# --------------------------------------------------------------------------------- etcd
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _etcd_healthy(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    try:
+        conn.request("GET", "/health")
+        body = json.loads(conn.getresponse().read())
+    except (OSError, http.client.HTTPException, ValueError):
+        return False
+    finally:
+        conn.close()
+    return isinstance(body, dict) and body.get("health") == "true"
+
+
+def etcd_binary() -> str | None:
+    candidate = os.environ.get("KINKO_ETCD_BIN") or "/usr/bin/etcd"
+    if Path(candidate).is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    return shutil.which("etcd")
+
+
+@contextlib.contextmanager
+def local_etcd(folder: Path) -> Iterator[str | None]:
+    """A single-member etcd-server on free loopback ports; its client URL, or None without one.
+
+    A port taken between choosing and binding makes etcd exit; the start is then retried with
+    new ports. Stopped by its own PID (SIGTERM, then SIGKILL).
+    """
+    binary = etcd_binary()
+    if binary is None:
+        print("note: etcd is not installed (no $KINKO_ETCD_BIN, no etcd on PATH): etcd skipped")
+        yield None
+        return
+    process: subprocess.Popen[bytes] | None = None
+    url = ""
+    for attempt in range(3):
+        client_port, peer_port = _free_port(), _free_port()
+        url, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+        args = [
+            binary,
+            "--name=migrate-bench",
+            f"--data-dir={folder / f'etcd{attempt}'}",
+            f"--listen-client-urls={url}",
+            f"--advertise-client-urls={url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=migrate-bench={peer}",
+            "--initial-cluster-state=new",
+            "--log-level=warn",
+        ]
+        with (folder / f"etcd{attempt}.log").open("wb") as log:
+            process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + ETCD_START_DEADLINE_S
+        while process.poll() is None and time.monotonic() < deadline:
+            if _etcd_healthy(client_port):
+                break
+            time.sleep(0.05)
+        else:
+            _stop(process)
+            process = None
+            continue
+        break
+    if process is None:
+        print("note: etcd did not become healthy: etcd skipped")
+        yield None
+        return
+    try:
+        yield url
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def verdict(value: float, target: float, *, below: bool = False) -> str:
+    met = value < target if below else value >= target
+    return "met" if met else "MISSED"
+
+
+def print_report(results: list[Result], rounds: int) -> None:
+    print()
+    print(
+        f"aescbc -> KMS v2 (LocalKeyPlugin over gRPC, unix socket), ~1 KiB Secrets, "
+        f"best of {rounds} round(s)"
+    )
+    header = (
+        f"{'store':<8}{'objects':>9}{'migrate/s':>12}{'raw/s':>10}{'migrate/raw':>13}"
+        f"{'CPU us/obj migrate':>20}{'raw':>6}   targets"
+    )
+    print(header)
+    for r in results:
+        best_m = max(r.migrate, key=lambda x: x.per_second)
+        best_r = max(r.raw, key=lambda x: x.per_second)
+        ratio = best_m.per_second / best_r.per_second
+        target = TARGETS[r.store]
+        print(
+            f"{r.store:<8}{r.n:>9,}{best_m.per_second:>12,.0f}{best_r.per_second:>10,.0f}"
+            f"{ratio:>13.2f}{best_m.cpu_us:>20.1f}{best_r.cpu_us:>6.1f}   "
+            f">= {target:,.0f}/s: {verdict(best_m.per_second, target)}; "
+            f"ratio >= {RATIO_TARGET}: {verdict(ratio, RATIO_TARGET)}"
+        )
+        rounds_m = ", ".join(f"{x.per_second:,.0f}" for x in r.migrate)
+        rounds_r = ", ".join(f"{x.per_second:,.0f}" for x in r.raw)
+        print(f"{'':<8}rounds: migrate [{rounds_m}]  raw [{rounds_r}]")
+        print(
+            f"{'':<8}of migrate's CPU, open (aescbc) + seal (KMS v2) alone: "
+            f"{min(r.crypto_us):.1f} us/obj"
+        )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"peak RSS of this process: {peak_mb:.0f} MB "
+        f"(target < {RSS_TARGET_MB:.0f} MB: {verdict(peak_mb, RSS_TARGET_MB, below=True)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n-sqlite", type=int, default=100_000)
+    parser.add_argument("--n-etcd", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="folder for SQLite and etcd data")
+    parser.add_argument("--only", choices=["sqlite", "etcd"], default=None)
+    args = parser.parse_args()
+
+    results: list[Result] = []
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
+        # A short socket path of its own: unix socket paths are limited to about 100 bytes.
+        socket_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kinko-kms-")))
+        socket_path = socket_dir / "kms.sock"
+        server = KmsV2Server(LocalKeyPlugin(os.urandom(32)), f"unix://{socket_path}")
+        server.start()
+        stack.callback(server.stop, 1.0)
+        if args.only in (None, "sqlite"):
+            sqlite = SqliteStore(folder / "cluster.db")
+            stack.callback(sqlite.close)
+
+            def compact_sqlite() -> None:
+                sqlite.compact(sqlite.revision)
+
+            results.append(
+                bench_store(
+                    "sqlite",
+                    sqlite,
+                    compact_sqlite,
+                    args.n_sqlite,
+                    args.rounds,
+                    folder,
+                    socket_path,
+                )
+            )
+        if args.only in (None, "etcd"):
+            url = stack.enter_context(local_etcd(folder))
+            if url is not None:
+                client = EtcdClient([url], timeout=60.0)
+                stack.callback(client.close)
+                etcd = EtcdStore(client)
+
+                def compact_etcd() -> None:
+                    etcd.compact(etcd.range(PREFIX, limit=1).revision)
+
+                results.append(
+                    bench_store(
+                        "etcd", etcd, compact_etcd, args.n_etcd, args.rounds, folder, socket_path
+                    )
+                )
+    print_report(results, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
