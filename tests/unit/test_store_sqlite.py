@@ -189,3 +189,15 @@ def test_one_store_shared_by_four_threads_never_loses_an_update(tmp_path: Path) 
         assert entry is not None
         assert int(entry.value) == 400
         assert store.revision == 401
+
+
+def test_new_store_file_and_its_wal_are_private_to_the_owner(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    store = SqliteStore(path)
+    try:
+        store.txn([Put(b"/k", b"v", 0)])
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    finally:
+        store.close()
+    assert modes["private.db"] == 0o600
+    assert all(mode == 0o600 for mode in modes.values()), modes

@@ -48,6 +48,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import weakref
@@ -157,6 +158,7 @@ class SqliteStore:
         self._changed = threading.Condition(threading.Lock())
         self._generation = 0
         self._watches: weakref.WeakSet[SqliteWatch] = weakref.WeakSet()
+        self._create_private()
         self._writer = self._connect()
         try:
             self._init_schema()
@@ -296,6 +298,17 @@ class SqliteStore:
         self.close()
 
     # --- plumbing --------------------------------------------------------------------------
+
+    def _create_private(self) -> None:
+        # The file holds encrypted objects and token hashes: only its owner reads it. SQLite
+        # gives the -wal and -shm files the mode of the database file, so they follow.
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot open SQLite store {self._path}: {exc.strerror}"
+            ) from exc
+        os.close(fd)
 
     def _connect(self) -> sqlite3.Connection:
         with self._conns_lock:
