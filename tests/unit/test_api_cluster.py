@@ -41,7 +41,7 @@ SECRET_B64 = base64.b64encode(SECRET).decode()
 ROLES = ("admin", "editor_a", "viewer_a", "viewer_all", "none", "bad")
 
 
-def config(secret: str) -> str:
+def config(secret: str, key_name: str = "k1") -> str:
     return f"""
 apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
@@ -50,7 +50,7 @@ resources:
     providers:
       - aescbc:
           keys:
-            - name: k1
+            - name: {key_name}
               secret: {secret}
       - identity: {{}}
 """
