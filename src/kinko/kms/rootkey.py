@@ -414,6 +414,15 @@ class RootKeyPlugin:
     def key_ref(self) -> str:
         return self._key_ref
 
+    def refresh(self) -> None:
+        """Forget the cached health, so that the next Status checks the key service again.
+
+        For an owner that learnt of a rotation or a state change another way (kinko up's
+        encryption controller): without it, Status keeps reporting the old key_id for up to
+        ``health_ttl``. Raises nothing.
+        """
+        self._health = None
+
     # -- KmsV2Api -------------------------------------------------------------------------
 
     def status(self) -> StatusResult:
