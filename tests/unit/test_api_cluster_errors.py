@@ -877,10 +877,9 @@ def test_a_normal_delete_of_an_unreadable_object_is_refused(world: World) -> Non
     ("query", "body"),
     [
         (f"?{FORCE}=true", b""),
-        ("?forceDeleteUnreadable=true", b""),
         ("", _dumps({"kind": "DeleteOptions", "apiVersion": "v1", FORCE: True})),
     ],
-    ids=["query", "kinko-alias", "delete-options"],
+    ids=["query", "delete-options"],
 )
 def test_forced_delete_of_an_unreadable_object(world: World, query: str, body: bytes) -> None:
     _lose_the_key(world)

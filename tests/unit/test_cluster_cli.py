@@ -2,9 +2,10 @@
 
 The fake is a small Starlette app over an in-memory dict that answers the core/v1 routes the
 way Kubernetes does (objects, lists with ``limit``/``continue`` and ``labelSelector``,
-``Status`` errors) plus kinko's unreadable report and ``forceDeleteUnreadable``. The commands
-build their client through a :class:`ClusterHook` that sends through Starlette's
-``TestClient``; the connection options still decide the URL, token and CA.
+``Status`` errors) plus kinko's unreadable report and Kubernetes'
+``ignoreStoreReadErrorWithClusterBreakingPotential``. The commands build their client
+through a :class:`ClusterHook` that sends through Starlette's ``TestClient``; the connection
+options still decide the URL, token and CA.
 """
 
 from __future__ import annotations
@@ -219,7 +220,9 @@ class FakeKube:
             request.path_params["name"],
         )
         if key in self.unreadable:
-            if request.method == "DELETE" and request.query_params.get("forceDeleteUnreadable"):
+            if request.method == "DELETE" and request.query_params.get(
+                "ignoreStoreReadErrorWithClusterBreakingPotential"
+            ):
                 del self.unreadable[key]
                 return JSONResponse({"kind": "Status", "status": "Success"})
             return _status(500, "StorageReadError", f"cannot read /registry/{'/'.join(key)}")
@@ -733,7 +736,10 @@ def test_delete_unreadable_needs_force(env: Env) -> None:
     assert "cannot read /registry/secrets/default/lost" in result.output
     result = env.run("secret", "delete", "lost", "--force-unreadable")
     assert result.exit_code == 0, result.output
-    assert env.kube.requests[-1].query_params["forceDeleteUnreadable"] == "true"
+    assert (
+        env.kube.requests[-1].query_params["ignoreStoreReadErrorWithClusterBreakingPotential"]
+        == "true"
+    )
     assert not env.kube.unreadable
 
 

@@ -280,7 +280,9 @@ def test_delete_and_force_delete_unreadable() -> None:
     assert wire.last.method == "DELETE"
     assert not wire.last.url.params
     client.delete("secrets", "ns", "a", force_unreadable=True)
-    assert dict(wire.last.url.params) == {"forceDeleteUnreadable": "true"}
+    assert dict(wire.last.url.params) == {
+        "ignoreStoreReadErrorWithClusterBreakingPotential": "true"
+    }
 
 
 # --- errors --------------------------------------------------------------------------------

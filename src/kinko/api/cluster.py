@@ -32,7 +32,7 @@ kinko's additions: a list answer reports objects that can no longer be decrypted
 ``X-Kinko-Unreadable`` (always) and ``X-Kinko-Unreadable-Names`` (the first 50); reading one
 answers 500 ``StorageReadError``; an Administrator deletes one with Kubernetes' own
 ``ignoreStoreReadErrorWithClusterBreakingPotential=true`` (query parameter or DeleteOptions
-field; ``forceDeleteUnreadable=true`` is accepted as kinko's short name).
+field).
 
 Invariants:
 
@@ -78,8 +78,6 @@ log = logging.getLogger("kinko.api.cluster")
 #: Default cap on request bodies: 3 MiB (kube-apiserver's limit; an object holds at most
 #: 1 MiB of data, which base64 and JSON inflate).
 DEFAULT_MAX_BODY: Final = 3 * 1024 * 1024
-#: kinko's short name for :data:`~kinko.api.k8s_http.FORCE_OPTION` (``kinko.cluster.client``).
-FORCE_ALIAS: Final = "forceDeleteUnreadable"
 
 
 def _utc_now() -> datetime:
@@ -274,9 +272,7 @@ def create_cluster_app(
     async def delete(request: Request, namespace: str, resource: str, name: str) -> Response:
         principal = await caller(request)
         query = request.query_params
-        force = wire.parse_bool(FORCE_OPTION, query.get(FORCE_OPTION)) or wire.parse_bool(
-            FORCE_ALIAS, query.get(FORCE_ALIAS)
-        )
+        force = wire.parse_bool(FORCE_OPTION, query.get(FORCE_OPTION))
         verb = Verb.FORCE_DELETE if force else Verb.DELETE
         call = _admit(request, principal, verb, resource, namespace, name)
         _refuse_dry_run(query)

@@ -24,7 +24,8 @@ kinko's extensions, which a kube-apiserver never sends and this client does not 
 - a list answer may carry ``"unreadable": {"count": N, "items": [{"namespace", "name",
   "reason"}]}`` and the header ``X-Kinko-Unreadable: N``: objects left out because they can
   no longer be decrypted. They come back as :attr:`ListPage.unreadable`.
-- ``DELETE …?forceDeleteUnreadable=true`` (Administrator only) deletes such an object.
+- ``DELETE …?ignoreStoreReadErrorWithClusterBreakingPotential=true`` (Kubernetes' own
+  DeleteOptions flag; Administrator only) deletes such an object.
 
 Errors: an answer other than 2xx is read as a Kubernetes ``Status`` and raised as the kinko
 error of its ``reason`` from :data:`REASON_ERRORS`, the client's one table; a reason not in it
@@ -86,6 +87,8 @@ DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_PAGE_SIZE: Final = 500
 #: kinko's header with the number of objects a list left out as unreadable.
 UNREADABLE_HEADER: Final = "X-Kinko-Unreadable"
+#: Kubernetes' DeleteOptions flag (KEP-3926) for deleting an object that cannot be decrypted.
+FORCE_DELETE_OPTION: Final = "ignoreStoreReadErrorWithClusterBreakingPotential"
 MEDIA_JSON: Final = "application/json"
 MEDIA_MERGE_PATCH: Final = "application/merge-patch+json"
 #: Longest server message kept in an error (the rest is cut).
@@ -392,12 +395,13 @@ class ClusterClient:
     ) -> KubeObject:
         """``DELETE …/{name}``: the deleted object, or a ``Status`` (whatever the server sent).
 
-        ``force_unreadable`` sends kinko's ``forceDeleteUnreadable=true``: deletes an object
+        ``force_unreadable`` sends ``ignoreStoreReadErrorWithClusterBreakingPotential=true``
+        (Kubernetes' DeleteOptions flag): deletes an object
         that can no longer be decrypted (Administrator only).
 
         Raises NotFound, Forbidden, Unauthorized, Conflict, UnavailableError.
         """
-        params = {"forceDeleteUnreadable": "true"} if force_unreadable else None
+        params = {FORCE_DELETE_OPTION: "true"} if force_unreadable else None
         return _object(self._send("DELETE", _path(resource, namespace, name), params=params))
 
     # --- the wire --------------------------------------------------------------------------
