@@ -22,7 +22,6 @@ from kinko.crypto.config import KmsConfig, build_chains, parse_encryption_config
 from kinko.errors import (
     AlreadyExists,
     Conflict,
-    CorruptMetadata,
     DeletionRefused,
     Gone,
     Invalid,
@@ -38,7 +37,7 @@ OTHER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
 NOW = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-def config(secret: str) -> str:
+def config(secret: str, name: str = "k1") -> str:
     return f"""
 apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
@@ -47,7 +46,7 @@ resources:
     providers:
       - aescbc:
           keys:
-            - name: k1
+            - name: {name}
               secret: {secret}
       - identity: {{}}
 """
@@ -357,7 +356,7 @@ def test_unreadable_objects_are_reported_not_raised_and_deletable_only_when_unre
     svc: ClusterService, chains: Chains, store: MemoryStore
 ) -> None:
     svc.create("secrets", "default", secret("old"))
-    chains.set(config(OTHER_KEY))  # k1 now names another key: the old value cannot open
+    chains.set(config(OTHER_KEY, name="k2"))  # k1 is gone: no provider opens the old value
     svc.create("secrets", "default", secret("new"))
     listed = svc.list("secrets", "default")
     assert [o.metadata.name for o in listed.items] == ["new"]
@@ -372,13 +371,24 @@ def test_unreadable_objects_are_reported_not_raised_and_deletable_only_when_unre
         svc.delete_unreadable("secrets", "default", "old")
 
 
-def test_value_that_decrypts_to_garbage_is_corrupt_metadata(
+def test_value_that_decrypts_to_garbage_is_unreadable_listed_and_force_deletable(
     svc: ClusterService, store: MemoryStore, chains: Chains
 ) -> None:
+    # What an aescbc value read with a wrong key looks like once in 256 tries: the padding
+    # passes and the plaintext is garbage. It must not break the LIST.
     key = b"/registry/secrets/default/raw"
     store.txn([Put(key, chains.chain_for("secrets").seal(b"not json", aad=key), 0)])
-    with pytest.raises(CorruptMetadata, match="not a valid object"):
+    svc.create("secrets", "default", secret("fine"))
+    with pytest.raises(UnreadableValue, match="not a valid object"):
         svc.get("secrets", "default", "raw")
+    listed = svc.list("secrets", "default")
+    assert [o.metadata.name for o in listed.items] == ["fine"]
+    assert [u.name for u in listed.unreadable] == ["raw"]
+    assert "not a valid object" in listed.unreadable[0].reason
+    with pytest.raises(UnreadableValue):
+        svc.delete("secrets", "default", "raw")
+    svc.delete_unreadable("secrets", "default", "raw")
+    assert store.get(key) is None
 
 
 def test_unknown_resource_is_not_found(svc: ClusterService) -> None:

@@ -22,7 +22,8 @@ Invariants:
 - **A list pages one snapshot.** Pages after the first read at the first page's revision;
   the continue token carries that revision and the last key, and is refused unless it points
   inside the listed prefix (a token cannot widen a namespace-scoped list). An unreadable
-  value is reported by name and never breaks the list.
+  value — no provider opens it, or it opens to no valid object — is reported by name and
+  never breaks the list.
 - Messages name resources, namespaces, names and revisions; never data.
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -52,7 +54,7 @@ from kinko.cluster.resources import (
 from kinko.errors import (
     AlreadyExists,
     Conflict,
-    CorruptMetadata,
+    DeletionRefused,
     FieldCause,
     Gone,
     Invalid,
@@ -81,6 +83,13 @@ PAGE_ROWS: Final = 500
 MAX_LIMIT: Final = 10_000
 
 Obj = Secret | ConfigMap
+
+log = logging.getLogger(__name__)
+
+#: Why a value that opened is still unreadable.
+NOT_AN_OBJECT: Final = (
+    "it decrypts to something that is not a valid object (a wrong aescbc key, or a foreign writer)"
+)
 
 _CONFLICT_MESSAGE: Final = (
     "the object has been modified; please apply your changes to the latest version and try again"
@@ -140,9 +149,9 @@ class ClusterService:
     def get(self, resource: str, namespace: str, name: str) -> Obj:
         """The object ``namespace/name``.
 
-        Raises NotFound, Invalid (bad names), UnreadableValue (it cannot be decrypted: the
-        message names the key and why), PluginError, CorruptMetadata (it decrypts but is not a
-        valid object), StoreUnavailable.
+        Raises NotFound, Invalid (bad names), UnreadableValue (it cannot be decrypted, or
+        decrypts to no valid object: the message names the key and why), PluginError,
+        StoreUnavailable.
         """
         res = _resource(resource)
         key = storage_key(res, namespace, name)
@@ -150,7 +159,7 @@ class ClusterService:
             value = self._objects.read(res, key)
         except NotFound:
             raise NotFound(f'{res} "{name}" not found') from None
-        return _decode(res, value)
+        return _decode(res, value, key)
 
     def list(
         self,
@@ -195,7 +204,12 @@ class ClusterService:
                 ) from None
             revision = page.revision
             for item in page.items:
-                obj = _decode(res, item.value)
+                try:
+                    obj = _decode(res, item.value, item.key)
+                except UnreadableValue as exc:
+                    namespace_of, name_of = _names(item.key)
+                    unreadable.append(UnreadableObject(namespace_of, name_of, exc.reason))
+                    continue
                 if selector is None or selector.matches(obj.metadata.labels):
                     items.append(obj)
             for key in page.unreadable:
@@ -317,16 +331,29 @@ class ClusterService:
     def delete_unreadable(self, resource: str, namespace: str, name: str) -> int:
         """Delete ``namespace/name`` only if it cannot be decrypted now; returns the revision.
 
-        The caller must have checked that an administrator asked for it explicitly. Raises
+        Unreadable means no provider opens it, or what it opens to is no valid object (an
+        aescbc value read with a wrong key passes the padding check once in 256 tries). The
+        caller must have checked that an administrator asked for it explicitly. Raises
         NotFound, DeletionRefused (it is readable: delete it normally), PluginError (its plugin
         is down, so readability is unknown), Conflict, StoreUnavailable.
         """
         res = _resource(resource)
         key = storage_key(res, namespace, name)
         try:
-            return self._objects.force_delete_unreadable(key, resource=res)
+            value = self._objects.read(res, key)
         except NotFound:
             raise NotFound(f'{res} "{name}" not found') from None
+        except UnreadableValue:
+            return self._objects.force_delete_unreadable(key, resource=res)
+        try:
+            _decode(res, value, key)
+        except UnreadableValue as exc:
+            log.warning("force-deleting unreadable %s: %s", key.decode(), exc.reason)
+            return self._objects.delete(key, expect=value.mod_revision)
+        raise DeletionRefused(
+            f'{res} "{name}" decrypts with the current configuration; expected an unreadable '
+            "object for a forced delete, delete it normally"
+        )
 
     # ------------------------------------------------------------------------------ inside
 
@@ -412,17 +439,15 @@ def _encode(obj: Obj) -> bytes:
     return json.dumps(to_json(obj), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _decode(res: Resource, value: ReadValue) -> Obj:
+def _decode(res: Resource, value: ReadValue, key: bytes) -> Obj:
     try:
         doc = json.loads(value.plaintext)
         obj = _parse(res, doc, doc["metadata"]["namespace"])
     except (ValueError, TypeError, KeyError, InvalidArgument):
-        # The stored bytes decrypted (the AAD matched) but are not a valid object: a writer
-        # other than kinko, or a bug. Nothing of the bytes goes into the message.
-        raise CorruptMetadata(
-            f"a stored {KINDS[res]} decrypts but is not a valid object "
-            f"(mod_revision {value.mod_revision})"
-        ) from None
+        # The value opened but is no valid object: an aescbc value read with a wrong key (CBC
+        # is unauthenticated; PKCS#7 padding passes by chance once in 256 tries), or a writer
+        # other than kinko. Either way it cannot be read; nothing of the bytes is quoted.
+        raise UnreadableValue(key, NOT_AN_OBJECT) from None
     return _with_version(obj, value.mod_revision)
 
 
