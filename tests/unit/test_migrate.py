@@ -74,11 +74,16 @@ def config(*providers: str) -> str:
 
 
 class FakeClock:
+    """Monotonic seconds that move only when told, or by ``step`` on every reading."""
+
     def __init__(self, now: float = 1000.0) -> None:
         self.now = now
+        self.step = 0.0
 
     def __call__(self) -> float:
-        return self.now
+        now = self.now
+        self.now += self.step
+        return now
 
 
 @dataclass
@@ -570,6 +575,37 @@ def test_plugin_down_pauses_with_its_name_and_marks_nothing_unmigrated(cfg: Path
     assert report.resumed
     assert report.rewritten == 90
     env.check_current(keys)
+
+
+def test_plugin_lost_mid_batch_commits_the_objects_before_it(cfg: Path) -> None:
+    env = Env(cfg, config(CBC_1))
+    keys = env.fill(60)
+    env.configure(config(KMS, CBC_1))
+    calls = 0
+
+    def expire_a_few_seals_later(done: int, total: int | None, rewritten: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            env.api.healthy = False
+            with pytest.raises(PluginError):
+                env.session().check()
+            left = env.session().expires_in()
+            assert left is not None
+            # Each seal reads the clock once: the write state expires four seals from here.
+            env.clock.now += left - 3.5
+            env.clock.step = 1.0
+
+    with pytest.raises(PluginError):
+        env.migrator(batch=10).run("secrets", progress=expire_a_few_seals_later)
+
+    state = env.migrator().state("secrets")
+    assert state is not None
+    assert (state.state, state.done, state.rewritten) == ("paused", 24, 24)
+    ordered = sorted(keys)  # the walk's order: storage keys in byte order
+    assert state.last_key == ordered[23]
+    migrated = [k for k in ordered if env.objects.read("secrets", k).provider == "kms"]
+    assert migrated == ordered[:24]
 
 
 def test_plugin_never_healthy_pauses_before_any_write(cfg: Path) -> None:

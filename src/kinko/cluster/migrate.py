@@ -245,7 +245,8 @@ class MigrationReport:
 
     Counts cover the pass under ``target`` (including what earlier, interrupted runs of the
     same pass committed, when ``resumed``). With ``dry_run`` nothing was written and
-    ``rewritten`` counts what would have been. ``seconds`` is this run's own duration.
+    ``rewritten`` counts what would have been. ``seconds`` is this run's own duration;
+    ``unreadable_keys`` names up to 20 unreadable values this run came across.
     """
 
     resource: str
