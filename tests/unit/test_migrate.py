@@ -24,6 +24,7 @@ from kinko.cluster.migrate import (
     DEFAULT_PAGE,
     MigrationState,
     Migrator,
+    looks_like_object,
 )
 from kinko.crypto.config import KmsConfig
 from kinko.crypto.types import KmsV1Unwrapper
@@ -431,6 +432,63 @@ def test_unreadable_values_are_counted_and_left_untouched(cfg: Path) -> None:
     state = env.migrator().state("secrets")
     assert state is not None
     assert (state.state, state.unreadable) == ("done", 2)
+
+
+def test_aescbc_noise_from_a_wrong_key_is_unreadable_and_kept(cfg: Path) -> None:
+    """An aescbc value read with a wrong key of the same name can pass the padding check and
+    open to noise; sealing that again would destroy what the right key could still open."""
+    env = Env(cfg, config(CBC_1))
+    keys = env.fill(10)
+    noisy = b"/registry/secrets/ns0/noisy"
+    # What a wrong key's "successful" open yields: bytes that are no object.
+    cbc = env.source.chain_for("secrets").first
+    stored = cbc.seal(bytes(range(256)) * 4, aad=noisy)
+    env.store.txn([Put(noisy, stored, expect=0)])
+    env.configure(config(KMS, CBC_1))
+
+    dry = env.migrator().run("secrets", dry_run=True)
+    report = env.migrator().run("secrets")
+
+    assert (dry.rewritten, dry.unreadable) == (10, 1)
+    assert (report.rewritten, report.unreadable) == (10, 1)
+    assert report.unreadable_keys == (noisy.decode(),)
+    entry = env.store.get(noisy)
+    assert entry is not None
+    assert entry.value == stored
+    env.check_current(keys)
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "expected"),
+    [
+        (b'{"kind":"Secret"}', True),
+        (b'{"kind":"Secret"}\n', True),  # Go's JSON encoder ends with a newline
+        (b"k8s\x00\n\x0f\n\x02v1\x12\x06Secret", True),  # kube-apiserver's protobuf
+        (b"", False),
+        (b"{", False),
+        (b"[1, 2]", False),
+        (b"{\xff\xfe}", False),
+        (bytes(range(256)), False),
+    ],
+)
+def test_looks_like_object(plaintext: bytes, expected: bool) -> None:
+    assert looks_like_object(plaintext) is expected
+
+
+def test_the_object_check_can_be_replaced(cfg: Path) -> None:
+    env = Env(cfg, config(CBC_1))
+    env.fill(5)
+    env.configure(config(CBC_2, CBC_1))
+    seen: list[bytes] = []
+
+    def nothing_is_an_object(plaintext: bytes) -> bool:
+        seen.append(plaintext)
+        return False
+
+    migrator = Migrator(env.store, env.source, is_object=nothing_is_an_object)
+    report = migrator.run("secrets")
+    assert (report.rewritten, report.unreadable) == (0, 5)
+    assert len(seen) == 5
 
 
 def test_dry_run_counts_and_writes_nothing(cfg: Path) -> None:

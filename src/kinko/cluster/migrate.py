@@ -27,11 +27,12 @@ Invariants:
   rotated, a new configuration) the run goes back to the first key under the new target:
   values rewritten under the old one are stale again. However often it changes, a run ends
   only after one whole pass under one unchanged target.
-- **Nothing unreadable is touched.** A value no provider opens is counted in ``unreadable``
-  and left as it is. An *unavailable* environment (a KMS plugin, the store, a key service)
-  pauses the run: what was sealed before the failure is committed, the record says
-  ``paused`` with the error's message (which names the plugin or store, never data) and the
-  error is raised for a supervisor to retry with backoff.
+- **Nothing unreadable is touched.** A value no provider opens, or one that opens to no
+  object (:func:`looks_like_object`: aescbc under a wrong key), is counted in
+  ``unreadable`` and left as it is. An *unavailable* environment (a KMS plugin, the store,
+  a key service) pauses the run: what was sealed before the failing object is committed,
+  the record says ``paused`` with the error's message (which names the plugin or store,
+  never data) and the error is raised for a supervisor to retry with backoff.
 - **Memory is bounded.** The walk reads the current state in pages of ``page`` entries,
   each continuing after the last key of the one before, and holds at most two pages (while
   the next is read) and one batch of sealed values, whatever the number of objects. It
@@ -84,6 +85,7 @@ __all__ = [
     "Migrator",
     "Progress",
     "TargetSource",
+    "looks_like_object",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,8 @@ _REASON_MAX = 500
 #: Storage keys of unreadable values a report names.
 _SAMPLE = 20
 _RECORD_VERSION = 1
+#: kube-apiserver's protobuf storage envelope starts with these four bytes.
+_PROTOBUF_MAGIC: Final = b"k8s\x00"
 
 StateName = Literal["running", "paused", "done"]
 _STATES: Final = ("running", "paused", "done")
@@ -282,6 +286,9 @@ class Migrator:
     has no keys-only read), and only when a progress callback is given.
     ``read_unprefixed``: also rewrite values stored without any ``k8s:enc:`` prefix when no
     ``identity`` provider is configured (see ADR 5; off as in kube-apiserver).
+    ``is_object``: whether an opened stale plaintext is a stored object, checked before it
+    is sealed again (default :func:`looks_like_object`); one that is not counts as unreadable
+    and is left as it is.
     ``clock`` (monotonic) paces the rate limit and times runs; ``wall_clock`` stamps records;
     ``sleep`` waits for the rate limit.
 
@@ -299,6 +306,7 @@ class Migrator:
         rate_limit: float | None = None,
         count_keys: Callable[[bytes], int] | None = None,
         read_unprefixed: bool = False,
+        is_object: Callable[[bytes], bool] | None = None,
         key_prefix: bytes = b"/registry/",
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -320,6 +328,7 @@ class Migrator:
         self._rate = rate_limit
         self._count_keys = count_keys
         self._read_unprefixed = read_unprefixed
+        self._is_object = is_object or looks_like_object
         self._key_prefix = key_prefix
         self._clock = clock
         self._wall_clock = wall_clock
@@ -427,6 +436,7 @@ class Migrator:
         total = self._count(prefix) if progress is not None else None
         done = stale = current = unreadable = 0
         sample: list[str] = []
+        is_object = self._is_object
         for page in self._pages(prefix, b""):
             chain = self._chain(resource)
             open_ = chain.open
@@ -434,6 +444,8 @@ class Migrator:
                 key = entry.key
                 try:
                     opened = open_(entry.value, aad=key)
+                    if opened.stale and not is_object(opened.plaintext):
+                        raise DecryptionError()
                 except DecryptionError:
                     unreadable += 1
                     if len(sample) < _SAMPLE:
@@ -610,6 +622,7 @@ class _Run:
         """
         m = self._m
         batch_size = m._batch
+        is_object = m._is_object
         target = record.target
         ops: list[Put] = []
         done = skipped = unreadable = 0
@@ -625,7 +638,10 @@ class _Run:
                 try:
                     opened = open_(entry.value, aad=key)
                     if opened.stale:
-                        ops.append(Put(key, seal(opened.plaintext, aad=key), entry.mod_revision))
+                        plaintext = opened.plaintext
+                        if not is_object(plaintext):
+                            raise DecryptionError()
+                        ops.append(Put(key, seal(plaintext, aad=key), entry.mod_revision))
                     else:
                         skipped += 1
                 except DecryptionError:
@@ -729,6 +745,28 @@ class _Run:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def looks_like_object(plaintext: bytes) -> bool:
+    """Whether ``plaintext`` can be a stored object: a JSON object in UTF-8 (kinko's and
+    kube-apiserver's JSON storage) or Kubernetes' protobuf envelope (``k8s\\x00``).
+
+    aescbc is unauthenticated: a value read with a wrong key of the same name passes the
+    PKCS#7 padding check once in 256 tries and "opens" to noise, which fails this check
+    with overwhelming odds. Sealing that noise again under an authenticated provider would
+    destroy the only copy of a ciphertext that the right key could still open, so the
+    migration leaves such a value alone and counts it as unreadable. Raises nothing.
+    """
+    if plaintext.startswith(_PROTOBUF_MAGIC):
+        return True
+    text = plaintext.strip()
+    if text[:1] != b"{" or text[-1:] != b"}":
+        return False
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _check_resource(resource: str) -> None:
