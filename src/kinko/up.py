@@ -8,21 +8,31 @@ thread) start the whole system with one call:
   cluster: key metadata, both token books and the encrypted Secrets and ConfigMaps;
 - **the key service** on the HSM given (default: the soft keystore in the folder, NOT
   HSM-grade), with its audit log and its scheduler (rotation, expiry, purge);
-- **the KMS v2 plugin**: a :class:`~kinko.kms.rootkey.RootKeyPlugin` on the cluster's root
-  key, through the in-process key service, served by gRPC on ``DIR/kms.sock``. The cluster
-  reaches it over that socket like any external plugin: the generated
-  ``encryption-config.yaml`` names the socket, and :class:`~kinko.cluster.encryption.
-  EncryptionConfigSource` dials it (and reloads the file when its content changes);
-- **one HTTPS port** (CA generated under ``DIR/tls``) for both APIs: :class:`ApiDispatcher`
-  sends ``/api/v2/…`` to the Key Protect API and everything else to the Kubernetes-style
-  cluster API (:func:`route`).
+- **the KMS v2 plugins**: a :class:`~kinko.kms.rootkey.RootKeyPlugin` on the cluster's root
+  key, through the in-process key service, served by gRPC on ``DIR/kms.sock`` (provider
+  ``kinko``), and one more per root key ``kinko cluster kms enable`` switched to
+  (``DIR/kms-<first 8 of its id>.sock``, provider ``kinko-<first 8>``; the table is kept in
+  ``up.json`` so a restart serves them all). The cluster reaches them over their sockets like
+  any external plugin: ``encryption-config.yaml`` names the sockets, and
+  :class:`~kinko.cluster.encryption.EncryptionConfigSource` dials them (and reloads the file
+  when its content changes). A Decrypt under a deleted or purged root key answers as
+  undecryptable (:class:`~kinko.cluster.lifecycle.ShreddingPlugin`);
+- **the encryption controller** (:class:`~kinko.cluster.lifecycle.EncryptionController`):
+  migrates stored objects whenever the configuration or the root key's version changes,
+  enables KMS on request, retires providers nothing refers to, compacts the store's history
+  after a migration, and reports status and coverage;
+- **one HTTPS port** (CA generated under ``DIR/tls``) for every API: :class:`ApiDispatcher`
+  sends ``/api/v2/…`` to the Key Protect API, ``/apis/kinko.io/…`` to kinko's own API group
+  (:mod:`kinko.api.k8s_admin`: status, coverage, KMS enablement, migrations) and everything
+  else to the Kubernetes-style cluster API (:func:`route`).
 
 First start (:func:`bootstrap`) creates, in this order and each step only if missing: the key
 service instance id (a UUID) in ``up.json``; one admin token, registered in both token books
 in one transaction (key service: Manager, Writer, Reader and KeyPurge on the instance;
 cluster: Administrator) and kept in ``admin.token``; the root key ``kinko-cluster-root``
 (alias ``kinko-cluster``, created by the admin); ``encryption-config.yaml`` (KMS v2 first,
-then identity, for secrets and configmaps). Every later start finds each step done and reuses
+then identity, for secrets and configmaps; identity only with ``no_encryption``, the cluster
+before KMS enablement). Every later start finds each step done and reuses
 it, and a start killed half-way is completed by the next one, never duplicated: the root key
 is found by its alias before one is created, the token file is written before the token is
 registered, and a registration missing from either book is added.
@@ -30,10 +40,11 @@ registered, and a registration missing from either book is added.
 Data folder (created 0700; the key service's own files are described in
 :mod:`kinko.keys.deployment`)::
 
-    up.json                  instance id, root key id, config path (no secrets)
+    up.json                  instance id, root key id, config path, plugin table (no secrets)
     admin.token              the admin token (0600)
     encryption-config.yaml   the cluster's EncryptionConfiguration (0600; yours to edit)
     kms.sock                 the KMS v2 plugin socket, while running
+    kms-<id8>.sock           the socket of each further root key's plugin, while running
     tls/                     the CA (ca.crt) and the server certificate
     kubeconfig               server URL, CA and admin token (0600), rewritten on each start
     endpoints.json           URLs, socket and files (0600), only while running
@@ -44,9 +55,10 @@ Invariants: the HTTPS port is bound first (a taken port fails before anything st
 answers only once every other part runs; ``endpoints.json`` appears last, once the HTTPS
 server, the plugin socket and the config poller all run (so a client that finds it can use
 it), and is removed first on stop; :meth:`Kinko.stop` stops the parts in reverse
-order of start (HTTP server, scheduler, config poller and KMS clients, plugin server and its
-socket, audit log, store, lock) and raises nothing; the admin token is written only to
-``admin.token`` and ``kubeconfig`` and never logged.
+order of start (HTTP server, scheduler, encryption controller — a running migration stops
+after its batch and resumes on the next start —, config poller and KMS clients, plugin
+servers and their sockets, audit log, store, lock) and raises nothing; the admin token is
+written only to ``admin.token`` and ``kubeconfig`` and never logged.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ import os
 import re
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -92,8 +105,18 @@ from kinko.cluster.endpoints import (
     write_kubeconfig,
     write_private_file,
 )
+from kinko.cluster.lifecycle import (
+    DEFAULT_INTERVAL,
+    DEFAULT_KEY_CHECK_INTERVAL,
+    EncryptionController,
+    ExplainingClusterService,
+    PluginEntry,
+    PluginTable,
+    ServiceKeyDirectory,
+    identity_config_text,
+)
 from kinko.cluster.metrics import ClusterMetrics
-from kinko.cluster.service import ClusterService
+from kinko.cluster.migrate import DEFAULT_BATCH
 from kinko.errors import (
     CorruptMetadata,
     InvalidArgument,
@@ -117,8 +140,10 @@ from kinko.keys.auth import (
 from kinko.keys.deployment import AUDIT_FILE, KEYSTORE_DIR, StoreOptions, open_store
 from kinko.keys.service import KeyService
 from kinko.kms.client import SocketAddress, parse_socket_address
+from kinko.kms.port import KmsV2Api
 from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
+from kinko.store.etcd_store import EtcdStore
 from kinko.store.port import Store
 
 __all__ = [
@@ -160,6 +185,8 @@ PLUGIN_NAME: Final = "kinko-kms-plugin"
 ADMIN_KEY_ROLES: Final = frozenset({Role.MANAGER, Role.WRITER, Role.READER, Role.KEY_PURGE})
 #: The prefix that sends a request to the Key Protect API; the rest goes to the cluster API.
 KEY_SERVICE_PREFIX: Final = "/api/v2"
+#: The prefix of kinko's own API group (:mod:`kinko.api.k8s_admin`).
+ADMIN_PREFIX: Final = "/apis/kinko.io"
 
 _TOKEN_RE: Final = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -185,11 +212,16 @@ def data_dir_from(given: Path | None, env: Mapping[str, str]) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class UpState:
-    """What ``up.json`` keeps: no secret, only ids and a path. ``None``: not made yet."""
+    """What ``up.json`` keeps: no secret, only ids and a path. ``None``: not made yet.
+
+    ``plugins``: the root key plugins served besides the first start's (``kinko`` on
+    ``kms.sock``), added by ``kinko cluster kms enable``: provider, root key id, socket file.
+    """
 
     instance: str
     root_key: str | None = None
     encryption_config: Path | None = None
+    plugins: tuple[PluginEntry, ...] = ()
 
 
 def load_state(data_dir: Path) -> UpState | None:
@@ -216,21 +248,36 @@ def load_state(data_dir: Path) -> UpState | None:
             raise ValueError
         if config is not None and not isinstance(config, str):
             raise ValueError
-    except (ValueError, KeyError):
+        plugins = tuple(_plugin_entry(item) for item in doc.get("plugins", []))
+    except (ValueError, KeyError, TypeError):
         raise CorruptMetadata(
-            f"{path}: expected kinko up's state (v 1, instance, rootKey, config)"
+            f"{path}: expected kinko up's state (v 1, instance, rootKey, config, plugins)"
         ) from None
-    return UpState(instance, root_key or None, Path(config) if config else None)
+    return UpState(instance, root_key or None, Path(config) if config else None, plugins)
+
+
+def _plugin_entry(item: object) -> PluginEntry:
+    if not isinstance(item, dict):
+        raise ValueError
+    provider, key, socket_name = item["provider"], item["key"], item["socket"]
+    for value in (provider, key, socket_name):
+        if not isinstance(value, str) or not value:
+            raise ValueError
+    if "/" in socket_name or socket_name in (".", ".."):
+        raise ValueError
+    return PluginEntry(provider, key, socket_name)
 
 
 def save_state(data_dir: Path, state: UpState) -> None:
     """Writes ``DATA_DIR/up.json`` atomically. Raises InvalidArgument (unwritable folder)."""
-    doc = {
+    doc: dict[str, object] = {
         "v": 1,
         "instance": state.instance,
         "rootKey": state.root_key,
         "config": None if state.encryption_config is None else str(state.encryption_config),
     }
+    if state.plugins:
+        doc["plugins"] = [entry.to_json() for entry in state.plugins]
     write_private_file(data_dir / STATE_FILE, (json.dumps(doc, indent=2) + "\n").encode())
 
 
@@ -303,15 +350,29 @@ def bootstrap(
     now: datetime,
     rng: Callable[[int], bytes] = os.urandom,
     new_instance: Callable[[], str] = lambda: str(uuid.uuid4()),
+    no_encryption: bool = False,
 ) -> Bootstrapped:
     """Completes the first start in ``data_dir`` (module docstring); a no-op once done.
 
+    ``no_encryption``: the first start writes an identity-only EncryptionConfiguration (the
+    cluster before KMS enablement); refused once the folder has a configuration.
+
     Each step is saved before the next begins, so a start interrupted anywhere is finished
     by the next one. Raises InvalidArgument (an unwritable folder, an ``admin.token`` that
-    holds no kinko token), CorruptMetadata (``up.json``, a token record), Unauthorized (the
-    token's key service record names another instance), HsmUnavailable, StoreUnavailable.
+    holds no kinko token, ``no_encryption`` with a configuration already made),
+    CorruptMetadata (``up.json``, a token record), Unauthorized (the token's key service
+    record names another instance), HsmUnavailable, StoreUnavailable.
     """
     state = load_state(data_dir)
+    if no_encryption:
+        made = data_dir / ENCRYPTION_CONFIG_FILE
+        if (state is not None and state.encryption_config is not None) or made.exists():
+            config_path = state.encryption_config if state and state.encryption_config else made
+            raise InvalidArgument(
+                f"--no-encryption applies to the first start only: {config_path} exists "
+                "already and stays in force (enable KMS with `kinko cluster kms enable`, or "
+                "start with a new data folder)"
+            )
     token_file = data_dir / ADMIN_TOKEN_FILE
     token = read_token_file(token_file) if token_file.exists() else None
     if token is not None and _TOKEN_RE.fullmatch(token) is None:
@@ -338,7 +399,8 @@ def bootstrap(
     if state.encryption_config is None:
         config = data_dir / ENCRYPTION_CONFIG_FILE
         if not config.exists():
-            write_private_file(config, encryption_config_text(socket_path).encode("utf-8"))
+            text = identity_config_text() if no_encryption else encryption_config_text(socket_path)
+            write_private_file(config, text.encode("utf-8"))
         state = replace(state, encryption_config=config)
         save_state(data_dir, state)
     assert state.root_key is not None
@@ -409,27 +471,33 @@ def _root_key(service: KeyService, admin: Principal, instance: str, known: str |
 # --- one port, two APIs --------------------------------------------------------------------
 
 
-def route(path: str) -> tuple[Literal["keys", "cluster"], str]:
+def route(path: str) -> tuple[Literal["keys", "cluster", "admin"], str]:
     """Which app serves ``path``, and the path it sees.
 
     ``/api/v2`` and below: the Key Protect API (its OpenAPI document, served by that app at
-    ``/openapi.json``, is reached as ``/api/v2/openapi.json``). Everything else, ``/api``,
-    ``/api/v1/…``, ``/apis``, ``/version``, ``/healthz``, ``/metrics`` included: the cluster API.
+    ``/openapi.json``, is reached as ``/api/v2/openapi.json``). ``/apis/kinko.io`` and below:
+    kinko's own API group (:mod:`kinko.api.k8s_admin`: status, coverage, KMS enablement,
+    migrations). Everything else, ``/api``, ``/api/v1/…``, ``/apis``, ``/version``,
+    ``/healthz``, ``/metrics`` included: the cluster API.
     """
     if path == f"{KEY_SERVICE_PREFIX}/openapi.json":
         return "keys", "/openapi.json"
     if path == KEY_SERVICE_PREFIX or path.startswith(f"{KEY_SERVICE_PREFIX}/"):
         return "keys", path
+    if path == ADMIN_PREFIX or path.startswith(f"{ADMIN_PREFIX}/"):
+        return "admin", path
     return "cluster", path
 
 
 class ApiDispatcher:
-    """An ASGI app that hands each request to the key service app or the cluster app, as
-    :func:`route` decides. Anything that is not HTTP goes to the cluster app."""
+    """An ASGI app that hands each request to the key service app, kinko's own API group or
+    the cluster app, as :func:`route` decides. Anything that is not HTTP goes to the cluster
+    app, and so does kinko's group when no ``admin`` app is given."""
 
-    def __init__(self, keys: ASGIApp, cluster: ASGIApp) -> None:
+    def __init__(self, keys: ASGIApp, cluster: ASGIApp, admin: ASGIApp | None = None) -> None:
         self.keys = keys
         self.cluster = cluster
+        self.admin = admin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -438,7 +506,12 @@ class ApiDispatcher:
         target, path = route(scope["path"])
         if path != scope["path"]:
             scope = {**scope, "path": path, "raw_path": path.encode("ascii")}
-        app = self.keys if target == "keys" else self.cluster
+        if target == "keys":
+            app = self.keys
+        elif target == "admin" and self.admin is not None:
+            app = self.admin
+        else:
+            app = self.cluster
         await app(scope, receive, send)
 
 
@@ -451,7 +524,15 @@ class UpOptions:
 
     ``hsm``: the HSM holding root keys, owned (opened and closed) by the caller; None: the
     soft keystore in ``data_dir`` (NOT HSM-grade). ``etcd_*``: keep the store in etcd instead
-    of ``DATA_DIR/kinko.db``. ``listen`` port 0 picks a free port.
+    of ``DATA_DIR/kinko.db``. ``listen`` port 0 picks a free port. ``no_encryption``: the
+    first start writes an identity-only EncryptionConfiguration (refused later).
+
+    The encryption controller (:class:`~kinko.cluster.lifecycle.EncryptionController`):
+    ``encryption_interval`` seconds between its passes, ``key_check_interval`` between unasked
+    reads of the root key, ``backoff_cap`` the longest retry delay, ``migration_batch`` and
+    ``migration_rate_limit`` (objects per second) the migration's pace. ``clock``: the wall
+    clock of the key service and the controller (expiry, deletion windows, status);
+    ``monotonic``: the clock of the KMS v2 sessions' write window and the plugins' health cache.
     """
 
     data_dir: Path
@@ -467,6 +548,14 @@ class UpOptions:
     max_body: int = DEFAULT_MAX_BODY
     audit_sync: SyncMode = "interval"
     log_level: str = "warning"
+    no_encryption: bool = False
+    encryption_interval: float = DEFAULT_INTERVAL
+    key_check_interval: float = DEFAULT_KEY_CHECK_INTERVAL
+    backoff_cap: float = 30.0
+    migration_batch: int = DEFAULT_BATCH
+    migration_rate_limit: float | None = None
+    clock: Callable[[], datetime] = field(default=utc_now, repr=False)
+    monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
 
 
 class Kinko:
@@ -483,8 +572,10 @@ class Kinko:
         self._endpoints: Endpoints | None = None
         self._port = 0
         self._key_service: KeyService | None = None
-        self._cluster_service: ClusterService | None = None
+        self._cluster_service: ExplainingClusterService | None = None
         self._encryption: EncryptionConfigSource | None = None
+        self._controller: EncryptionController | None = None
+        self._plugins: PluginTable | None = None
         self._metrics: ClusterMetrics | None = None
         self._boot: Bootstrapped | None = None
         self._hsm: Hsm | None = None
@@ -518,8 +609,18 @@ class Kinko:
         return _running(self._key_service)
 
     @property
-    def cluster_service(self) -> ClusterService:
+    def cluster_service(self) -> ExplainingClusterService:
         return _running(self._cluster_service)
+
+    @property
+    def controller(self) -> EncryptionController:
+        """The encryption lifecycle: enable KMS, migrations, status, coverage."""
+        return _running(self._controller)
+
+    @property
+    def plugins(self) -> PluginTable:
+        """The root key plugins served in the data folder."""
+        return _running(self._plugins)
 
     @property
     def encryption(self) -> EncryptionConfigSource:
@@ -601,43 +702,87 @@ class Kinko:
             hsm = SoftKeystore(data_dir / KEYSTORE_DIR)
         self._hsm = hsm
         audit = stack.enter_context(FileAuditSink(data_dir / AUDIT_FILE, sync=options.audit_sync))
-        service = KeyService(store, hsm, audit=audit, clock=utc_now, rng=os.urandom)
-        boot = bootstrap(data_dir, store, service, socket_path=socket_path, now=utc_now())
+        service = KeyService(store, hsm, audit=audit, clock=options.clock, rng=os.urandom)
+        boot = bootstrap(
+            data_dir,
+            store,
+            service,
+            socket_path=socket_path,
+            now=options.clock(),
+            no_encryption=options.no_encryption,
+        )
+        state = load_state(data_dir)
 
         host = options.listen.host
         names = () if host in DEFAULT_NAMES or host in _WILDCARDS else (host,)
         tls_files = ensure_server_tls(data_dir, names=names)
 
-        # The plugin acts as a principal of its own, made here: no token exists for it.
+        # The plugins act as a principal of their own, made here: no token exists for it. It
+        # is a service identity, so it can register the cluster on the keys it serves.
         plugin_principal = Principal(
             name=PLUGIN_NAME,
             instance=boot.instance,
             roles=frozenset({Role.READER}),
             service=True,
         )
-        plugin = RootKeyPlugin(
-            ServiceRootKeys(service, plugin_principal, boot.instance), boot.root_key
+        access = ServiceRootKeys(service, plugin_principal, boot.instance)
+
+        def make_plugin(key_id: str) -> RootKeyPlugin:
+            return RootKeyPlugin(access, key_id, clock=options.monotonic)
+
+        def serve(api: KmsV2Api, endpoint: str) -> Callable[[], None]:
+            server = KmsV2Server(api, endpoint)
+            server.start()
+            return lambda: server.stop(options.grace)
+
+        plugins = PluginTable(
+            data_dir,
+            bootstrap_key=boot.root_key,
+            make_plugin=make_plugin,
+            serve=serve,
+            persist=lambda entries: _save_plugins(data_dir, entries),
+            endpoint_of=kms_endpoint,
         )
+        stack.callback(plugins.close)
+        plugins.start(state.plugins if state is not None else ())
         endpoint = kms_endpoint(socket_path)
-        kms_server = KmsV2Server(plugin, endpoint)
-        kms_server.start()
-        stack.callback(kms_server.stop, options.grace)
 
         metrics = ClusterMetrics()
-        encryption = EncryptionConfigSource(boot.encryption_config)
+        encryption = EncryptionConfigSource(boot.encryption_config, clock=options.monotonic)
         stack.callback(encryption.close)
         # Before the first seal: the observer reaches every KMS v2 session the source makes.
         metrics.instrument(encryption, store=store)
         encryption.start_polling(options.config_poll_interval)
-        cluster_service = ClusterService(store, encryption, clock=utc_now)
+        controller = EncryptionController(
+            store=store,
+            source=encryption,
+            plugins=plugins,
+            keys=ServiceKeyDirectory(service, plugin_principal, boot.instance),
+            batch=options.migration_batch,
+            rate_limit=options.migration_rate_limit,
+            count_keys=store.client.count_prefix if isinstance(store, EtcdStore) else None,
+            interval=options.encryption_interval,
+            key_check_interval=options.key_check_interval,
+            backoff_cap=options.backoff_cap,
+            clock=options.clock,
+            compact=_compactor(store),
+        )
+        metrics.registry.register(controller.collector())
+        cluster_service = ExplainingClusterService(
+            store, encryption, clock=utc_now, explain=controller.explain
+        )
         tokens = ClusterTokenBook(store)
 
         from kinko.api.cluster import create_cluster_app
+        from kinko.api.k8s_admin import create_admin_app
 
         app = ApiDispatcher(
             create_keyprotect_app(service, max_body=options.max_body),
             create_cluster_app(cluster_service, tokens, metrics=metrics),
+            create_admin_app(controller, tokens, metrics=metrics),
         )
+        controller.start()
+        stack.callback(controller.stop)
         scheduler = Periodic(
             service.run_scheduled, interval=options.scheduler_interval, name="kinko-scheduler"
         )
@@ -679,6 +824,8 @@ class Kinko:
         self._key_service = service
         self._cluster_service = cluster_service
         self._encryption = encryption
+        self._controller = controller
+        self._plugins = plugins
         self._metrics = metrics
         self._endpoints = endpoints
         self._http = http
@@ -701,6 +848,8 @@ class Kinko:
         self._key_service = None
         self._cluster_service = None
         self._encryption = None
+        self._controller = None
+        self._plugins = None
         self._metrics = None
         self._boot = None
         self._hsm = None
@@ -714,6 +863,26 @@ class Kinko:
 
 
 _T = TypeVar("_T")
+
+
+def _save_plugins(data_dir: Path, entries: tuple[PluginEntry, ...]) -> None:
+    """Keeps the plugin table in ``up.json``. Raises InvalidArgument, CorruptMetadata."""
+    state = load_state(data_dir)
+    if state is None:
+        raise CorruptMetadata(f"{data_dir / STATE_FILE}: missing while kinko up runs")
+    save_state(data_dir, replace(state, plugins=entries))
+
+
+def _compactor(store: Store) -> Callable[[int], None] | None:
+    """The store's ``compact(revision)`` (SQLite, etcd, memory), or None if it has none."""
+    compact = getattr(store, "compact", None)
+    if not callable(compact):
+        return None
+
+    def run(revision: int) -> None:
+        compact(revision)
+
+    return run
 
 
 def _running(value: _T | None) -> _T:

@@ -41,11 +41,19 @@ from kinko.up import DEFAULT_LISTEN, Kinko, UpOptions, data_dir_from, make_data_
     show_default=True,
     help="HOST:PORT of the one HTTPS port for both APIs (port 0 picks a free one).",
 )
+@click.option(
+    "--no-encryption",
+    is_flag=True,
+    help="First start only: store Secrets and ConfigMaps as plaintext (identity) until "
+    "`kinko cluster kms enable --key kinko-cluster`; refused once the folder has an "
+    "EncryptionConfiguration.",
+)
 @etcd_store_options
 @hsm_options
 def up(
     data_dir: Path | None,
     listen: str,
+    no_encryption: bool,
     etcd_endpoints: tuple[str, ...],
     etcd_cacert: Path | None,
     etcd_cert: Path | None,
@@ -91,6 +99,7 @@ def up(
             etcd_key=etcd_key,
             hsm=hsm,
             log_level="warning",
+            no_encryption=no_encryption,
         )
         kinko = stack.enter_context(Kinko(options))
         click.echo(banner(kinko, folder))
