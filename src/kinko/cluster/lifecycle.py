@@ -492,8 +492,24 @@ class PluginTable:
         with self._lock:
             return next((p.api for p in self._served.values() if p.endpoint == endpoint), None)
 
-    def ensure(self, key_id: str) -> tuple[ServedPlugin, bool]:
-        """The plugin of ``key_id``, started if it is not served yet (True: just started).
+    def candidate(self, key_id: str) -> RootKeyPlugin:
+        """The plugin serving ``key_id``, else a new one that is not served (to probe a key
+        before anything is started or written). Raises what ``make_plugin`` raises."""
+        known = self.by_key(key_id)
+        return known.plugin if known is not None else self._make(key_id)
+
+    def check_room(self, key_id: str) -> None:
+        """Raises InvalidArgument when the socket :meth:`ensure` would make for ``key_id``
+        cannot be a unix socket path (too long)."""
+        with self._lock:
+            if self.by_key(key_id) is None:
+                self._socket_path(self._free_names(key_id)[1])
+
+    def ensure(
+        self, key_id: str, *, plugin: RootKeyPlugin | None = None
+    ) -> tuple[ServedPlugin, bool]:
+        """The plugin of ``key_id``, started if it is not served yet (True: just started);
+        ``plugin``: the core to serve then (default: a new one).
 
         Raises InvalidArgument (the socket path is too long), UnavailableError (cannot bind),
         and what ``persist`` raises (the plugin is stopped again then).
@@ -503,7 +519,7 @@ class PluginTable:
             if known is not None:
                 return known, False
             provider, socket_name = self._free_names(key_id)
-            served = self._start_one(key_id, provider, socket_name)
+            served = self._start_one(key_id, provider, socket_name, plugin)
             try:
                 self._persist(self._entries())
             except BaseException:
@@ -539,15 +555,21 @@ class PluginTable:
                 return provider, socket_name
         raise Conflict(f"no free KMS provider name for root key {key_id}")  # pragma: no cover
 
-    def _start_one(self, key_id: str, provider: str, socket_name: str) -> ServedPlugin:
+    def _socket_path(self, socket_name: str) -> Path:
         path = self._dir / socket_name
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise InvalidArgument(
                 f"the KMS plugin socket {path} is longer than a unix socket path may be "
                 f"({MAX_SOCKET_PATH} bytes): choose a data folder with a shorter path"
             )
+        return path
+
+    def _start_one(
+        self, key_id: str, provider: str, socket_name: str, plugin: RootKeyPlugin | None = None
+    ) -> ServedPlugin:
+        path = self._socket_path(socket_name)
         endpoint = self._endpoint_of(path)
-        api = ShreddingPlugin(self._make(key_id))
+        api = ShreddingPlugin(plugin if plugin is not None else self._make(key_id))
         stop = self._serve(api, endpoint)
         served = ServedPlugin(
             provider=provider,
@@ -996,6 +1018,7 @@ class EncryptionController:
         self._source.reload_if_changed()
         self._reconcile_if_changed()
         self._maybe_check_keys()
+        self._revive_writers()
         outcomes: list[str] = []
         rewrote = False
         for resource in self._resources:
@@ -1166,13 +1189,31 @@ class EncryptionController:
             if not isinstance(session, KmsV2Session):
                 continue
             if facts.state is KeyState.ACTIVE and session.current_key_id() != facts.key_id:
+                # A new version: ask now rather than at the Status poller's next turn.
                 served.plugin.refresh()
                 try:
                     session.check()
                 except PluginError as exc:
-                    log.warning(
-                        "KMS plugin %s: check after a key change failed: %s", first.name, exc
-                    )
+                    log.warning("KMS plugin %s: check failed: %s", first.name, exc)
+
+    def _revive_writers(self) -> None:
+        """A writing KMS v2 session whose write window ran out (no healthy Status for 3
+        minutes) is checked now, so a pause ends as soon as its plugin is back rather than
+        at the Status poller's next turn."""
+        for resource in self._resources:
+            try:
+                first = self._source.chain_for(resource).first
+            except KinkoError:
+                continue
+            session = first.keys if isinstance(first, KmsV2) else None
+            if not isinstance(session, KmsV2Session):
+                continue
+            left = session.expires_in()
+            if left is not None and left <= 0:
+                try:
+                    session.check()
+                except PluginError as exc:
+                    log.warning("KMS plugin %s: check failed: %s", first.name, exc)
 
     def _writers(self) -> list[tuple[KmsV2, ServedPlugin]]:
         """The KMS v2 providers that write some resource and are kinko's plugins."""
@@ -1347,9 +1388,11 @@ class EncryptionController:
             facts = self._usable_key(ref)
             self._refuse_while_enabling()
             with self._config_lock:
-                served, started = self._plugins.ensure(facts.id)
+                self._plugins.check_room(facts.id)
+                candidate = self._plugins.candidate(facts.id)
+                self._check_plugin(candidate, facts)
+                served, started = self._plugins.ensure(facts.id, plugin=candidate)
                 try:
-                    self._check_plugin(served, facts)
                     registered = self._keys.register(facts.id)
                     try:
                         provider = kms_provider(served.provider, served.endpoint)
@@ -1433,8 +1476,7 @@ class EncryptionController:
         what = ", ".join(f"migration of {m.resource} {m.progress} {m.state}" for m in running)
         raise Conflict(f"enabling KMS with root key {enabling.key.label}: {what}")
 
-    def _check_plugin(self, served: ServedPlugin, facts: RootKeyFacts) -> None:
-        plugin = served.plugin
+    def _check_plugin(self, plugin: RootKeyPlugin, facts: RootKeyFacts) -> None:
         plugin.refresh()
         try:
             status = plugin.status()
