@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from kinko.cluster.auth import ClusterRole, ClusterTokenBook, cluster_token_path
+from kinko.cluster.lifecycle import PluginEntry
 from kinko.crypto.config import IdentityConfig, KmsConfig, parse_encryption_config
 from kinko.errors import CorruptMetadata, HsmUnavailable, InvalidArgument
 from kinko.hsm.memory import MemoryHsm
@@ -201,7 +203,17 @@ def test_an_admin_token_file_without_a_token_is_refused(parts: Parts) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["[]", "{}", '{"v": 2, "instance": "x"}', '{"v": 1, "instance": ""}', "{", '{"v":1}'],
+    [
+        "[]",
+        "{}",
+        '{"v": 2, "instance": "x"}',
+        '{"v": 1, "instance": ""}',
+        "{",
+        '{"v":1}',
+        '{"v": 1, "instance": "x", "plugins": [{"provider": "p", "key": "k"}]}',
+        '{"v": 1, "instance": "x", "plugins": [{"provider": "p", "key": "k", "socket": "../s"}]}',
+        '{"v": 1, "instance": "x", "plugins": 5}',
+    ],
 )
 def test_a_corrupt_state_file_is_reported(tmp_path: Path, text: str) -> None:
     (tmp_path / STATE_FILE).write_text(text)
@@ -216,6 +228,45 @@ def test_state_round_trips(tmp_path: Path) -> None:
 
     assert load_state(tmp_path) == state
     assert load_state(tmp_path / "nothing-here") is None
+    # A state without plugins is written as before they existed.
+    assert "plugins" not in (tmp_path / STATE_FILE).read_text()
+
+    table = (PluginEntry("kinko-1f2e3d4c", "1f2e3d4c-aaaa-4bbb-8ccc-ddddeeeeffff", "kms-1f.sock"),)
+    save_state(tmp_path, replace(state, plugins=table))
+    assert load_state(tmp_path) == replace(state, plugins=table)
+
+
+def test_no_encryption_writes_an_identity_config_on_the_first_start_only(parts: Parts) -> None:
+    boot = bootstrap(
+        parts.data_dir,
+        parts.store,
+        parts.service,
+        socket_path=parts.socket,
+        now=NOW,
+        no_encryption=True,
+    )
+
+    config = parse_encryption_config(boot.encryption_config.read_bytes())
+    assert [p.kind for _, p in config.providers_for("secrets")] == ["identity"]
+    assert [p.kind for _, p in config.providers_for("configmaps")] == ["identity"]
+    # The root key is made all the same: `kinko cluster kms enable --key kinko-cluster`.
+    admin = parts.service.authenticate(boot.admin_token)
+    assert parts.service.get_key_metadata(admin, boot.instance, ROOT_KEY_ALIAS).id == boot.root_key
+
+    before = boot.encryption_config.read_bytes()
+    with pytest.raises(InvalidArgument, match="--no-encryption applies to the first start only"):
+        bootstrap(
+            parts.data_dir,
+            parts.store,
+            parts.service,
+            socket_path=parts.socket,
+            now=NOW,
+            no_encryption=True,
+        )
+    assert boot.encryption_config.read_bytes() == before
+    # Without the flag, a later start keeps the configuration as it is.
+    parts.start()
+    assert boot.encryption_config.read_bytes() == before
 
 
 # --- the EncryptionConfiguration -----------------------------------------------------------
@@ -257,6 +308,9 @@ def test_the_config_puts_kms_v2_first_then_identity(socket_path: Path) -> None:
         ("/api/v1/namespaces/default/secrets", "cluster", "/api/v1/namespaces/default/secrets"),
         ("/api/v2x", "cluster", "/api/v2x"),
         ("/apis", "cluster", "/apis"),
+        ("/apis/kinko.io/v1/status", "admin", "/apis/kinko.io/v1/status"),
+        ("/apis/kinko.io", "admin", "/apis/kinko.io"),
+        ("/apis/kinko.iox/v1", "cluster", "/apis/kinko.iox/v1"),
         ("/version", "cluster", "/version"),
         ("/healthz", "cluster", "/healthz"),
         ("/metrics", "cluster", "/metrics"),
@@ -278,20 +332,30 @@ def _naming_app(name: str) -> object:
 
 
 def test_the_dispatcher_hands_requests_to_the_routed_app() -> None:
-    dispatcher = ApiDispatcher(_naming_app("keys"), _naming_app("cluster"))  # type: ignore[arg-type]
+    dispatcher = ApiDispatcher(
+        _naming_app("keys"),  # type: ignore[arg-type]
+        _naming_app("cluster"),  # type: ignore[arg-type]
+        _naming_app("admin"),  # type: ignore[arg-type]
+    )
+    without_admin = ApiDispatcher(_naming_app("keys"), _naming_app("cluster"))  # type: ignore[arg-type]
 
-    async def fetch(path: str) -> str:
-        transport = httpx.ASGITransport(app=dispatcher)
+    async def fetch(app: ApiDispatcher, path: str) -> str:
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="https://kinko") as client:
             return (await client.get(path)).text
 
     async def all_of_them() -> list[str]:
-        return [await fetch(p) for p in ("/api/v2/keys", "/api/v2/openapi.json", "/healthz")]
+        paths = ("/api/v2/keys", "/api/v2/openapi.json", "/healthz", "/apis/kinko.io/v1/status")
+        return [await fetch(dispatcher, p) for p in paths] + [
+            await fetch(without_admin, "/apis/kinko.io/v1/status")
+        ]
 
     assert asyncio.run(all_of_them()) == [
         "keys /api/v2/keys /api/v2/keys",
         "keys /openapi.json /openapi.json",
         "cluster /healthz /healthz",
+        "admin /apis/kinko.io/v1/status /apis/kinko.io/v1/status",
+        "cluster /apis/kinko.io/v1/status /apis/kinko.io/v1/status",
     ]
 
 

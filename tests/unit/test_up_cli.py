@@ -45,3 +45,19 @@ def test_a_data_folder_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert "is a file" in given.output
     assert from_env.exit_code == 4, from_env.output
     assert "exists and is not a folder" in from_env.output
+
+
+def test_no_encryption_is_refused_once_the_folder_has_a_configuration(tmp_path: Path) -> None:
+    data_dir = tmp_path / "kinko"
+    data_dir.mkdir(mode=0o700)
+    config = data_dir / "encryption-config.yaml"
+    config.write_text("kept as it is\n")
+
+    result = CliRunner().invoke(
+        cli, ["up", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--no-encryption"]
+    )
+
+    assert result.exit_code == 4, result.output
+    assert "--no-encryption applies to the first start only" in result.output
+    assert config.read_text() == "kept as it is\n"
+    assert not (data_dir / "endpoints.json").exists()
