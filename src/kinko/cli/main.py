@@ -33,6 +33,7 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from kinko.cli.cluster_admin import cluster
     from kinko.cli.cluster_client import add_cluster_commands
     from kinko.cli.demo import demo
     from kinko.cli.etcd import etcd
@@ -41,6 +42,7 @@ def _register() -> None:
     from kinko.cli.token import token
     from kinko.cli.up import up
 
+    cli.add_command(cluster)
     cli.add_command(demo)
     cli.add_command(etcd)
     cli.add_command(keys)

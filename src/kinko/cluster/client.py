@@ -19,7 +19,27 @@ Lists take ``labelSelector``, ``limit`` and ``continue``; :meth:`ClusterClient.l
 follows ``continue`` to the end. Objects travel as plain JSON (``dict[str, object]``), so
 the answer of ``get`` is exactly what the server sent.
 
-kinko's extensions, which a kube-apiserver never sends and this client does not require:
+kinko's own API group ``kinko.io/v1`` (same base URL and token; a kube-apiserver has none):
+
+=================  ===================================================  =======================
+method             request                                              answer
+=================  ===================================================  =======================
+cluster_status     ``GET /apis/kinko.io/v1/status`` (any role)          :class:`ClusterStatus`
+encryption_report  ``GET /apis/kinko.io/v1/encryption`` (Administrator)  :class:`EncryptionReport`
+kms_enable         ``POST /apis/kinko.io/v1/kms/enable`` ``{"key"}``     :class:`KmsEnabled`
+start_migration    ``POST /apis/kinko.io/v1/migrations``                :class:`MigrationStarted`,
+                   ``{"resources"?, "dryRun"}``                         or with ``dry_run`` a
+                                                                        :class:`MigrationPlan`
+=================  ===================================================  =======================
+
+Their answers are parsed into the frozen values below, each keeping the document as sent in
+``doc`` (for ``-o json``). A field that is missing takes its default (0, None, empty); a
+field of the wrong type makes the answer malformed (UnavailableError), like any answer that
+is not the API. Times are RFC 3339 strings (``updated`` may also be Unix seconds); a root
+key's ``state`` may be Key Protect's number (1 Active … 5 Destroyed) or its name.
+
+kinko's extensions of core/v1, which a kube-apiserver never sends and this client does not
+require:
 
 - a list answer may carry ``"unreadable": {"count": N, "items": [{"namespace", "name",
   "reason"}]}`` and the header ``X-Kinko-Unreadable: N``: objects left out because they can
@@ -54,11 +74,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, cast
+from typing import Final, Literal, Self, cast, overload
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -66,14 +87,26 @@ import httpx
 from kinko import __version__, errors
 
 __all__ = [
+    "ADMIN_API",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_TIMEOUT",
+    "PHASE_READY",
     "REASON_ERRORS",
     "STATUS_ERRORS",
     "UNREADABLE_HEADER",
     "ClusterClient",
+    "ClusterStatus",
+    "EncryptionReport",
+    "KeyIdCoverage",
+    "KmsEnabled",
     "KubeObject",
     "ListPage",
+    "MigrationPlan",
+    "MigrationPlanEntry",
+    "MigrationProgress",
+    "MigrationStarted",
+    "ResourceCoverage",
+    "RootKeyStatus",
     "Unreadable",
     "UnreadableObject",
     "error_from_response",
@@ -95,6 +128,18 @@ MEDIA_MERGE_PATCH: Final = "application/merge-patch+json"
 _MAX_MESSAGE: Final = 300
 #: A resource name in a path: lowercase plural, as Kubernetes spells them.
 _RESOURCE: Final = re.compile(r"[a-z][a-z0-9]*")
+#: The path of kinko's own API group.
+ADMIN_API: Final = "/apis/kinko.io/v1"
+#: The cluster's phase once nothing is being enabled or migrated.
+PHASE_READY: Final = "Ready"
+#: Key Protect's numeric key states, for a server that sends the number.
+_KEY_STATES: Final = {
+    0: "Pre-activation",
+    1: "Active",
+    2: "Suspended",
+    3: "Deactivated",
+    5: "Destroyed",
+}
 
 # --- the one error table -------------------------------------------------------------------
 
@@ -171,6 +216,161 @@ class ListPage:
     continue_token: str | None = None
     resource_version: str = ""
     unreadable: Unreadable = Unreadable()
+
+
+# --- kinko.io/v1 values --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RootKeyStatus:
+    """The root key the cluster's KMS v2 plugin wraps with (``status.rootKey``).
+
+    ``state`` is a Key Protect state name (``Active``, ``Suspended``, ``Deactivated`` …);
+    ``expires_in_seconds`` is counted by the server's clock (negative once expired).
+    """
+
+    id: str
+    alias: str | None = None
+    version: int | None = None
+    state: str = ""
+    expiration_date: datetime | None = None
+    expires_in_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationProgress:
+    """One resource's migration, as the state record says (``status.migrations[resource]``).
+
+    ``state`` is ``running``, ``paused``, ``done`` or None (never ran); ``done`` counts the
+    objects handled in this pass (of ``total``, None while uncounted), split into
+    ``rewritten`` and the rest; ``reason`` says why a run paused.
+    """
+
+    resource: str
+    state: str | None = None
+    done: int = 0
+    total: int | None = None
+    rewritten: int = 0
+    unreadable: int = 0
+    conflicts: int = 0
+    reason: str | None = None
+    target: str | None = None
+    updated: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether a run is under way (running, or paused until its cause is back)."""
+        return self.state in ("running", "paused")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """``GET /apis/kinko.io/v1/status``: the cluster's encryption in the seed's words.
+
+    ``master_status``: ``Key Protect feature enablement in progress.``, ``Ready`` … as the
+    server words it; ``phase``: ``Ready``, ``Enabling``, ``Migrating`` or ``Paused``;
+    ``ready_since``: when it last became Ready. ``migrations`` are sorted by resource.
+    """
+
+    master_status: str
+    phase: str
+    ready_since: datetime | None = None
+    root_key: RootKeyStatus | None = None
+    warnings: tuple[str, ...] = ()
+    migrations: tuple[MigrationProgress, ...] = ()
+    doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == PHASE_READY
+
+    def migration(self, resource: str) -> MigrationProgress | None:
+        """The migration of ``resource``, or None when the status names none."""
+        for progress in self.migrations:
+            if progress.resource == resource:
+                return progress
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIdCoverage:
+    """How many objects of a resource are sealed under one KMS key_id, and which root key
+    (and version) that key_id stands for, when the server knows."""
+
+    key_id: str
+    count: int
+    provider: str = ""
+    root_key: str | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceCoverage:
+    """The coverage report of one resource (``encryption.resources[resource]``).
+
+    ``providers``: (value prefix, objects) pairs, largest first; ``plaintext``: objects
+    stored unencrypted; ``stale``: objects a migration would rewrite; ``undecryptable``:
+    objects no provider opens, of which ``undecryptable_names`` names some (``ns/name``).
+    """
+
+    resource: str
+    total: int = 0
+    providers: tuple[tuple[str, int], ...] = ()
+    key_ids: tuple[KeyIdCoverage, ...] = ()
+    plaintext: int = 0
+    stale: int = 0
+    undecryptable: int = 0
+    undecryptable_names: tuple[str, ...] = ()
+    migration: MigrationProgress | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionReport:
+    """``GET /apis/kinko.io/v1/encryption``: coverage per resource, sorted by resource."""
+
+    config_hash: str
+    resources: tuple[ResourceCoverage, ...] = ()
+    doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KmsEnabled:
+    """The answer to ``POST /apis/kinko.io/v1/kms/enable``: the KMS v2 provider's name, the
+    root key it wraps with, the plugin's socket and the status right after."""
+
+    provider: str
+    key: str
+    socket: str
+    status: ClusterStatus
+    doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStarted:
+    """The answer to ``POST /apis/kinko.io/v1/migrations``: the status right after."""
+
+    status: ClusterStatus
+    doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationPlanEntry:
+    """What a migration of one resource would do: of ``total`` objects, ``stale`` are not
+    current, ``would_rewrite`` would be rewritten and ``unreadable`` would be left alone."""
+
+    resource: str
+    total: int = 0
+    stale: int = 0
+    would_rewrite: int = 0
+    unreadable: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationPlan:
+    """The answer to a dry-run ``POST /apis/kinko.io/v1/migrations``, sorted by resource."""
+
+    resources: tuple[MigrationPlanEntry, ...] = ()
+    doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -404,6 +604,99 @@ class ClusterClient:
         params = {FORCE_DELETE_OPTION: "true"} if force_unreadable else None
         return _object(self._send("DELETE", _path(resource, namespace, name), params=params))
 
+    # --- kinko.io/v1: the cluster's encryption ---------------------------------------------
+
+    def cluster_status(self) -> ClusterStatus:
+        """``GET /apis/kinko.io/v1/status`` (any role): phase, master status, root key,
+        warnings and migrations.
+
+        Raises Unauthorized, Forbidden, NotFound (not a kinko cluster API), UnavailableError.
+        """
+        response = self._send("GET", f"{ADMIN_API}/status")
+        return _cluster_status(_Fields(response, _object(response), "status"))
+
+    def encryption_report(self) -> EncryptionReport:
+        """``GET /apis/kinko.io/v1/encryption`` (Administrator): the coverage report.
+
+        Raises Unauthorized, Forbidden, NotFound, UnavailableError.
+        """
+        response = self._send("GET", f"{ADMIN_API}/encryption")
+        doc = _Fields(response, _object(response), "encryption")
+        resources = doc.mapping("resources")
+        return EncryptionReport(
+            config_hash=doc.text("configHash"),
+            resources=tuple(
+                _coverage(name, resources.child(name)) for name in sorted(resources.names())
+            ),
+            doc=doc.doc,
+        )
+
+    def kms_enable(self, key: str) -> KmsEnabled:
+        """``POST /apis/kinko.io/v1/kms/enable`` (Administrator): writes KMS v2 on the root key
+        ``key`` (id or alias) first and starts migrating every stored object to it.
+
+        Raises InvalidArgument (an empty key), NotFound (no such root key), Conflict (the key's
+        state forbids it, or an enable or migration already runs: the message says which),
+        Unauthorized, Forbidden, UnavailableError (the key service or plugin is unavailable).
+        """
+        if not key.strip():
+            raise errors.InvalidArgument("expected a root key id or alias, got an empty one")
+        response = self._send("POST", f"{ADMIN_API}/kms/enable", body={"key": key.strip()})
+        doc = _Fields(response, _object(response), "enable")
+        return KmsEnabled(
+            provider=doc.text("provider"),
+            key=doc.text("key"),
+            socket=doc.text("socket"),
+            status=_cluster_status(doc.child("status")),
+            doc=doc.doc,
+        )
+
+    @overload
+    def start_migration(
+        self, resources: Sequence[str] | None = None, *, dry_run: Literal[False] = False
+    ) -> MigrationStarted: ...
+
+    @overload
+    def start_migration(
+        self, resources: Sequence[str] | None = None, *, dry_run: Literal[True]
+    ) -> MigrationPlan: ...
+
+    @overload
+    def start_migration(
+        self, resources: Sequence[str] | None = None, *, dry_run: bool
+    ) -> MigrationStarted | MigrationPlan: ...
+
+    def start_migration(
+        self, resources: Sequence[str] | None = None, *, dry_run: bool = False
+    ) -> MigrationStarted | MigrationPlan:
+        """``POST /apis/kinko.io/v1/migrations`` (Administrator): rewrites every stale object
+        of ``resources`` (default: every resource the configuration covers) under the
+        current encryption. With ``dry_run`` nothing is written and the answer counts what
+        would be.
+
+        Raises InvalidArgument (a malformed resource name; the server's 400), Conflict (a
+        migration or enable already runs), Unauthorized, Forbidden, UnavailableError.
+        """
+        body: dict[str, object] = {"dryRun": dry_run}
+        if resources:
+            for resource in resources:
+                if not _RESOURCE.fullmatch(resource):
+                    raise errors.InvalidArgument(
+                        f"expected a resource such as secrets or configmaps, got {resource!r}"
+                    )
+            body["resources"] = list(dict.fromkeys(resources))
+        response = self._send("POST", f"{ADMIN_API}/migrations", body=body)
+        doc = _Fields(response, _object(response), "migrations")
+        if dry_run:
+            plan = doc.mapping("resources")
+            return MigrationPlan(
+                resources=tuple(
+                    _plan_entry(name, plan.child(name)) for name in sorted(plan.names())
+                ),
+                doc=doc.doc,
+            )
+        return MigrationStarted(status=_cluster_status(doc.child("status")), doc=doc.doc)
+
     # --- the wire --------------------------------------------------------------------------
 
     def _send(
@@ -590,6 +883,222 @@ def _unreadable(response: httpx.Response, raw: object) -> Unreadable:
             raise _malformed(response, f"expected a number in {UNREADABLE_HEADER}")
         count = max(count, int(header))
     return Unreadable(count=max(count, len(items)), items=tuple(items))
+
+
+# --- kinko.io/v1 answers ------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed reads of one JSON object of an answer; ``where`` names it in errors
+    (``status.rootKey``). A missing field gives the default, a mistyped one raises the
+    UnavailableError of an answer that is not the API."""
+
+    __slots__ = ("doc", "response", "where")
+
+    def __init__(self, response: httpx.Response, doc: KubeObject, where: str) -> None:
+        self.response = response
+        self.doc = doc
+        self.where = where
+
+    def _bad(self, name: str, expected: str) -> errors.UnavailableError:
+        return _malformed(self.response, f"expected {self.where}.{name} as {expected}")
+
+    def names(self) -> list[str]:
+        return list(self.doc)
+
+    def text(self, name: str) -> str:
+        """A required string (server text: control characters removed)."""
+        value = self.doc.get(name)
+        if not isinstance(value, str):
+            raise self._bad(name, "a string")
+        return _text(value, _MAX_MESSAGE)
+
+    def optional_text(self, name: str) -> str | None:
+        value = self.doc.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self._bad(name, "a string or null")
+        return _text(value, _MAX_MESSAGE)
+
+    def count(self, name: str) -> int:
+        """A count that is not negative; 0 when missing."""
+        value = self.optional_int(name)
+        if value is None:
+            return 0
+        if value < 0:
+            raise self._bad(name, "a count (0 or more)")
+        return value
+
+    def optional_int(self, name: str) -> int | None:
+        """An integer or null; a float is cut to its integer part (seconds)."""
+        value = self.doc.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._bad(name, "a number or null")
+        return int(value)
+
+    def version(self, name: str) -> int | None:
+        """A key version: a number, its decimal string, or null."""
+        value = self.doc.get(name)
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        return self.optional_int(name)
+
+    def time(self, name: str) -> datetime | None:
+        """An RFC 3339 time (or Unix seconds), as an aware datetime; None when null."""
+        value = self.doc.get(name)
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                return datetime.fromtimestamp(value, UTC)
+            except (OverflowError, OSError, ValueError):
+                raise self._bad(name, "a time") from None
+        if isinstance(value, str):
+            parsed = _rfc3339(value)
+            if parsed is not None:
+                return parsed
+        raise self._bad(name, "an RFC 3339 time or null")
+
+    def texts(self, name: str) -> tuple[str, ...]:
+        value = self.doc.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(name, "a list of strings")
+        return tuple(_text(v, _MAX_MESSAGE) for v in value)
+
+    def child(self, name: str) -> _Fields:
+        """A required nested object."""
+        found = self.optional_child(name)
+        if found is None:
+            raise self._bad(name, "an object")
+        return found
+
+    def optional_child(self, name: str) -> _Fields | None:
+        value = self.doc.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self._bad(name, "an object or null")
+        return _Fields(self.response, cast(KubeObject, value), f"{self.where}.{name}")
+
+    def mapping(self, name: str) -> _Fields:
+        """A nested object keyed by names (resources, prefixes, key_ids); empty if missing."""
+        return self.optional_child(name) or _Fields(self.response, {}, f"{self.where}.{name}")
+
+    def counts(self, name: str) -> tuple[tuple[str, int], ...]:
+        """An object of name → count, largest count first, then by name."""
+        table = self.mapping(name)
+        pairs = [(_text(key, _MAX_MESSAGE), table.count(key)) for key in table.names()]
+        return tuple(sorted(pairs, key=lambda pair: (-pair[1], pair[0])))
+
+
+def _rfc3339(text: str) -> datetime | None:
+    """An RFC 3339 time as an aware datetime (UTC when no offset), or None if it is not one.
+    Go writes up to nine fractional digits; Python reads six, so the rest is cut."""
+    match = re.fullmatch(
+        r"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?", text.strip()
+    )
+    if match is None:
+        return None
+    head, fraction, zone = match.groups()
+    stamp = head + (fraction[:7] if fraction else "")
+    if zone and zone not in ("Z", "z"):
+        stamp += zone
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _root_key(doc: _Fields) -> RootKeyStatus:
+    raw_state = doc.doc.get("state")
+    if isinstance(raw_state, int) and not isinstance(raw_state, bool):
+        state = _KEY_STATES.get(raw_state, str(raw_state))
+    else:
+        state = doc.optional_text("state") or ""
+    return RootKeyStatus(
+        id=doc.text("id"),
+        alias=doc.optional_text("alias"),
+        version=doc.version("version"),
+        state=state,
+        expiration_date=doc.time("expirationDate"),
+        expires_in_seconds=doc.optional_int("expiresInSeconds"),
+    )
+
+
+def _migration(resource: str, doc: _Fields) -> MigrationProgress:
+    return MigrationProgress(
+        resource=resource,
+        state=doc.optional_text("state"),
+        done=doc.count("done"),
+        total=doc.optional_int("total"),
+        rewritten=doc.count("rewritten"),
+        unreadable=doc.count("unreadable"),
+        conflicts=doc.count("conflicts"),
+        reason=doc.optional_text("reason"),
+        target=doc.optional_text("target"),
+        updated=doc.time("updated"),
+    )
+
+
+def _cluster_status(doc: _Fields) -> ClusterStatus:
+    root = doc.optional_child("rootKey")
+    migrations = doc.mapping("migrations")
+    return ClusterStatus(
+        master_status=doc.text("masterStatus"),
+        phase=doc.text("phase"),
+        ready_since=doc.time("readySince"),
+        root_key=None if root is None else _root_key(root),
+        warnings=doc.texts("warnings"),
+        migrations=tuple(
+            _migration(_text(name, 253), migrations.child(name))
+            for name in sorted(migrations.names())
+        ),
+        doc=doc.doc,
+    )
+
+
+def _coverage(resource: str, doc: _Fields) -> ResourceCoverage:
+    key_ids = doc.mapping("keyIds")
+    entries = []
+    for key_id in key_ids.names():
+        entry = key_ids.child(key_id)
+        entries.append(
+            KeyIdCoverage(
+                key_id=_text(key_id, _MAX_MESSAGE),
+                count=entry.count("count"),
+                provider=entry.optional_text("provider") or "",
+                root_key=entry.optional_text("rootKey"),
+                version=entry.version("version"),
+            )
+        )
+    migration = doc.optional_child("migration")
+    return ResourceCoverage(
+        resource=_text(resource, 253),
+        total=doc.count("total"),
+        providers=doc.counts("providers"),
+        key_ids=tuple(sorted(entries, key=lambda e: (-e.count, e.key_id))),
+        plaintext=doc.count("plaintext"),
+        stale=doc.count("stale"),
+        undecryptable=doc.count("undecryptable"),
+        undecryptable_names=doc.texts("undecryptableNames"),
+        migration=None if migration is None else _migration(resource, migration),
+    )
+
+
+def _plan_entry(resource: str, doc: _Fields) -> MigrationPlanEntry:
+    return MigrationPlanEntry(
+        resource=_text(resource, 253),
+        total=doc.count("total"),
+        stale=doc.count("stale"),
+        would_rewrite=doc.count("wouldRewrite"),
+        unreadable=doc.count("unreadable"),
+    )
 
 
 # --- request helpers -----------------------------------------------------------------------
