@@ -576,6 +576,7 @@ class Kinko:
         self._encryption: EncryptionConfigSource | None = None
         self._controller: EncryptionController | None = None
         self._plugins: PluginTable | None = None
+        self._store: Store | None = None
         self._metrics: ClusterMetrics | None = None
         self._boot: Bootstrapped | None = None
         self._hsm: Hsm | None = None
@@ -611,6 +612,11 @@ class Kinko:
     @property
     def cluster_service(self) -> ExplainingClusterService:
         return _running(self._cluster_service)
+
+    @property
+    def store(self) -> Store:
+        """The one store of the key service and the cluster."""
+        return _running(self._store)
 
     @property
     def controller(self) -> EncryptionController:
@@ -826,6 +832,7 @@ class Kinko:
         self._encryption = encryption
         self._controller = controller
         self._plugins = plugins
+        self._store = store
         self._metrics = metrics
         self._endpoints = endpoints
         self._http = http
@@ -850,6 +857,7 @@ class Kinko:
         self._encryption = None
         self._controller = None
         self._plugins = None
+        self._store = None
         self._metrics = None
         self._boot = None
         self._hsm = None
