@@ -201,3 +201,17 @@ def test_new_store_file_and_its_wal_are_private_to_the_owner(tmp_path: Path) -> 
         store.close()
     assert modes["private.db"] == 0o600
     assert all(mode == 0o600 for mode in modes.values()), modes
+
+
+def test_count_prefix_counts_keys_under_the_prefix_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "count.db")
+    try:
+        store.txn([Put(b"/a/" + bytes([i]), b"v", 0) for i in range(5)])
+        store.txn([Put(b"/b/x", b"v", 0), Put(b"/a", b"v", 0), Put(b"\xff\xff", b"v", 0)])
+        store.txn([Delete(b"/a/\x01", None)])
+        assert store.count_prefix(b"/a/") == 4
+        assert store.count_prefix(b"/") == 6
+        assert store.count_prefix(b"\xff") == 1
+        assert store.count_prefix(b"/c/") == 0
+    finally:
+        store.close()

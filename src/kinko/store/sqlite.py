@@ -94,6 +94,8 @@ _PAGE_NOW = (
     "SELECT key, value, mod_revision, create_revision FROM kv"
     " WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
 )
+_COUNT = "SELECT COUNT(*) FROM kv WHERE key >= ? AND key < ?"
+_COUNT_OPEN = "SELECT COUNT(*) FROM kv WHERE key >= ?"
 _PAGE_NOW_OPEN = (
     "SELECT key, value, mod_revision, create_revision FROM kv WHERE key >= ? ORDER BY key LIMIT ?"
 )
@@ -217,6 +219,18 @@ class SqliteStore:
             Entry(key=k, value=v, mod_revision=m, create_revision=c) for k, v, m, c in rows[:limit]
         )
         return Page(entries=entries, more=len(rows) > limit, revision=at)
+
+    def count_prefix(self, prefix: bytes) -> int:
+        """How many keys lie under ``prefix`` now, counted without reading their values (as
+        ``EtcdClient.count_prefix``: a progress total for a walk). Raises StoreUnavailable."""
+        end = rules.prefix_end(prefix)
+
+        def read(conn: sqlite3.Connection) -> int:
+            if end:
+                return _scalar(conn, _COUNT, (prefix, end))
+            return _scalar(conn, _COUNT_OPEN, (prefix,))
+
+        return self._read(read, snapshot=False)
 
     def txn(self, ops: Sequence[Op]) -> TxnResult:
         """Applies every op if every guard holds; otherwise changes nothing.
@@ -471,8 +485,8 @@ class SqliteWatch:
                     store._changed.wait(store._poll_interval)
 
 
-def _scalar(conn: sqlite3.Connection, sql: str) -> int:
-    row = conn.execute(sql).fetchone()
+def _scalar(conn: sqlite3.Connection, sql: str, args: tuple[bytes, ...] = ()) -> int:
+    row = conn.execute(sql, args).fetchone()
     if row is None or not isinstance(row[0], int):
         raise StoreUnavailable(f"SQLite store: expected an integer from {sql!r}, got {row}")
     return row[0]
