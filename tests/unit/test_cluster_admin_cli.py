@@ -2,7 +2,9 @@
 against a fake of kinko's ``kinko.io/v1`` routes.
 
 The fake is a small Starlette app with the four routes of the contract (status, coverage
-report, KMS enable, migrations) and Kubernetes ``Status`` errors. An enable or a migration
+report, KMS enable, migrations), answering in the shapes kinko up's server sends (extra fields
+such as ``secondsToExpiry``, ``pending`` migrations and a dry run without ``stale``
+included), and Kubernetes ``Status`` errors. An enable or a migration
 advances by ``step`` objects on every status poll, and pauses for as many polls as
 ``pauses`` names reasons, so the progress, the pause reason and the end at Ready are checked
 without any clock. The commands build their client through a :class:`ClusterAdminHook` that
@@ -73,7 +75,7 @@ class FakeAdmin:
     totals: dict[str, int] = field(default_factory=lambda: {"secrets": 5, "configmaps": 1})
     step: int = 2
     phase: str = "Ready"
-    master: str = "Ready"
+    enabling: bool = False
     ready_since: datetime | None = field(
         default_factory=lambda: datetime.now(UTC) - timedelta(minutes=15, seconds=20)
     )
@@ -91,6 +93,8 @@ class FakeAdmin:
         }
     )
     key_service_down: bool = False
+    #: Every object is current already: a migration request finds nothing to do.
+    current: bool = False
     calls: list[tuple[str, str, object]] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     polls: int = 0
@@ -108,13 +112,25 @@ class FakeAdmin:
     # -- the documents ------------------------------------------------------------------
 
     def status_doc(self) -> dict[str, object]:
+        # kinko up's words: the age of Ready in whole units, in progress otherwise.
+        master = IN_PROGRESS
+        if self.phase == "Ready":
+            since = self.ready_since or datetime.now(UTC)
+            age = int((datetime.now(UTC) - since).total_seconds())
+            master = f"Ready ({age // 60}m)" if age >= 60 else f"Ready ({age}s)"
+        enabling = None
+        if self.phase != "Ready" and self.enabling and self.root_key is not None:
+            enabling = f"root key kinko-cluster ({self.root_key['id']}) as provider kinko"
         return {
-            "masterStatus": self.master,
+            "masterStatus": master,
             "phase": self.phase,
             "readySince": None if self.ready_since is None else _time(self.ready_since),
             "rootKey": self.root_key,
             "warnings": list(self.warnings),
             "migrations": {name: dict(m) for name, m in sorted(self.migrations.items())},
+            "configHash": "sha256:9b1f",
+            "enabling": enabling,
+            "compactedRevision": None,
         }
 
     def report_doc(self) -> dict[str, object]:
@@ -130,19 +146,26 @@ class FakeAdmin:
                             "count": secrets - 3,
                             "provider": "kinko",
                             "rootKey": ROOT_KEY_ID,
-                            "version": 2,
+                            "version": "7a9e-v2",
+                            "current": True,
                         },
                         "kid-v1": {
                             "count": 1,
                             "provider": "kinko",
                             "rootKey": ROOT_KEY_ID,
-                            "version": 1,
+                            "version": "1c4d-v1",
+                            "current": False,
                         },
                     },
                     "plaintext": 2,
                     "stale": 3,
                     "undecryptable": 3,
                     "undecryptableNames": ["default/old-db", "apps/legacy"],
+                    "unavailable": 0,
+                    "unavailableReason": None,
+                    "complete": True,
+                    "firstProvider": "k8s:enc:kms:v2:kinko:",
+                    "currentKeyId": "kid-v2",
                     "migration": {
                         "state": "paused",
                         "done": 2,
@@ -163,29 +186,35 @@ class FakeAdmin:
                             "count": 1,
                             "provider": "kinko",
                             "rootKey": ROOT_KEY_ID,
-                            "version": 2,
+                            "version": "7a9e-v2",
+                            "current": True,
                         }
                     },
                     "plaintext": 0,
                     "stale": 0,
                     "undecryptable": 0,
                     "undecryptableNames": [],
+                    "unavailable": 1,
+                    "unavailableReason": PLUGIN_DOWN,
+                    "complete": False,
                     "migration": {"state": "done", "done": 1, "total": 1, "rewritten": 1},
                 },
             },
+            "notes": ["objects written during the walk may be counted in their old form"],
         }
 
     # -- driving it ---------------------------------------------------------------------
 
-    def start(self, phase: str, master: str, resources: list[str]) -> None:
-        self.phase = phase
-        self.master = master
+    def start(self, *, enabling: bool, resources: list[str]) -> None:
+        self.enabling = enabling
+        self.phase = "Enabling" if enabling else "Migrating"
         self.ready_since = None
         for name in resources:
+            # As kinko up's controller: pending until the supervisor's next pass starts it.
             self.migrations[name] = {
-                "state": "running",
+                "state": "pending",
                 "done": 0,
-                "total": self.totals[name],
+                "total": None,
                 "rewritten": 0,
                 "unreadable": 0,
                 "conflicts": 0,
@@ -198,22 +227,29 @@ class FakeAdmin:
         """One poll's worth of work: a pause if one is scripted, else ``step`` objects each."""
         if self.phase == "Ready":
             return
-        active = [m for m in self.migrations.values() if m["state"] in ("running", "paused")]
+        active = [
+            m for m in self.migrations.values() if m["state"] in ("running", "paused", "pending")
+        ]
         if self.pauses:
             reason = self.pauses.pop(0)
             self.phase = "Paused"
             for m in active:
                 m["state"], m["reason"] = "paused", reason
             return
-        self.phase = "Enabling" if self.master == IN_PROGRESS else "Migrating"
-        for m in active:
+        self.phase = "Enabling" if self.enabling else "Migrating"
+        for name, m in self.migrations.items():
+            if m in active and m["total"] is None:
+                m.update(state="running", reason=None, total=self.totals[name])
+                continue
+            if m not in active:
+                continue
             done = min(int(str(m["done"])) + self.step, int(str(m["total"])))
             m.update(state="running", reason=None, done=done, rewritten=done)
             if done == m["total"]:
                 m["state"] = "done"
         if all(m["state"] == "done" for m in active):
             self.phase = "Ready"
-            self.master = "Ready"
+            self.enabling = False
             self.ready_since = datetime.now(UTC)
 
     # -- the routes ---------------------------------------------------------------------
@@ -256,10 +292,16 @@ class FakeAdmin:
                 409, "Conflict", "an enablement is running: secrets 2/5 objects migrated"
             )
         self.root_key = {"id": key_id, "alias": "kinko-cluster", "version": 1, "state": "Active"}
-        self.start("Enabling", IN_PROGRESS, sorted(self.totals))
+        self.start(enabling=True, resources=sorted(self.totals))
         self.polls = 1
         return JSONResponse(
-            {"provider": "kinko", "key": key_id, "socket": SOCKET, "status": self.status_doc()},
+            {
+                "provider": "kinko",
+                "key": key_id,
+                "socket": SOCKET,
+                "changed": True,
+                "status": self.status_doc(),
+            },
             status_code=202,
         )
 
@@ -272,22 +314,26 @@ class FakeAdmin:
         if body["dryRun"]:
             return JSONResponse(
                 {
+                    "dryRun": True,
                     "resources": {
                         name: {
                             "total": self.totals[name],
-                            "stale": 3,
                             "wouldRewrite": 2,
+                            "current": max(0, self.totals[name] - 3),
                             "unreadable": 1,
+                            "unreadableNames": [f"/registry/{name}/default/lost"],
+                            "target": "sha256:9b1f",
                         }
                         for name in resources
-                    }
+                    },
                 }
             )
         if self.phase != "Ready":
             return _status(409, "Conflict", "a migration of secrets is running")
-        self.start("Migrating", "Ready", resources)
+        if not self.current:
+            self.start(enabling=False, resources=resources)
         self.polls = 1
-        return JSONResponse({"status": self.status_doc()}, status_code=202)
+        return JSONResponse({"dryRun": False, "status": self.status_doc()}, status_code=202)
 
 
 @dataclass
@@ -360,8 +406,11 @@ def _enabled(fake: FakeAdmin) -> None:
         "alias": "kinko-cluster",
         "version": 2,
         "state": "Active",
+        "versionId": "7a9e-v2",
+        "keyId": f"kinko-rk-{ROOT_KEY_ID}-v7a9e-v2",
+        "stateCode": 1,
         "expirationDate": _time(datetime.now(UTC) + timedelta(days=12, minutes=5)),
-        "expiresInSeconds": 12 * 86400 + 300,
+        "secondsToExpiry": 12 * 86400 + 300,
     }
 
 
@@ -412,8 +461,10 @@ def test_get_before_kms_says_no_root_key(env: Env) -> None:
 
 
 def test_get_while_enabling_shows_progress_per_resource(env: Env) -> None:
-    env.fake.start("Enabling", IN_PROGRESS, ["secrets", "configmaps"])
-    env.fake.migrations["secrets"].update(done=2, rewritten=2, conflicts=1)
+    env.fake.start(enabling=True, resources=["secrets", "configmaps"])
+    env.fake.migrations["secrets"].update(
+        state="running", total=5, done=2, rewritten=2, conflicts=1
+    )
     env.fake.migrations["configmaps"].update(state="done", done=1, rewritten=1)
     result = env.run("cluster", "get")
     assert result.exit_code == 0, result.output
@@ -429,9 +480,9 @@ def test_get_while_enabling_shows_progress_per_resource(env: Env) -> None:
 
 
 def test_get_shows_the_pause_reason(env: Env) -> None:
-    env.fake.start("Enabling", IN_PROGRESS, ["secrets"])
+    env.fake.start(enabling=True, resources=["secrets"])
     env.fake.phase = "Paused"
-    env.fake.migrations["secrets"].update(state="paused", reason=PLUGIN_DOWN, done=4)
+    env.fake.migrations["secrets"].update(state="paused", reason=PLUGIN_DOWN, total=5, done=4)
     result = env.run("cluster", "get")
     assert result.exit_code == 0, result.output
     lines = _lines(result.stdout)
@@ -499,12 +550,15 @@ def test_encryption_status_table(env: Env) -> None:
     rows = [line.split() for line in lines]
     assert ["│", "k8s:enc:kms:v2:kinko:", "│", "3", "│"] in rows
     assert ["│", "identity", "│", "2", "│"] in rows
-    assert ["│", "kid-v2", "│", "kinko", "│", ROOT_KEY_ID, "│", "2", "│", "2", "│"] in rows
-    assert ["│", "kid-v1", "│", "kinko", "│", ROOT_KEY_ID, "│", "1", "│", "1", "│"] in rows
+    key_rows = [[cell.strip() for cell in line.strip("│").split("│")] for line in lines]
+    assert ["kid-v2", "kinko", ROOT_KEY_ID, "7a9e-v2", "yes", "2"] in key_rows
+    assert ["kid-v1", "kinko", ROOT_KEY_ID, "1c4d-v1", "", "1"] in key_rows
     assert "  plaintext: 2   stale: 3   undecryptable: 3" in lines
     assert "  undecryptable objects: default/old-db, apps/legacy, and 1 more" in lines
     assert f"  migration: paused, 2/5 (40%) done, 2 rewritten (paused: {PLUGIN_DOWN})" in lines
     assert "  migration: done, 1/1 (100%) done, 1 rewritten" in lines
+    assert f"  not classified: 1 (a plugin or key service did not answer: {PLUGIN_DOWN})" in lines
+    assert "Note: objects written during the walk may be counted in their old form" in lines
     assert result.stderr == "warning: root key kinko-cluster expires in 12 days\n"
 
 
@@ -537,8 +591,9 @@ def test_kms_enable_waits_until_ready(env: Env) -> None:
         f"Master Status: {IN_PROGRESS}",
         "Master Status: Ready (0s)",
     ]
-    # 5 secrets at 2 per poll: 3 polls after the enable's own status, one sleep before each.
-    assert env.sleeps == [0.5, 0.5, 0.5]
+    # Pending for one poll, then 5 secrets at 2 per poll: 4 polls after the enable's own
+    # status, one sleep before each.
+    assert env.sleeps == [0.5, 0.5, 0.5, 0.5]
     assert env.fake.phase == "Ready"
     # The progress bar (on stderr) ends at every object of every resource.
     assert "5/5" in result.stderr
@@ -559,7 +614,7 @@ def test_kms_enable_shows_the_pause_reason_once_and_keeps_waiting(env: Env) -> N
     ]
     assert "Resumed: secrets" in result.stderr
     assert _lines(result.stdout)[-1] == "Master Status: Ready (0s)"
-    assert len(env.sleeps) == 5
+    assert len(env.sleeps) == 6
 
 
 def test_kms_enable_no_wait_does_not_poll(env: Env) -> None:
@@ -615,7 +670,7 @@ def test_ctrl_c_stops_waiting_not_the_enablement(env: Env) -> None:
 def test_kms_enable_errors(env: Env, key: str, setup: str | None, code: int, message: str) -> None:
     extra: list[str] = []
     if setup == "running":
-        env.fake.start("Enabling", IN_PROGRESS, ["secrets"])
+        env.fake.start(enabling=True, resources=["secrets"])
     elif setup == "key-service-down":
         env.fake.key_service_down = True
     elif setup == "reader":
@@ -675,7 +730,9 @@ def test_migrate_dry_run_table(env: Env) -> None:
     assert env.posts() == [(f"{API}/migrations", {"dryRun": True, "resources": ["secrets"]})]
     rows = [line.split() for line in _lines(result.stdout)]
     assert ["Dry", "run:", "nothing", "was", "written"] in rows
-    assert ["│", "secrets", "│", "5", "│", "3", "│", "2", "│", "1", "│"] in rows
+    # kinko up sends no "stale" in a dry run: the objects it would rewrite are the stale ones.
+    assert ["│", "secrets", "│", "5", "│", "2", "│", "2", "│", "2", "│", "1", "│"] in rows
+    assert "secrets: unreadable, left alone: /registry/secrets/default/lost" in result.stdout
     assert env.fake.phase == "Ready"
 
 
@@ -699,7 +756,7 @@ def test_migrate_waits_until_ready(env: Env) -> None:
     lines = _lines(result.stdout)
     assert lines[0] == "Migration started: secrets, configmaps"
     assert lines[-1] == "Master Status: Ready (0s)"
-    assert env.sleeps == [0.0, 0.0, 0.0]
+    assert env.sleeps == [0.0, 0.0, 0.0, 0.0]
     assert "5/5" in result.stderr
 
 
@@ -720,7 +777,7 @@ def test_migrate_no_wait(env: Env) -> None:
 
 
 def test_migrate_while_one_runs_is_a_conflict(env: Env) -> None:
-    env.fake.start("Migrating", "Ready", ["secrets"])
+    env.fake.start(enabling=False, resources=["secrets"])
     result = env.run("cluster", "migrate")
     assert result.exit_code == 7
     assert "a migration of secrets is running" in result.stderr
@@ -741,3 +798,16 @@ def test_unreachable_server_is_unavailable() -> None:
     )
     assert result.exit_code == 12
     assert "cannot reach the cluster API at https://127.0.0.1:1" in result.stderr
+
+
+def test_migrate_of_current_data_prints_ready_once(env: Env) -> None:
+    """kinko up answers a migration of data that is all current with a Ready status."""
+    env.fake.current = True
+    result = env.run("cluster", "migrate")
+    assert result.exit_code == 0, result.output
+    assert _lines(result.stdout) == [
+        "Migration started: every encrypted resource",
+        "Master Status: Ready (15m)",
+    ]
+    assert env.sleeps == []
+    assert [path for _, path, _ in env.fake.calls] == [f"{API}/migrations"]

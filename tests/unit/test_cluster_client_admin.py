@@ -133,6 +133,49 @@ def test_status_that_is_not_the_api_is_unavailable(doc: object) -> None:
         wire.client().cluster_status()
 
 
+def test_status_as_kinko_up_words_it() -> None:
+    """The server's own names: ``secondsToExpiry``, a ``pending`` migration, ``enabling``."""
+    doc: dict[str, object] = {
+        "masterStatus": "Key Protect feature enablement in progress.",
+        "phase": "Enabling",
+        "readySince": None,
+        "rootKey": {
+            "id": "root-2",
+            "alias": "kinko-cluster",
+            "aliases": ["kinko-cluster"],
+            "name": "kinko-cluster-root",
+            "provider": "kinko",
+            "keyId": "kinko-rk-root-2-vabc",
+            "version": 1,
+            "versionId": "abc",
+            "state": "Active",
+            "stateCode": 1,
+            "expirationDate": None,
+            "secondsToExpiry": None,
+        },
+        "warnings": [],
+        "migrations": {"secrets": {"state": "pending", "done": 0, "total": None, "rate": None}},
+        "configHash": "sha256:1",
+        "enabling": "root key kinko-cluster (root-2) as provider kinko",
+        "compactedRevision": None,
+    }
+    got = Wire([httpx.Response(200, json=doc)]).client().cluster_status()
+    assert got.root_key == RootKeyStatus(
+        id="root-2",
+        alias="kinko-cluster",
+        version=1,
+        state="Active",
+        version_id="abc",
+        key_id="kinko-rk-root-2-vabc",
+    )
+    assert got.migrations == (MigrationProgress(resource="secrets", state="pending"),)
+    assert got.migrations[0].active
+    assert got.enabling == "root key kinko-cluster (root-2) as provider kinko"
+    seconds = {**doc, "rootKey": {"id": "k", "secondsToExpiry": 3600.9}}
+    later = Wire([httpx.Response(200, json=seconds)]).client().cluster_status()
+    assert later.root_key == RootKeyStatus(id="k", expires_in_seconds=3600)
+
+
 def test_status_error_names_the_field() -> None:
     doc = {"masterStatus": "Ready", "phase": "Ready", "migrations": {"secrets": {"total": "x"}}}
     with pytest.raises(errors.UnavailableError, match=r"status\.migrations\.secrets\.total"):
@@ -147,16 +190,26 @@ REPORT_DOC: dict[str, object] = {
             "providers": {"k8s:enc:kms:v2:kinko:": 4, "identity": 2, "k8s:enc:aescbc:v1:k1:": 1},
             "keyIds": {
                 "kid-old": {"count": 1, "provider": "kinko", "rootKey": "root", "version": 1},
-                "kid-new": {"count": 3, "provider": "kinko", "rootKey": "root", "version": "2"},
+                "kid-new": {
+                    "count": 3,
+                    "provider": "kinko",
+                    "rootKey": "root",
+                    "version": "9d3e-v2",
+                    "current": True,
+                },
             },
             "plaintext": 2,
             "stale": 4,
             "undecryptable": 1,
             "undecryptableNames": ["default/broken"],
             "migration": {"state": "paused", "done": 3, "total": 7, "reason": "plugin down"},
+            "unavailable": 0,
+            "unavailableReason": None,
+            "complete": True,
         },
-        "configmaps": {"total": 0},
+        "configmaps": {"total": 0, "unavailable": 2, "unavailableReason": "plugin kinko down"},
     },
+    "notes": ["counted without a snapshot"],
 }
 
 
@@ -168,7 +221,9 @@ def test_encryption_report_request_and_answer() -> None:
     assert got == EncryptionReport(
         config_hash="sha256:0123",
         resources=(
-            ResourceCoverage(resource="configmaps"),
+            ResourceCoverage(
+                resource="configmaps", unavailable=2, unavailable_reason="plugin kinko down"
+            ),
             ResourceCoverage(
                 resource="secrets",
                 total=7,
@@ -178,8 +233,8 @@ def test_encryption_report_request_and_answer() -> None:
                     ("k8s:enc:aescbc:v1:k1:", 1),
                 ),
                 key_ids=(
-                    KeyIdCoverage("kid-new", 3, "kinko", "root", 2),
-                    KeyIdCoverage("kid-old", 1, "kinko", "root", 1),
+                    KeyIdCoverage("kid-new", 3, "kinko", "root", "9d3e-v2", current=True),
+                    KeyIdCoverage("kid-old", 1, "kinko", "root", "1"),
                 ),
                 plaintext=2,
                 stale=4,
@@ -190,6 +245,7 @@ def test_encryption_report_request_and_answer() -> None:
                 ),
             ),
         ),
+        notes=("counted without a snapshot",),
     )
     assert got.doc == REPORT_DOC
 
@@ -201,6 +257,8 @@ def test_encryption_report_request_and_answer() -> None:
         {"configHash": "h", "resources": {"secrets": {"providers": {"identity": "2"}}}},
         {"configHash": "h", "resources": {"secrets": {"keyIds": {"k": 3}}}},
         {"configHash": "h", "resources": {"secrets": {"undecryptableNames": "a/b"}}},
+        {"configHash": "h", "resources": {"secrets": {"keyIds": {"k": {"current": "yes"}}}}},
+        {"configHash": "h", "resources": {}, "notes": "n"},
     ],
 )
 def test_report_that_is_not_the_api_is_unavailable(doc: object) -> None:
@@ -284,6 +342,41 @@ def test_dry_run_migration_request_and_answer() -> None:
         )
     )
     assert got.doc == answer
+
+
+def test_dry_run_without_stale_counts_what_would_be_rewritten() -> None:
+    answer = {
+        "dryRun": True,
+        "resources": {
+            "secrets": {
+                "total": 10,
+                "wouldRewrite": 6,
+                "current": 3,
+                "unreadable": 1,
+                "unreadableNames": ["/registry/secrets/default/x"],
+                "target": "t",
+            }
+        },
+    }
+    got = Wire([httpx.Response(200, json=answer)]).client().start_migration(dry_run=True)
+    assert got.resources == (
+        MigrationPlanEntry(
+            "secrets",
+            total=10,
+            stale=6,
+            would_rewrite=6,
+            unreadable=1,
+            current=3,
+            unreadable_names=("/registry/secrets/default/x",),
+        ),
+    )
+
+
+def test_kms_enable_that_changed_nothing() -> None:
+    answer = {"provider": "kinko", "key": "k", "socket": "s", "changed": False}
+    answer["status"] = STATUS_DOC
+    got = Wire([httpx.Response(202, json=answer)]).client().kms_enable("k")
+    assert not got.changed
 
 
 def test_migration_start_request_and_answer() -> None:

@@ -238,6 +238,8 @@ def cluster_get(*, client: ClusterClient, fmt: str) -> None:
         return
     click.echo(master_status_line(status, now))
     click.echo(f"Phase: {_clean(status.phase)}")
+    if status.enabling:
+        click.echo(f"Enabling: {_clean(status.enabling)}")
     if status.root_key is None:
         click.echo("Root key: none (KMS is not enabled)")
     else:
@@ -273,14 +275,16 @@ def _coverage_tables(coverage: ResourceCoverage) -> list[Table]:
         keys.add_column("KEY ID", no_wrap=True)
         keys.add_column("PROVIDER", no_wrap=True)
         keys.add_column("ROOT KEY", no_wrap=True)
-        keys.add_column("VERSION", justify="right", no_wrap=True)
+        keys.add_column("VERSION", no_wrap=True)
+        keys.add_column("CURRENT", no_wrap=True)
         keys.add_column("OBJECTS", justify="right", no_wrap=True)
         for entry in coverage.key_ids:
             keys.add_row(
                 _t(entry.key_id),
                 _t(entry.provider),
                 _t(entry.root_key or "-"),
-                "-" if entry.version is None else str(entry.version),
+                _t(entry.version or "-"),
+                "yes" if entry.current else "",
                 str(entry.count),
             )
         tables.append(keys)
@@ -298,6 +302,12 @@ def _coverage_summary(coverage: ResourceCoverage) -> list[str]:
         if more > 0:
             names += f"{', ' if names else ''}and {more} more"
         lines.append(f"  undecryptable objects: {names}")
+    if coverage.unavailable:
+        reason = _clean(coverage.unavailable_reason or "no reason given")
+        lines.append(
+            f"  not classified: {coverage.unavailable} (a plugin or key service did not "
+            f"answer: {reason})"
+        )
     m = coverage.migration
     if m is None or m.state is None:
         lines.append("  migration: none")
@@ -341,6 +351,8 @@ def encryption_status(*, client: ClusterClient, fmt: str) -> None:
             out.print(table)
         for line in _coverage_summary(coverage):
             out.print(_t(line))
+    for note in report.notes:
+        click.echo(f"Note: {_clean(note)}")
 
 
 # --------------------------------------------------------------------------- waiting
@@ -434,14 +446,18 @@ def _finish(
     resources: Sequence[str],
     answer: object,
 ) -> None:
-    """Either prints where things stand (``--no-wait``) or follows them until Ready."""
+    """Either prints where things stand (``--no-wait``) or follows them until Ready.
+
+    A status that is Ready already is printed once (with ``-o json|yaml``: the answer).
+    """
     now = datetime.now(UTC)
     warned: set[str] = set()
     _warn(status.warnings, already=warned)
-    if not wait:
+    if not wait or status.ready:
         if fmt == "table":
             click.echo(master_status_line(status, now))
-            click.echo("Follow it with: kinko cluster get")
+            if not status.ready:
+                click.echo("Follow it with: kinko cluster get")
         else:
             _echo_doc(answer, fmt)
         return
@@ -543,8 +559,9 @@ def kms_enable(
         _check_key_service(key_service, client)
     answer = client.kms_enable(key)
     if fmt == "table":
+        already = "now " if answer.changed else "already "
         click.echo(
-            f"KMS v2 provider {_clean(answer.provider)} now writes with root key "
+            f"KMS v2 provider {_clean(answer.provider)} {already}writes with root key "
             f"{_clean(answer.key)} (plugin {_clean(answer.socket)})"
         )
     _finish(
@@ -563,12 +580,13 @@ def kms_enable(
 
 def _plan_table(plan: MigrationPlan) -> Table:
     table = Table(title="Dry run: nothing was written", title_justify="left")
-    for name in ("RESOURCE", "TOTAL", "STALE", "WOULD REWRITE", "UNREADABLE"):
+    for name in ("RESOURCE", "TOTAL", "CURRENT", "STALE", "WOULD REWRITE", "UNREADABLE"):
         table.add_column(name, justify="left" if name == "RESOURCE" else "right", no_wrap=True)
     for entry in plan.resources:
         table.add_row(
             _t(entry.resource),
             str(entry.total),
+            "-" if entry.current is None else str(entry.current),
             str(entry.stale),
             str(entry.would_rewrite),
             str(entry.unreadable),
@@ -602,6 +620,10 @@ def migrate(
         plan = client.start_migration(resources, dry_run=True)
         if fmt == "table":
             _console().print(_plan_table(plan))
+            for entry in plan.resources:
+                if entry.unreadable_names:
+                    names = ", ".join(_clean(name) for name in entry.unreadable_names)
+                    click.echo(f"{_clean(entry.resource)}: unreadable, left alone: {names}")
         else:
             _echo_doc(plan.doc, fmt)
         return

@@ -36,7 +36,9 @@ Their answers are parsed into the frozen values below, each keeping the document
 ``doc`` (for ``-o json``). A field that is missing takes its default (0, None, empty); a
 field of the wrong type makes the answer malformed (UnavailableError), like any answer that
 is not the API. Times are RFC 3339 strings (``updated`` may also be Unix seconds); a root
-key's ``state`` may be Key Protect's number (1 Active … 5 Destroyed) or its name.
+key's ``state`` may be Key Protect's number (1 Active … 5 Destroyed) or its name, and its time
+to expiry may come as ``expiresInSeconds`` or ``secondsToExpiry``. Fields the values do not
+name stay in ``doc``.
 
 kinko's extensions of core/v1, which a kube-apiserver never sends and this client does not
 require:
@@ -225,8 +227,10 @@ class ListPage:
 class RootKeyStatus:
     """The root key the cluster's KMS v2 plugin wraps with (``status.rootKey``).
 
-    ``state`` is a Key Protect state name (``Active``, ``Suspended``, ``Deactivated`` …);
-    ``expires_in_seconds`` is counted by the server's clock (negative once expired).
+    ``version``: how many versions the key has (the latest wraps); ``version_id`` the
+    latest's id; ``state`` a Key Protect state name (``Active``, ``Suspended``,
+    ``Deactivated`` …); ``expires_in_seconds`` is counted by the server's clock (negative
+    once expired); ``key_id`` the KMS v2 key_id the plugin reports for it.
     """
 
     id: str
@@ -235,15 +239,18 @@ class RootKeyStatus:
     state: str = ""
     expiration_date: datetime | None = None
     expires_in_seconds: int | None = None
+    version_id: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationProgress:
     """One resource's migration, as the state record says (``status.migrations[resource]``).
 
-    ``state`` is ``running``, ``paused``, ``done`` or None (never ran); ``done`` counts the
-    objects handled in this pass (of ``total``, None while uncounted), split into
-    ``rewritten`` and the rest; ``reason`` says why a run paused.
+    ``state`` is ``running``, ``paused``, ``done``, ``pending`` (a pass under the current
+    target is due but has not started) or None (never ran); ``done`` counts the objects
+    handled in this pass (of ``total``, None while uncounted), split into ``rewritten`` and
+    the rest; ``reason`` says why a run paused.
     """
 
     resource: str
@@ -259,8 +266,9 @@ class MigrationProgress:
 
     @property
     def active(self) -> bool:
-        """Whether a run is under way (running, or paused until its cause is back)."""
-        return self.state in ("running", "paused")
+        """Whether a run is under way or due (running, paused until its cause is back, or
+        pending)."""
+        return self.state in ("running", "paused", "pending")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +277,8 @@ class ClusterStatus:
 
     ``master_status``: ``Key Protect feature enablement in progress.``, ``Ready`` … as the
     server words it; ``phase``: ``Ready``, ``Enabling``, ``Migrating`` or ``Paused``;
-    ``ready_since``: when it last became Ready. ``migrations`` are sorted by resource.
+    ``ready_since``: when it last became Ready; ``enabling``: what an enable in progress
+    sets up, in words. ``migrations`` are sorted by resource.
     """
 
     master_status: str
@@ -278,6 +287,7 @@ class ClusterStatus:
     root_key: RootKeyStatus | None = None
     warnings: tuple[str, ...] = ()
     migrations: tuple[MigrationProgress, ...] = ()
+    enabling: str | None = None
     doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -295,13 +305,15 @@ class ClusterStatus:
 @dataclass(frozen=True, slots=True)
 class KeyIdCoverage:
     """How many objects of a resource are sealed under one KMS key_id, and which root key
-    (and version) that key_id stands for, when the server knows."""
+    and version (an id, or a number) that key_id stands for, when the server knows;
+    ``current``: the key_id the first provider writes with now."""
 
     key_id: str
     count: int
     provider: str = ""
     root_key: str | None = None
-    version: int | None = None
+    version: str | None = None
+    current: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +322,9 @@ class ResourceCoverage:
 
     ``providers``: (value prefix, objects) pairs, largest first; ``plaintext``: objects
     stored unencrypted; ``stale``: objects a migration would rewrite; ``undecryptable``:
-    objects no provider opens, of which ``undecryptable_names`` names some (``ns/name``).
+    objects no provider opens, of which ``undecryptable_names`` names some (``ns/name``);
+    ``unavailable``: objects not classified because a plugin or key service did not answer
+    (``unavailable_reason`` says which).
     """
 
     resource: str
@@ -322,26 +336,32 @@ class ResourceCoverage:
     undecryptable: int = 0
     undecryptable_names: tuple[str, ...] = ()
     migration: MigrationProgress | None = None
+    unavailable: int = 0
+    unavailable_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class EncryptionReport:
-    """``GET /apis/kinko.io/v1/encryption``: coverage per resource, sorted by resource."""
+    """``GET /apis/kinko.io/v1/encryption``: coverage per resource, sorted by resource, and
+    the server's notes on it."""
 
     config_hash: str
     resources: tuple[ResourceCoverage, ...] = ()
+    notes: tuple[str, ...] = ()
     doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class KmsEnabled:
     """The answer to ``POST /apis/kinko.io/v1/kms/enable``: the KMS v2 provider's name, the
-    root key it wraps with, the plugin's socket and the status right after."""
+    root key it wraps with, the plugin's socket and the status right after; ``changed``
+    is False when KMS v2 on that key was already in force."""
 
     provider: str
     key: str
     socket: str
     status: ClusterStatus
+    changed: bool = True
     doc: KubeObject = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -355,14 +375,18 @@ class MigrationStarted:
 
 @dataclass(frozen=True, slots=True)
 class MigrationPlanEntry:
-    """What a migration of one resource would do: of ``total`` objects, ``stale`` are not
-    current, ``would_rewrite`` would be rewritten and ``unreadable`` would be left alone."""
+    """What a migration of one resource would do: of ``total`` objects, ``current`` are
+    already current (None when not said), ``stale`` are not (the server's count, or
+    ``would_rewrite`` when it sends none: a stale object is one a migration rewrites),
+    ``would_rewrite`` would be rewritten and ``unreadable`` (some named) left alone."""
 
     resource: str
     total: int = 0
     stale: int = 0
     would_rewrite: int = 0
     unreadable: int = 0
+    current: int | None = None
+    unreadable_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,6 +652,7 @@ class ClusterClient:
             resources=tuple(
                 _coverage(name, resources.child(name)) for name in sorted(resources.names())
             ),
+            notes=doc.texts("notes"),
             doc=doc.doc,
         )
 
@@ -648,6 +673,7 @@ class ClusterClient:
             key=doc.text("key"),
             socket=doc.text("socket"),
             status=_cluster_status(doc.child("status")),
+            changed=doc.flag("changed", default=True),
             doc=doc.doc,
         )
 
@@ -923,10 +949,12 @@ class _Fields:
 
     def count(self, name: str) -> int:
         """A count that is not negative; 0 when missing."""
+        return self.optional_count(name) or 0
+
+    def optional_count(self, name: str) -> int | None:
+        """A count that is not negative, or None when missing or null."""
         value = self.optional_int(name)
-        if value is None:
-            return 0
-        if value < 0:
+        if value is not None and value < 0:
             raise self._bad(name, "a count (0 or more)")
         return value
 
@@ -940,11 +968,26 @@ class _Fields:
         return int(value)
 
     def version(self, name: str) -> int | None:
-        """A key version: a number, its decimal string, or null."""
+        """A key version number: a number, its decimal string, or null."""
         value = self.doc.get(name)
         if isinstance(value, str) and value.isdigit():
             return int(value)
         return self.optional_int(name)
+
+    def label(self, name: str) -> str | None:
+        """An id or a number, as text; None when null."""
+        value = self.doc.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return self.optional_text(name)
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self.doc.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._bad(name, "true or false")
+        return value
 
     def time(self, name: str) -> datetime | None:
         """An RFC 3339 time (or Unix seconds), as an aware datetime; None when null."""
@@ -1027,7 +1070,11 @@ def _root_key(doc: _Fields) -> RootKeyStatus:
         version=doc.version("version"),
         state=state,
         expiration_date=doc.time("expirationDate"),
-        expires_in_seconds=doc.optional_int("expiresInSeconds"),
+        expires_in_seconds=doc.optional_int(
+            "expiresInSeconds" if "expiresInSeconds" in doc.doc else "secondsToExpiry"
+        ),
+        version_id=doc.optional_text("versionId"),
+        key_id=doc.optional_text("keyId"),
     )
 
 
@@ -1059,6 +1106,7 @@ def _cluster_status(doc: _Fields) -> ClusterStatus:
             _migration(_text(name, 253), migrations.child(name))
             for name in sorted(migrations.names())
         ),
+        enabling=doc.optional_text("enabling"),
         doc=doc.doc,
     )
 
@@ -1074,7 +1122,8 @@ def _coverage(resource: str, doc: _Fields) -> ResourceCoverage:
                 count=entry.count("count"),
                 provider=entry.optional_text("provider") or "",
                 root_key=entry.optional_text("rootKey"),
-                version=entry.version("version"),
+                version=entry.label("version"),
+                current=entry.flag("current"),
             )
         )
     migration = doc.optional_child("migration")
@@ -1088,16 +1137,22 @@ def _coverage(resource: str, doc: _Fields) -> ResourceCoverage:
         undecryptable=doc.count("undecryptable"),
         undecryptable_names=doc.texts("undecryptableNames"),
         migration=None if migration is None else _migration(resource, migration),
+        unavailable=doc.count("unavailable"),
+        unavailable_reason=doc.optional_text("unavailableReason"),
     )
 
 
 def _plan_entry(resource: str, doc: _Fields) -> MigrationPlanEntry:
+    would_rewrite = doc.count("wouldRewrite")
+    current = doc.optional_count("current")
     return MigrationPlanEntry(
         resource=_text(resource, 253),
         total=doc.count("total"),
-        stale=doc.count("stale"),
-        would_rewrite=doc.count("wouldRewrite"),
+        stale=doc.count("stale") if "stale" in doc.doc else would_rewrite,
+        would_rewrite=would_rewrite,
         unreadable=doc.count("unreadable"),
+        current=current,
+        unreadable_names=doc.texts("unreadableNames"),
     )
 
 
