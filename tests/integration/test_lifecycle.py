@@ -537,3 +537,26 @@ def test_a_key_service_going_away_mid_migration_pauses_it_and_it_resumes(tmp_pat
         values = raw_values(kinko.store)
         assert all(v.startswith(b"k8s:enc:kms:v2:kinko:") for _, v in values)
         assert len(values) == 600
+
+
+def test_kinko_stopped_mid_migration_resumes_it_on_the_next_start(tmp_path: Path) -> None:
+    data_dir, hsm = tmp_path / "kinko", MemoryHsm()
+    slow = options(
+        data_dir, hsm=hsm, no_encryption=True, migration_batch=10, migration_rate_limit=100.0
+    )
+    with running(slow) as kinko, client(kinko) as http:
+        create_plaintext(kinko, 400)
+        assert http.post(ENABLE, json={"key": "kinko-cluster"}).status_code == 202
+        wait_for(
+            "the migration running",
+            lambda: status(http)["migrations"]["secrets"]["done"] >= 50,
+        )
+    # Stopped between two batches: the record says running, and nothing waits for a lock.
+    with running(options(data_dir, hsm=hsm)) as kinko, client(kinko) as http:
+        wait_for("Ready after the restart", lambda: status(http)["phase"] == "Ready")
+        secrets = status(http)["migrations"]["secrets"]
+        # Resumed, not restarted: every object rewritten exactly once over both runs.
+        assert (secrets["done"], secrets["rewritten"], secrets["restarts"]) == (400, 400, 0)
+        values = raw_values(kinko.store)
+        assert len(values) == 400
+        assert all(v.startswith(b"k8s:enc:kms:v2:kinko:") for _, v in values)

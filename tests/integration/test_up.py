@@ -253,6 +253,31 @@ def test_up_serves_both_apis_encrypts_at_rest_and_restarts(tmp_path: Path) -> No
     assert (data_dir / "up.json").read_bytes() == state
 
 
+def test_up_without_encryption_then_kms_enabled_over_the_api(tmp_path: Path) -> None:
+    data_dir = tmp_path / "kinko"
+    with running_up(data_dir, "--no-encryption") as up:
+        token = (data_dir / "admin.token").read_text().strip()
+        assert "Secrets are stored as plaintext until" in up.output
+        _create_and_read_secret(up.endpoints, token)
+        with SqliteStore(data_dir / "kinko.db") as store:
+            entry = store.get(SECRET_KEY)
+        assert entry is not None
+        assert entry.value.startswith(b"{")
+
+        with _client(up.endpoints, token) as http:
+            enabled = http.post("/apis/kinko.io/v1/kms/enable", json={"key": "kinko-cluster"})
+            assert enabled.status_code == 202, enabled.text
+            deadline = time.monotonic() + START_DEADLINE
+            while http.get("/apis/kinko.io/v1/status").json()["phase"] != "Ready":
+                assert time.monotonic() < deadline, "not Ready in time"
+                time.sleep(0.2)
+            assert http.get("/apis/kinko.io/v1/status").json()["masterStatus"].startswith("Ready (")
+        with SqliteStore(data_dir / "kinko.db") as store:
+            entry = store.get(SECRET_KEY)
+            _assert_sealed(None if entry is None else entry.value)
+        assert up.stop() == 0
+
+
 @pytest.mark.etcd
 def test_up_keeps_the_store_in_etcd(tmp_path: Path, etcd_endpoints: list[str]) -> None:
     data_dir = tmp_path / "kinko"

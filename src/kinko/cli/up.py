@@ -125,7 +125,7 @@ def banner(kinko: Kinko, folder: Path) -> str:
             f"bluemix-instance: {e.instance})",
             f"  root key        {e.root_key} (alias kinko-cluster)",
             f"  KMS v2 plugin   {e.kms_plugin_socket}",
-            f"  encryption      {kinko.encryption_config}",
+            f"  encryption      {kinko.encryption_config}{_plaintext_note(kinko)}",
             f"  store           {kinko.store_description}",
             f"  keys            {kinko.hsm.description}",
             f"  admin token     {kinko.admin_token}",
@@ -142,6 +142,16 @@ def banner(kinko: Kinko, folder: Path) -> str:
             "",
             "Stop with Ctrl-C (or SIGTERM).",
         ]
+    )
+
+
+def _plaintext_note(kinko: Kinko) -> str:
+    """A note when Secrets are stored as plaintext (``--no-encryption``), else nothing."""
+    if kinko.encryption.chain_for("secrets").first.prefix:
+        return ""
+    return (
+        "\n                  (off: Secrets are stored as plaintext until "
+        "`kinko cluster kms enable --key kinko-cluster`)"
     )
 
 
