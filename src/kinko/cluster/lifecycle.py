@@ -22,7 +22,8 @@ run anything:
   supervisor. Writes continue during the migration.
 - **Retire**: once a migration completed and a later prefix scan finds no stored object that
   names an earlier kinko KMS provider, that provider is dropped from the configuration, its
-  plugin stopped and the cluster's registration on its key deleted. The checkpoint records
+  plugin stopped (the first start's keeps serving ``kms.sock``, which ``endpoints.json``
+  names) and the cluster's registration on its key deleted. The checkpoint records
   are carried over to the new configuration's target (dropping a provider no value uses makes
   no value stale), so the retirement costs no second pass.
 - **Verify**: ``interval`` seconds after a pass completed, a prefix scan (headers only, no
@@ -32,7 +33,13 @@ run anything:
   target).
 - **Compact**: after a pass that rewrote objects, the store's history below the revision of
   the last checkpoint is compacted, so old ciphertexts under retired keys and versions do not
-  linger in store history (what remains elsewhere is listed in ``docs/operations.md``).
+  linger in store history. What compaction does not reach: etcd keeps compacted revisions in
+  its backend file until ``etcdctl defrag``; SQLite reuses the freed pages but leaves their
+  bytes until they are overwritten or the file is vacuumed (and the WAL until a checkpoint);
+  backups and snapshots keep whatever they copied; a running kinko keeps unwrapped seeds in
+  its KMS v2 sessions' caches until it restarts. Those copies are the old values as they
+  were stored: sealed under the old key (unreadable once it is purged) or, for a cluster that
+  ran without encryption before, plaintext.
 - **Status** (:meth:`EncryptionController.status`): the seed's master status text, the phase,
   the per-resource migration state, the root key and its expiry warnings; the metrics
   ``kinko_root_key_expiry_seconds`` and ``kinko_migration_*`` (:meth:`collector`).
@@ -55,7 +62,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -1886,8 +1892,3 @@ class ExplainingClusterService(ClusterService):
             return super().patch(resource, namespace, name, patch)
         except PluginError as exc:
             raise self._explain(exc) from exc
-
-
-def status_json(status: ClusterStatus) -> str:
-    """The status document as JSON text (for logs and tools)."""
-    return json.dumps(status.to_json(), separators=(",", ":"))
