@@ -145,6 +145,7 @@ from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
 from kinko.store.etcd_store import EtcdStore
 from kinko.store.port import Store
+from kinko.store.sqlite import SqliteStore
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -766,7 +767,7 @@ class Kinko:
             keys=ServiceKeyDirectory(service, plugin_principal, boot.instance),
             batch=options.migration_batch,
             rate_limit=options.migration_rate_limit,
-            count_keys=store.client.count_prefix if isinstance(store, EtcdStore) else None,
+            count_keys=_key_counter(store),
             interval=options.encryption_interval,
             key_check_interval=options.key_check_interval,
             backoff_cap=options.backoff_cap,
@@ -879,6 +880,16 @@ def _save_plugins(data_dir: Path, entries: tuple[PluginEntry, ...]) -> None:
     if state is None:
         raise CorruptMetadata(f"{data_dir / STATE_FILE}: missing while kinko up runs")
     save_state(data_dir, replace(state, plugins=entries))
+
+
+def _key_counter(store: Store) -> Callable[[bytes], int] | None:
+    """Counts the keys under a prefix without reading values (the migration's progress
+    total), where the store can: etcd and SQLite; None otherwise."""
+    if isinstance(store, EtcdStore):
+        return store.client.count_prefix
+    if isinstance(store, SqliteStore):
+        return store.count_prefix
+    return None
 
 
 def _compactor(store: Store) -> Callable[[int], None] | None:
