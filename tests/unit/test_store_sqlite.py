@@ -215,3 +215,16 @@ def test_count_prefix_counts_keys_under_the_prefix_only(tmp_path: Path) -> None:
         assert store.count_prefix(b"/c/") == 0
     finally:
         store.close()
+
+
+def test_deleted_values_do_not_linger_in_the_file(tmp_path: Path) -> None:
+    marker = b"superseded-ciphertext-" * 64
+    store = SqliteStore(tmp_path / "secure.db")
+    try:
+        store.txn([Put(b"/k", marker, 0)])
+        store.txn([Put(b"/k", b"new", None)])
+        store.compact(store.range(b"/").revision)
+    finally:
+        store.close()  # the last connection checkpoints the WAL into the file
+    leftovers = [p.name for p in tmp_path.iterdir() if marker[:40] in p.read_bytes()]
+    assert leftovers == []

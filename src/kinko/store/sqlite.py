@@ -340,6 +340,10 @@ class SqliteStore:
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
                 conn.execute("PRAGMA synchronous = FULL")
+                # Deleted and overwritten rows are zeroed in the file, whatever SQLite's build
+                # default: superseded ciphertexts (and, after compaction, their history rows)
+                # do not linger in free pages.
+                conn.execute("PRAGMA secure_delete = ON")
             except sqlite3.Error as exc:
                 conn.close()
                 raise StoreUnavailable(f"cannot open SQLite store {self._path}: {exc}") from exc
