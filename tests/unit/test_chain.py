@@ -8,6 +8,7 @@ import pytest
 
 from kinko.crypto.chain import ProviderChain
 from kinko.crypto.formats import AesCbc, AesGcm, Identity, KmsV1, KmsV2, Secretbox
+from kinko.crypto.types import Opened
 from kinko.errors import DecryptionError, InvalidArgument, PluginError
 from tests.unit.fakes import Base64KmsV1Unwrapper, Base64KmsV2Keys
 
@@ -183,3 +184,61 @@ def test_the_identity_chain_does_not_encrypt() -> None:
 def test_repr_names_providers_and_keys_only() -> None:
     chain = ProviderChain([AesCbc("k1", b"\x5a" * 32, rng=os.urandom), Identity()])
     assert repr(chain) == "ProviderChain([aescbc:k1, identity])"
+
+
+class _Counting:
+    """A transformer that counts its opens and always fails with ``error``."""
+
+    def __init__(self, inner: AesGcm, error: Exception) -> None:
+        self.inner = inner
+        self.error = error
+        self.opens = 0
+
+    kind = "aesgcm"
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def prefix(self) -> bytes:
+        return self.inner.prefix
+
+    def seal(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        return self.inner.seal(plaintext, aad=aad)
+
+    def open(self, value: bytes, *, aad: bytes) -> Opened:
+        self.opens += 1
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [DecryptionError(), PluginError("KMS plugin kms: down")])
+def test_a_failing_first_transformer_is_tried_once_and_the_search_goes_on(
+    error: Exception,
+) -> None:
+    first = _Counting(gcm("key1"), error)
+    chain = ProviderChain([first, gcm("key1"), Identity()])
+    value = gcm("key1").seal(b"secret", aad=AAD)
+    opened = chain.open(value, aad=AAD)
+    assert (opened.plaintext, opened.stale, first.opens) == (b"secret", True, 1)
+
+
+@pytest.mark.parametrize("error", [DecryptionError(), PluginError("KMS plugin kms: down")])
+def test_errors_after_a_failing_first_transformer_carry_no_context(error: Exception) -> None:
+    first = _Counting(gcm("key1"), error)
+    chain = ProviderChain([first, gcm("key1", KEY_B)])
+    value = gcm("key1").seal(b"secret", aad=AAD)
+    with pytest.raises(type(error)) as info:
+        chain.open(value, aad=AAD)
+    assert first.opens == 1
+    if isinstance(info.value, DecryptionError):
+        assert info.value.__context__ is None
+        assert info.value.reason == DecryptionError().reason
+
+
+def test_identity_first_refuses_encrypted_data_it_cannot_match() -> None:
+    chain = ProviderChain([Identity(), gcm("key2")])
+    value = gcm("key1").seal(b"secret", aad=AAD)
+    with pytest.raises(DecryptionError) as info:
+        chain.open(value, aad=AAD)
+    assert info.value.reason == DecryptionError.NO_MATCHING_PROVIDER

@@ -465,3 +465,23 @@ def test_kms_v2_large_values_match_protobufs_encoding() -> None:
     obj = kmsv2.decode_encrypted_object(value[len(transformer.prefix) :])
     assert transformer.prefix + kmsv2.encode_encrypted_object(obj) == value
     assert transformer.open(value, aad=AAD).plaintext == plaintext
+
+
+@pytest.mark.parametrize("size", [1, 4096 - 60, 4096, 5000, 64 * 1024])
+def test_kms_v2_every_flipped_byte_of_encrypted_data_is_detected(size: int) -> None:
+    # Small values are sliced out of the stored bytes, large ones read through a view.
+    transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=os.urandom)
+    value = transformer.seal(os.urandom(size), aad=AAD)
+    found = kmsv2.locate_encrypted_data(value, len(transformer.prefix))
+    assert found is not None
+    begin, end = found
+    for index in {begin, begin + 31, begin + 32, begin + 44, (begin + end) // 2, end - 1}:
+        tampered = bytearray(value)
+        tampered[index] ^= 0x01
+        open_fails(transformer, bytes(tampered))
+
+
+def test_kms_v2_refuses_an_rng_that_draws_the_wrong_size() -> None:
+    transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=lambda n: bytes(n - 1))
+    with pytest.raises(InvalidArgument, match="rng: expected 44 bytes, got 43"):
+        transformer.seal(b"secret", aad=AAD)

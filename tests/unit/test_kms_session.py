@@ -770,3 +770,63 @@ def test_poller_rejects_bad_intervals_and_double_start() -> None:
             poller.start()
     finally:
         poller.stop(WAIT)
+
+
+def test_a_cache_entry_needs_every_field_of_kube_apiservers_key() -> None:
+    # kube-apiserver keys its cache by type, wrapped seed, key_id and annotations: the same
+    # wrapped seed under another key_id or other annotations must reach the plugin again.
+    writer, _, _, _ = make()
+    obj = stored(writer.write_state())
+    reader, api, _, _ = make()
+    api.decrypt_override = b"s" * 32
+    variants = [
+        obj,
+        replace(obj, key_id=obj.key_id + "x"),
+        replace(obj, annotations={**obj.annotations, "other.example.com": b"1"}),
+        replace(obj, annotations={}),
+        replace(obj, dek_source_type=DekSourceType.AES_GCM_KEY),
+    ]
+    for variant in variants:
+        reader.dek_source(variant)
+    assert len(api.decrypt_calls) == len(variants)
+    for variant in variants:
+        reader.dek_source(replace(variant, encrypted_data=b"other payload"))
+    assert reader.cache_stats() == type(reader.cache_stats())(
+        hits=len(variants), misses=len(variants), size=len(variants)
+    )
+
+
+def test_annotation_order_does_not_split_a_cache_entry() -> None:
+    session, api, _, _ = make()
+    api.decrypt_override = b"s" * 32
+    first = {"a.example.com": b"1", "b.example.com": b"2"}
+    second = {"b.example.com": b"2", "a.example.com": b"1"}
+    obj = EncryptedObject(b"x", "k", b"w", first, DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED)
+    session.dek_source(obj)
+    session.dek_source(replace(obj, annotations=second))
+    assert len(api.decrypt_calls) == 1
+
+
+def test_a_field_too_long_for_the_cache_key_is_refused_before_decrypt() -> None:
+    session, api, _, _ = make()
+    obj = EncryptedObject(
+        b"x", "k", b"w" * 70000, {}, DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED
+    )
+    with pytest.raises(EnvelopeError):
+        session.dek_source(obj)
+    assert api.decrypt_calls == []
+    assert session.cache_stats() == type(session.cache_stats())(hits=0, misses=0, size=0)
+
+
+def test_write_state_and_expiry_change_together_on_rotation() -> None:
+    session, api, clock, _ = make()
+    first = session.write_state()
+    clock.advance(WRITE_STATE_TTL + 1)
+    with pytest.raises(PluginError, match="expired"):
+        session.write_state()
+    api.plugin = LocalKeyPlugin(KEY_B)
+    session.check()
+    second = session.write_state()
+    assert second.key_id != first.key_id
+    assert session.current_key_id() == second.key_id
+    assert session.expires_in() == WRITE_STATE_TTL

@@ -362,3 +362,62 @@ def test_canonical_header_applies_the_field_rules() -> None:
     bad.annotations["Not_An_FQDN"] = b"x"
     with pytest.raises(EnvelopeError):
         kmsv2.decode_canonical_header(bad.SerializeToString(deterministic=True))
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 300, 16383, 16384, 2_097_152])
+@pytest.mark.parametrize("start", [0, 7])
+def test_locate_finds_field_one_behind_any_prefix_and_length(size: int, start: int) -> None:
+    obj = _obj(encrypted_data=b"\xab" * size)
+    encoded = b"p" * start + kmsv2.encode_encrypted_object(obj)
+    found = kmsv2.locate_encrypted_data(encoded, start)
+    assert found is not None
+    begin, end = found
+    assert encoded[begin:end] == obj.encrypted_data
+    assert kmsv2.decode_canonical_header(encoded[end:]) is not None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x0a", b"\x0a\x05ab", b"\x0a\x80", b"\x0a\x80\x01", b"\x0a\xff\xff", b"\x12\x011"],
+)
+def test_locate_refuses_what_does_not_hold_a_whole_field_one(data: bytes) -> None:
+    assert kmsv2.locate_encrypted_data(data) is None
+    assert kmsv2.locate_encrypted_data(b"prefix" + data, 6) is None
+
+
+def test_a_varint_longer_than_ten_bytes_is_refused() -> None:
+    assert kmsv2.locate_encrypted_data(b"\x0a" + b"\x80" * 10 + b"\x00") is None
+
+
+def test_seal_drawn_is_seal_seed_type_without_info_and_nonce() -> None:
+    sealed = kmsv2.seal_drawn(SEED, b"hello", aad=AAD, drawn=INFO + NONCE)
+    assert INFO + NONCE + sealed == kmsv2.seal_seed_type(
+        SEED, b"hello", aad=AAD, info=INFO, nonce=NONCE
+    )
+
+
+@pytest.mark.parametrize(("seed", "drawn"), [(SEED[:31], INFO + NONCE), (SEED, INFO + NONCE[:-1])])
+def test_seal_drawn_refuses_bad_sizes(seed: bytes, drawn: bytes) -> None:
+    with pytest.raises(InvalidArgument):
+        kmsv2.seal_drawn(seed, b"x", aad=AAD, drawn=drawn)
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_open_seed_type_reads_bytes_and_views_alike(view: bool) -> None:
+    data = _type1()
+    framed = memoryview(b"xx" + data)[2:] if view else data
+    assert kmsv2.open_seed_type(SEED, framed, aad=AAD) == b"hello"
+
+
+@pytest.mark.parametrize(
+    ("case", "source_type", "source", "make", "aad"),
+    [f for f in FAILURES if f[1] == T1],
+    ids=[f[0] for f in FAILURES if f[1] == T1],
+)
+def test_open_seed_type_failures_are_one_opaque_error(
+    case: str, source_type: DekSourceType, source: bytes, make: Callable[[], bytes], aad: bytes
+) -> None:
+    with pytest.raises(DecryptionError) as info:
+        kmsv2.open_seed_type(source, make(), aad=aad)
+    assert info.value.reason == DecryptionError.NOT_AUTHENTIC
+    assert_no_cause_shown(info.value)

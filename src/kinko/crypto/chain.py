@@ -38,10 +38,20 @@ class _Seal(Protocol):
     def __call__(self, plaintext: bytes, *, aad: bytes) -> bytes: ...
 
 
+class _Open(Protocol):
+    def __call__(self, value: bytes, *, aad: bytes) -> Opened: ...
+
+
 class ProviderChain:
     """The transformers of one resource in EncryptionConfiguration order (never empty)."""
 
-    __slots__ = ("_read_unprefixed_as_identity", "_transformers", "seal")
+    __slots__ = (
+        "_first_open",
+        "_first_prefix",
+        "_read_unprefixed_as_identity",
+        "_transformers",
+        "seal",
+    )
 
     def __init__(
         self,
@@ -57,6 +67,9 @@ class ProviderChain:
         # extra call. Raises what that transformer raises: InvalidArgument (a read-only first
         # provider), PluginError (KMS unavailable).
         self.seal: _Seal = self._transformers[0].seal
+        # Most reads are of what the first transformer wrote: it is tried before the loop.
+        self._first_prefix = self._transformers[0].prefix
+        self._first_open: _Open = self._transformers[0].open
         self._read_unprefixed_as_identity = read_unprefixed_as_identity
 
     @classmethod
@@ -88,9 +101,35 @@ class ProviderChain:
         otherwise), UnavailableError such as PluginError (an environment failure stopped a
         matching transformer and no other one opened the value).
         """
-        matched = False
-        unavailable: UnavailableError | None = None
-        for index, transformer in enumerate(self._transformers):
+        # The first transformer first, when it matches (identity: an unencrypted value): such
+        # a read is stale only in that transformer's view. On failure the search goes on from
+        # the second, called after the handler so that its errors carry no context.
+        prefix = self._first_prefix
+        if value.startswith(prefix) if prefix else not value.startswith(ENCRYPTED_PREFIX):
+            unavailable: UnavailableError | None = None
+            try:
+                return self._first_open(value, aad=aad)
+            except DecryptionError:
+                pass
+            except UnavailableError as exc:
+                unavailable = exc
+            return self._search(value, aad, 1, bool(prefix), unavailable)
+        return self._search(value, aad, 0, False, None)
+
+    def _search(
+        self,
+        value: bytes,
+        aad: bytes,
+        start: int,
+        matched: bool,
+        unavailable: UnavailableError | None,
+    ) -> Opened:
+        """``open`` from the transformer at ``start``. Those before it failed: ``matched``
+        says whether a prefix among them matched, ``unavailable`` is their first
+        environment failure."""
+        transformers = self._transformers
+        for index in range(start, len(transformers)):
+            transformer = transformers[index]
             prefix = transformer.prefix
             if not value.startswith(prefix):
                 continue

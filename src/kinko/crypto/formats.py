@@ -44,6 +44,12 @@ from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument
 #: Distinct KMS v2 envelope headers (fields 2 to 5) kept decoded per transformer; one per seed
 #: in practice, so this bound is only reached under attack or churn, and then it resets.
 _DECODED_HEADERS_MAX = 1024
+#: KMS v2 ``encryptedData`` up to this size is sliced (copied) out of the stored value; larger
+#: ones are read through a memoryview. Copying a few KiB costs less than making a view.
+_KMS_V2_COPY_MAX = 4096
+_SEED_TYPE = DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED
+#: What a KMS v2 write draws from its rng at once: ``info ‖ nonce``.
+_KMS_V2_DRAW = kmsv2.INFO_SIZE + kmsv2.NONCE_SIZE
 
 #: Every encrypted value starts with this; identity refuses to read it.
 ENCRYPTED_PREFIX = b"k8s:enc:"
@@ -343,7 +349,8 @@ class KmsV2:
     rng: Rng = field(repr=False, kw_only=True)
     prefix: bytes = field(init=False)
     _header: _HeaderCache = field(init=False, repr=False)
-    _decoded: dict[bytes, EncryptedObject] = field(init=False, repr=False)
+    #: Header bytes (fields 2 to 5) → the decoded fields and whether the type is 1.
+    _decoded: dict[bytes, tuple[EncryptedObject, bool]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_name("kms v2", self.name)
@@ -369,66 +376,89 @@ class KmsV2:
                 key_id=state.key_id,
                 encrypted_dek_source=state.encrypted_dek_source,
                 annotations=state.annotations,
-                dek_source_type=DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+                dek_source_type=_SEED_TYPE,
             )
             entry = (state, header)
             self._header.entry = entry
         # One draw for info and nonce: a second rng call costs more than the HMAC it feeds.
-        drawn = _draw(self.rng, kmsv2.INFO_SIZE + kmsv2.NONCE_SIZE)
-        info = drawn[: kmsv2.INFO_SIZE]
-        nonce = drawn[kmsv2.INFO_SIZE :]
-        sealed = AESGCM(kmsv2.derive_dek(state.seed, info=info)).encrypt(nonce, plaintext, aad)
-        size = kmsv2.INFO_SIZE + kmsv2.NONCE_SIZE + len(sealed)
+        drawn = self.rng(_KMS_V2_DRAW)
+        if len(drawn) != _KMS_V2_DRAW:
+            raise InvalidArgument(f"rng: expected {_KMS_V2_DRAW} bytes, got {len(drawn)}")
+        sealed = kmsv2.seal_drawn(state.seed, plaintext, aad=aad, drawn=drawn)
         return b"".join(
-            (self.prefix, kmsv2.encrypted_data_field_header(size), drawn, sealed, entry[1])
+            (
+                self.prefix,
+                kmsv2.encrypted_data_field_header(len(drawn) + len(sealed)),
+                drawn,
+                sealed,
+                entry[1],
+            )
         )
 
-    def _decode(self, payload: memoryview) -> tuple[EncryptedObject, bytes | memoryview]:
-        """The envelope's fields 2 to 5 and its ``encryptedData``. Raises EnvelopeError.
+    def _remember(self, header: bytes) -> tuple[EncryptedObject, bool] | None:
+        """Decode and validate fields 2 to 5 once per distinct header (a bounded cache).
 
-        Values written under one seed share fields 2 to 5 byte for byte, so those are decoded
-        and validated once per distinct header (a bounded cache) instead of once per read;
-        any header that is not in Go's canonical form takes the full parse every time.
+        Returns None for a header not in Go's canonical form: such a value takes the full
+        parse on every read. Raises EnvelopeError.
         """
-        split = kmsv2.split_encrypted_data(payload)
-        if split is not None and split[0]:
-            encrypted_data, header_view = split
-            header = bytes(header_view)
-            cache = self._decoded
-            obj = cache.get(header)
-            if obj is None:
-                obj = kmsv2.decode_canonical_header(header)
-                if obj is not None:
-                    if len(cache) >= _DECODED_HEADERS_MAX:
-                        cache.clear()
-                    cache[header] = obj
-            if obj is not None:
-                return obj, encrypted_data
-        full = kmsv2.decode_encrypted_object(bytes(payload))
-        return full, full.encrypted_data
+        obj = kmsv2.decode_canonical_header(header)
+        if obj is None:
+            return None
+        entry = (obj, obj.dek_source_type == _SEED_TYPE)
+        cache = self._decoded
+        if len(cache) >= _DECODED_HEADERS_MAX:
+            cache.clear()
+        cache[header] = entry
+        return entry
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Raises DecryptionError (opaque; also for a malformed envelope), PluginError."""
-        if not value.startswith(self.prefix):
+        prefix = self.prefix
+        if not value.startswith(prefix):
             raise DecryptionError()
-        payload = memoryview(value)[len(self.prefix) :]
-        try:
-            obj, encrypted_data = self._decode(payload)
-        except EnvelopeError:
-            raise DecryptionError() from None
-        dek_source = self.keys.dek_source(obj)
-        plaintext = kmsv2.open_encrypted_data(
-            obj.dek_source_type, dek_source, encrypted_data, aad=aad
-        )
-        stale = (
-            obj.key_id != self.keys.current_key_id()
-            or obj.dek_source_type != DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED
-        )
+        # Values written under one seed share fields 2 to 5 byte for byte, so those are
+        # decoded and validated once per distinct header instead of once per read.
+        found = kmsv2.locate_encrypted_data(value, len(prefix))
+        entry = None
+        if found is not None:
+            begin, end = found
+            if end > begin:
+                header = value[end:]
+                entry = self._decoded.get(header)
+                if entry is None:
+                    try:
+                        entry = self._remember(header)
+                    except EnvelopeError:
+                        raise DecryptionError() from None
+        encrypted_data: bytes | memoryview
+        if entry is not None:
+            obj, seed_type = entry
+            if end - begin <= _KMS_V2_COPY_MAX:
+                encrypted_data = value[begin:end]
+            else:
+                encrypted_data = memoryview(value)[begin:end]
+        else:
+            try:
+                obj = kmsv2.decode_encrypted_object(value[len(prefix) :])
+            except EnvelopeError:
+                raise DecryptionError() from None
+            seed_type = obj.dek_source_type == _SEED_TYPE
+            encrypted_data = obj.encrypted_data
+        keys = self.keys
+        dek_source = keys.dek_source(obj)
+        if seed_type:
+            plaintext = kmsv2.open_seed_type(dek_source, encrypted_data, aad=aad)
+        else:
+            plaintext = kmsv2.open_encrypted_data(
+                obj.dek_source_type, dek_source, encrypted_data, aad=aad
+            )
+        key_id = obj.key_id
+        # Positional: this runs once per read, and keywords cost more than the tuple.
         return Opened(
-            plaintext=plaintext,
-            stale=stale,
-            provider="kms",
-            key_name=self.name,
-            key_id=obj.key_id,
-            dek_source_type=obj.dek_source_type,
+            plaintext,
+            key_id != keys.current_key_id() or not seed_type,
+            "kms",
+            self.name,
+            key_id,
+            obj.dek_source_type,
         )

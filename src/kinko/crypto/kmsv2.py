@@ -140,6 +140,11 @@ def encrypted_data_field_header(size: int) -> bytes:
     64 KiB seal several times slower; tests check the result against protobuf's own output.
     Raises InvalidArgument for an empty or negative size.
     """
+    # One- and two-byte lengths (up to 16 KiB) are every Secret's; no loop for them.
+    if 0 < size < 0x80:
+        return bytes((0x0A, size))
+    if 0x80 <= size < 0x4000:
+        return bytes((0x0A, (size & 0x7F) | 0x80, size >> 7))
     if size <= 0:
         raise InvalidArgument(f"encryptedData: expected a positive size, got {size}")
     out = bytearray(_ENCRYPTED_DATA_KEY)
@@ -189,6 +194,44 @@ def decode_encrypted_object(data: bytes) -> EncryptedObject:
     return obj
 
 
+def locate_encrypted_data(data: bytes | memoryview, start: int = 0) -> tuple[int, int] | None:
+    """Where ``encryptedData`` lies in ``data[start:]``: (begin, end) offsets into ``data``
+    when that message starts with field 1, as every writer that follows Go's field order
+    does; otherwise None. The bytes from ``end`` on are fields 2 to 5.
+
+    Pure framing, no validation and no copy. Raises nothing.
+    """
+    size = len(data)
+    if size < start + 2 or data[start] != 0x0A:
+        return None
+    # Lengths below 16 KiB take one or two bytes: read those without the general loop.
+    first = data[start + 1]
+    if first < 0x80:
+        begin = start + 2
+        end = begin + first
+    elif size > start + 2 and data[start + 2] < 0x80:
+        begin = start + 3
+        end = begin + ((first & 0x7F) | (data[start + 2] << 7))
+    else:
+        length = 0
+        shift = 0
+        pos = start + 1
+        while True:
+            if pos >= size or pos > start + 10:
+                return None
+            byte = data[pos]
+            length |= (byte & 0x7F) << shift
+            pos += 1
+            if not byte & 0x80:
+                break
+            shift += 7
+        begin = pos
+        end = pos + length
+    if end > size:
+        return None
+    return begin, end
+
+
 @overload
 def split_encrypted_data(data: bytes) -> tuple[bytes, bytes] | None: ...
 @overload
@@ -203,23 +246,12 @@ def split_encrypted_data(
     :func:`decode_canonical_header`. Slices of a memoryview are views, so a large value is
     not copied. Raises nothing.
     """
-    if len(data) < 2 or data[0] != 0x0A:
+    found = locate_encrypted_data(data)
+    if found is None:
         return None
-    size = 0
-    shift = 0
-    pos = 1
-    while pos < len(data) and pos <= 10:
-        byte = data[pos]
-        size |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            end = pos + size
-            if end > len(data):
-                return None
-            # Both halves have the type of ``data``; mypy cannot pair them through the union.
-            return data[pos:end], data[end:]  # type: ignore[return-value]
-        shift += 7
-    return None
+    begin, end = found
+    # Both halves have the type of ``data``; mypy cannot pair them through the union.
+    return data[begin:end], data[end:]  # type: ignore[return-value]
 
 
 def decode_canonical_header(header: bytes) -> EncryptedObject | None:
@@ -279,6 +311,47 @@ def seal_seed_type(
     return info + nonce + AESGCM(dek).encrypt(nonce, plaintext, aad)
 
 
+def seal_drawn(seed: bytes, plaintext: bytes, *, aad: bytes, drawn: bytes) -> bytes:
+    """``ct ‖ tag`` of a type-1 value whose ``info ‖ nonce`` is ``drawn`` (44 bytes).
+
+    The writer's form of :func:`seal_seed_type`: it draws ``info`` and ``nonce`` in one call
+    and frames them itself, so here they are neither split by the caller nor copied into the
+    result. Raises InvalidArgument if the seed is shorter than 32 bytes or ``drawn`` is not
+    44 bytes.
+    """
+    if len(seed) < MIN_SEED_SIZE:
+        raise InvalidArgument(f"seed: expected at least {MIN_SEED_SIZE} bytes, got {len(seed)}")
+    if len(drawn) != INFO_SIZE + NONCE_SIZE:
+        raise InvalidArgument(
+            f"info and nonce: expected {INFO_SIZE + NONCE_SIZE} bytes, got {len(drawn)}"
+        )
+    dek = HKDFExpand(_SHA256, DERIVED_KEY_SIZE, drawn[:INFO_SIZE]).derive(seed)
+    return AESGCM(dek).encrypt(drawn[INFO_SIZE:], plaintext, aad)
+
+
+def open_seed_type(seed: bytes, encrypted_data: bytes | memoryview, *, aad: bytes) -> bytes:
+    """Open a type-1 ``encryptedData`` (``info ‖ nonce ‖ ct ‖ tag``) with its seed.
+
+    The same as :func:`open_encrypted_data` for type 1, without the dispatch on the type.
+    Raises DecryptionError (opaque): a short seed, truncated data, a wrong AAD or a bad tag.
+    """
+    if len(seed) < MIN_SEED_SIZE or len(encrypted_data) < INFO_SIZE + NONCE_SIZE + TAG_SIZE:
+        raise DecryptionError()
+    # HKDFExpand takes ``info`` as bytes only; a slice of bytes already is.
+    info = encrypted_data[:INFO_SIZE]
+    dek = HKDFExpand(
+        _SHA256, DERIVED_KEY_SIZE, info if type(info) is bytes else bytes(info)
+    ).derive(seed)
+    try:
+        return AESGCM(dek).decrypt(
+            encrypted_data[INFO_SIZE : INFO_SIZE + NONCE_SIZE],
+            encrypted_data[INFO_SIZE + NONCE_SIZE :],
+            aad,
+        )
+    except InvalidTag:
+        raise DecryptionError() from None
+
+
 def open_encrypted_data(
     source_type: DekSourceType,
     dek_source: bytes,
@@ -294,17 +367,9 @@ def open_encrypted_data(
     data, a wrong AAD or a bad tag.
     """
     if source_type == DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED:
-        if (
-            len(dek_source) < MIN_SEED_SIZE
-            or len(encrypted_data) < INFO_SIZE + NONCE_SIZE + TAG_SIZE
-        ):
-            raise DecryptionError()
-        # Views, not copies: a 64 KiB value would otherwise be copied twice per read.
-        view = memoryview(encrypted_data)
-        info = bytes(view[:INFO_SIZE])
-        key = HKDFExpand(_SHA256, DERIVED_KEY_SIZE, info).derive(dek_source)
-        body = view[INFO_SIZE:]
-    elif source_type == DekSourceType.AES_GCM_KEY:
+        # A view, not a copy: a 64 KiB value would otherwise be copied again per read.
+        return open_seed_type(dek_source, memoryview(encrypted_data), aad=aad)
+    if source_type == DekSourceType.AES_GCM_KEY:
         if len(dek_source) not in AES_KEY_SIZES or len(encrypted_data) < NONCE_SIZE + TAG_SIZE:
             raise DecryptionError()
         key = dek_source

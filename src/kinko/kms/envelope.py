@@ -13,8 +13,12 @@
   writes fail after that ("coasting" ends), reads go on.
 - A failed check raises :class:`~kinko.errors.PluginError` and changes nothing.
 - :meth:`KmsV2Session.dek_source` unwraps stored seeds/DEKs through a bounded LRU cache keyed
-  as kube-apiserver keys its cache (:func:`dek_cache_key`). The write seed is in the cache, and
-  every :meth:`~KmsV2Session.write_state` touches it, so reads of fresh data never miss.
+  by every field kube-apiserver's cache key covers (:func:`dek_cache_key`): the DEK source
+  type, the wrapped seed/DEK, the key_id and the annotations. kinko keys it by those fields
+  themselves, compared whole, rather than by their SHA-256: the two are equally collision-free
+  (the tuple is injective, the hash is collision-resistant) and the tuple costs no hashing per
+  read. The write seed is always a hit, however many other seeds the cache has seen since,
+  so reads of fresh data never miss.
 
 :class:`KmsV2Poller` runs the checks in the background at kube-apiserver's intervals
 (1 minute while healthy, 10 seconds while not).
@@ -25,8 +29,10 @@ key_id in a Status answer; ``kinko.cluster.metrics`` turns these into kube-apise
 envelope metrics. Without one, nothing is timed or hashed beyond what the session needs.
 
 Invariants: seeds, DEKs and wrapped seeds never appear in a message or a log line; a failed
-check never changes the state; all state is guarded by one lock, and plugin calls are never
-made while holding it; an observer is handed names, hashes, errors and durations only.
+check never changes the state; all state is changed under one lock, and plugin calls are never
+made while holding it; the write state and its expiry are one immutable record replaced whole,
+so writes and ``current_key_id`` read it without the lock and never see half a change; an
+observer is handed names, hashes, errors and durations only.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Final, Protocol, TypeVar
@@ -76,6 +82,11 @@ KEY_ID_EMPTY: Final = "empty"
 KEY_ID_TOO_LONG: Final = "too_long"
 
 _T = TypeVar("_T")
+
+#: The DEK cache's key: (type, encryptedDEKSource, keyID, annotations sorted by name). It
+#: holds exactly the fields :func:`dek_cache_key` encodes, so two objects share an entry
+#: exactly when kube-apiserver's cache key would be equal.
+_CacheKey = tuple[int, bytes, str, tuple[tuple[str, bytes], ...]]
 
 
 class KmsObserver(Protocol):
@@ -130,6 +141,34 @@ def dek_cache_key(
             parts.append(u16("annotations key", name.encode()))
             parts.append(u16(f"annotations[{name[:64]!r}]", annotations[name]))
     return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _annotations_key(annotations: Mapping[str, bytes]) -> tuple[tuple[str, bytes], ...]:
+    # Sorted by name, as dek_cache_key encodes them; one entry needs no sort.
+    if len(annotations) == 1:
+        return tuple(annotations.items())
+    return tuple(sorted(annotations.items()))
+
+
+def _cache_key(obj: EncryptedObject) -> _CacheKey:
+    annotations = obj.annotations
+    return (
+        obj.dek_source_type,
+        obj.encrypted_dek_source,
+        obj.key_id,
+        _annotations_key(annotations) if annotations else (),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """The write state with what reads and writes need of it; replaced whole on every check."""
+
+    state: KmsWriteState
+    cache_key: _CacheKey = field(repr=False)
+    key_id_hash: str
+    expires_at: float
+    last_healthy_at: float
 
 
 def key_id_hash(key_id: str) -> str:
@@ -192,16 +231,13 @@ class KmsV2Session:
         self._lock = threading.Lock()
         # Serialises checks, so that two concurrent checks never wrap two seeds.
         self._check_lock = threading.Lock()
-        self._state: KmsWriteState | None = None
-        self._state_cache_key = b""
-        self._state_key_id_hash = ""
-        self._expires_at = 0.0
-        self._last_healthy_at: float | None = None
+        # Changed only under the lock, replaced whole; read without it (one reference).
+        self._written: _Written | None = None
         self._version: str | None = None
         # True once a check has finished (either way); the first use waits for that.
         self._primed = False
         self._last_failure: PluginError | None = None
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cache: OrderedDict[_CacheKey, bytes] = OrderedDict()
         self._hits = 0
         self._misses = 0
 
@@ -242,7 +278,7 @@ class KmsV2Session:
 
     def _probe(self) -> None:
         with self._lock:
-            state = self._state
+            written = self._written
             version_seen = self._version
         started = self._clock()
         status = self._call("Status", self._api.status)
@@ -268,30 +304,41 @@ class KmsV2Session:
                 error = KEY_ID_EMPTY if not status.key_id else KEY_ID_TOO_LONG
                 observer.on_invalid_key_id(self._name, error)
             raise
-        if state is not None and state.key_id == status.key_id:
+        if written is not None and written.state.key_id == status.key_id:
             with self._lock:
-                self._extend(started, version=status.version)
+                current = self._written
+                if current is not None:
+                    self._written = replace(
+                        current, expires_at=started + WRITE_STATE_TTL, last_healthy_at=started
+                    )
+                self._version = status.version
             return
         new_state = self._rotate(status.key_id)
-        new_key = dek_cache_key(
+        # Forming kube-apiserver's key checks every field fits its encoding (EnvelopeError).
+        dek_cache_key(
             DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
             new_state.encrypted_dek_source,
             new_state.key_id,
             new_state.annotations,
         )
+        new_key: _CacheKey = (
+            DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+            new_state.encrypted_dek_source,
+            new_state.key_id,
+            _annotations_key(new_state.annotations) if new_state.annotations else (),
+        )
         new_hash = key_id_hash(new_state.key_id)
         with self._lock:
-            self._state = new_state
-            self._state_cache_key = new_key
-            self._state_key_id_hash = new_hash
+            self._written = _Written(
+                state=new_state,
+                cache_key=new_key,
+                key_id_hash=new_hash,
+                expires_at=started + WRITE_STATE_TTL,
+                last_healthy_at=started,
+            )
             self._cache_put(new_key, new_state.seed)
-            self._extend(started, version=status.version)
+            self._version = status.version
         log.info("KMS plugin %s: new write seed for key_id hash %s", self._name, new_hash)
-
-    def _extend(self, started: float, *, version: str) -> None:
-        self._expires_at = started + WRITE_STATE_TTL
-        self._last_healthy_at = started
-        self._version = version
 
     def _rotate(self, key_id: str) -> KmsWriteState:
         """Wrap a fresh seed for ``key_id``; the answer must satisfy every Encrypt rule."""
@@ -364,34 +411,36 @@ class KmsV2Session:
         Raises PluginError: the plugin was never healthy, or the state expired (no healthy
         Status for 3 minutes).
         """
-        self._prime()
-        with self._lock:
-            state = self._state
-            if state is None:
-                msg = f"KMS plugin {self._name} has never been healthy; no write state"
+        if not self._primed:
+            self._prime()
+        # One reference read: the state and its expiry always belong together.
+        written = self._written
+        if written is None:
+            msg = f"KMS plugin {self._name} has never been healthy; no write state"
+            with self._lock:
                 failure = self._last_failure
-                raise PluginError(f"{msg}: {failure}" if failure else msg)
-            now = self._clock()
-            if now > self._expires_at:
-                since = now - (self._last_healthy_at or 0.0)
-                raise PluginError(
-                    f'encryptedDEKSource with keyID hash "{key_id_hash(state.key_id)}" '
-                    f"expired; the KMS plugin {self._name} has not been healthy for {since:.0f}s"
-                )
-            digest = self._state_key_id_hash
+            raise PluginError(f"{msg}: {failure}" if failure else msg)
+        now = self._clock()
+        if now > written.expires_at:
+            since = now - written.last_healthy_at
+            raise PluginError(
+                f'encryptedDEKSource with keyID hash "{written.key_id_hash}" '
+                f"expired; the KMS plugin {self._name} has not been healthy for {since:.0f}s"
+            )
         observer = self._observer
         if observer is not None:
-            observer.on_key_id(self._name, digest, TO_STORAGE)
-        return state
+            observer.on_key_id(self._name, written.key_id_hash, TO_STORAGE)
+        return written.state
 
     def current_key_id(self) -> str | None:
         """The write state's key_id, or None if the plugin was never healthy.
 
         The first call runs the first check. Raises nothing.
         """
-        self._prime()
-        with self._lock:
-            return self._state.key_id if self._state is not None else None
+        if not self._primed:
+            self._prime()
+        written = self._written
+        return written.state.key_id if written is not None else None
 
     def dek_source(self, obj: EncryptedObject) -> bytes:
         """The plaintext seed (type 1) or DEK (type 0) of ``obj``, from the cache or Decrypt.
@@ -403,24 +452,32 @@ class KmsV2Session:
         32 bytes / a DEK that is not an AES key size. PluginError: the plugin is unavailable.
         EnvelopeError: a field is too long to form a cache key.
         """
-        cache_key = dek_cache_key(
-            obj.dek_source_type, obj.encrypted_dek_source, obj.key_id, obj.annotations
-        )
-        observer = self._observer
-        if observer is not None:
-            observer.on_key_id(self._name, _cached_key_id_hash(obj.key_id), FROM_STORAGE)
+        cache_key = _cache_key(obj)
+        written = self._written
         with self._lock:
-            state = self._state
-            if state is not None and cache_key == self._state_cache_key:
+            if written is not None and cache_key == written.cache_key:
                 # The current write seed is always a hit, however many other seeds the
                 # bounded cache has seen since: reads of fresh data never call Decrypt.
                 self._hits += 1
-                return state.seed
-            cached = self._cache.get(cache_key)
-            if cached is not None:
-                self._cache.move_to_end(cache_key)
-                self._hits += 1
-                return cached
+                found: bytes | None = written.state.seed
+            else:
+                cache = self._cache
+                found = cache.get(cache_key)
+                if found is not None:
+                    cache.move_to_end(cache_key)
+                    self._hits += 1
+        if found is None:
+            # Only a miss can hold a field kube-apiserver cannot form a key of: a cached key
+            # passed this check when its entry was made. Raises EnvelopeError before Decrypt.
+            dek_cache_key(
+                obj.dek_source_type, obj.encrypted_dek_source, obj.key_id, obj.annotations
+            )
+        observer = self._observer
+        if observer is not None:
+            observer.on_key_id(self._name, _cached_key_id_hash(obj.key_id), FROM_STORAGE)
+        if found is not None:
+            return found
+        with self._lock:
             self._misses += 1
         try:
             plaintext = self._timed(
@@ -451,7 +508,7 @@ class KmsV2Session:
             self._cache_put(cache_key, plaintext)
         return plaintext
 
-    def _cache_put(self, key: bytes, value: bytes) -> None:
+    def _cache_put(self, key: _CacheKey, value: bytes) -> None:
         self._cache[key] = value
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
@@ -463,10 +520,10 @@ class KmsV2Session:
 
     def expires_in(self) -> float | None:
         """Seconds until writes stop (negative once expired), or None with no write state."""
-        with self._lock:
-            if self._state is None:
-                return None
-            return self._expires_at - self._clock()
+        written = self._written
+        if written is None:
+            return None
+        return written.expires_at - self._clock()
 
 
 class KmsV2Poller:
