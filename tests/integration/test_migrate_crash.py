@@ -10,6 +10,11 @@ under KMS v2, every one after it still under aescbc, and ``rewritten`` is their 
 lets a last run finish: no object lost, none undecryptable, every value current, and every
 object rewritten exactly once over all the runs.
 
+The workers variant runs the same child with ``Migrator(workers=1, await_workers=True)``: the
+open and seal run in a spawned process, so the kills land while that process starts or seals.
+After every kill it also checks that the killed child's own processes (the worker, and
+multiprocessing's helper) exit by themselves: nothing is left behind.
+
 Randomness is seeded (``KINKO_TEST_SEED`` or a fresh seed, printed); deadlines are generous
 and only bound a hang, nothing is timed.
 """
@@ -46,6 +51,15 @@ BATCH = 10
 PREFIX = b"/registry/secrets/"
 RECORD = CHECKPOINT_PREFIX + b"secrets"
 CHILD = Path(__file__).with_name("migrate_child.py")
+#: Runs migrate_child.py with every Migrator it makes using one worker process, waited for.
+WORKERS_CHILD = """
+import functools, runpy, sys
+from kinko.cluster.migrate import Migrator
+Migrator.__init__ = functools.partialmethod(Migrator.__init__, workers=1, await_workers=True)
+child = sys.argv.pop(1)
+sys.argv[0] = child
+runpy.run_path(child, run_name="__main__")
+"""
 #: Bounds a hang only: a child that neither claims the record nor exits within this is broken.
 WAIT_S = 120.0
 SECRET = base64.b64encode(bytes(range(32))).decode()
@@ -82,6 +96,9 @@ class Setup:
     child_args: list[str]
     folder: Path
     socket: Path
+    workers: bool = False
+    #: Processes of killed children seen (and seen to exit).
+    orphans_checked: int = 0
 
 
 @pytest.fixture
@@ -121,8 +138,9 @@ def record(store: Store) -> MigrationState | None:
 
 
 def start_child(setup: Setup) -> subprocess.Popen[str]:
+    command = [sys.executable, "-c", WORKERS_CHILD] if setup.workers else [sys.executable]
     return subprocess.Popen(
-        [sys.executable, str(CHILD), "--config", str(setup.folder / "kms.yaml"), *setup.child_args],
+        [*command, str(CHILD), "--config", str(setup.folder / "kms.yaml"), *setup.child_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -156,12 +174,45 @@ def kill_round(setup: Setup, rng: random.Random) -> bool:
                 if by_batches and -(-(now.done - claimed.done) // BATCH) >= batches:
                     break
             time.sleep(0.001)
+        left = children_of(child.pid)
         child.kill()
+        child.communicate(timeout=WAIT_S)
+        # The worker reads EOF on its pipe and exits; nothing outlives the killed child.
+        deadline = time.monotonic() + WAIT_S
+        while any(alive(pid) for pid in left):
+            if time.monotonic() > deadline:
+                pytest.fail(f"processes {left} of the killed child still run after {WAIT_S}s")
+            time.sleep(0.01)
+        setup.orphans_checked += len(left)
         return True
     finally:
         if child.poll() is None:
             child.kill()
         child.communicate(timeout=WAIT_S)
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()  # state, ppid, ...
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(entry.name)
+            if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def check_record_matches_store(store: Store) -> MigrationState:
@@ -251,6 +302,23 @@ def test_sigkill_at_random_points_on_sqlite(tmp_path: Path, plugin_socket: Path)
 
 
 @pytest.mark.slow
+def test_sigkill_at_random_points_on_sqlite_with_a_worker(
+    tmp_path: Path, plugin_socket: Path
+) -> None:
+    db = tmp_path / "cluster.db"
+    with SqliteStore(db, busy_timeout=30.0) as store:
+        setup = Setup(
+            store,
+            ["--sqlite", str(db), "--batch", str(BATCH)],
+            tmp_path,
+            plugin_socket,
+            workers=True,
+        )
+        crash_and_finish(setup, seed())
+    assert setup.orphans_checked > 0, "no kill found a worker process to check"
+
+
+@pytest.mark.slow
 @pytest.mark.etcd
 def test_sigkill_at_random_points_on_etcd(
     tmp_path: Path, plugin_socket: Path, etcd_endpoints: list[str]
@@ -263,3 +331,20 @@ def test_sigkill_at_random_points_on_etcd(
             plugin_socket,
         )
         crash_and_finish(setup, seed())
+
+
+@pytest.mark.slow
+@pytest.mark.etcd
+def test_sigkill_at_random_points_on_etcd_with_a_worker(
+    tmp_path: Path, plugin_socket: Path, etcd_endpoints: list[str]
+) -> None:
+    with EtcdClient(etcd_endpoints, timeout=30.0) as client:
+        setup = Setup(
+            EtcdStore(client),
+            ["--etcd", *etcd_endpoints, "--batch", str(BATCH)],
+            tmp_path,
+            plugin_socket,
+            workers=True,
+        )
+        crash_and_finish(setup, seed())
+    assert setup.orphans_checked > 0, "no kill found a worker process to check"

@@ -46,9 +46,14 @@ still on an older configuration can leave a stale value behind the cursor, which
 coverage report counts and the next run rewrites.
 
 Speed: per object one ``open``, one ``seal`` and one ``Put``, nothing else; the chain and
-the target are looked up once per page and once per txn. Everything runs on the caller's
-thread: a writer thread that committed batch *k* while batch *k + 1* was sealed was measured
-slower on SQLite and etcd alike (ADR 9).
+the target are looked up once per page and once per txn. By default everything runs on the
+caller's thread: a writer thread that committed batch *k* while batch *k + 1* was sealed was
+measured slower on SQLite and etcd alike (ADR 9). With ``workers=N`` the open and seal run in
+N spawned processes (:mod:`kinko.cluster.migrate_workers`), chunk by chunk, while the caller's
+thread reads pages and commits: the chunk after the one being committed is sealed meanwhile.
+The walk, the batches, the checkpoint, the target checks, the pauses and the conflicts are
+the same code as without workers; a chunk a worker sealed under a target other than the
+run's, or that a failing worker did not answer, is sealed again on the caller's thread.
 """
 
 from __future__ import annotations
@@ -58,14 +63,25 @@ import binascii
 import contextlib
 import json
 import logging
+import pickle
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Final, Literal, Protocol
 
+from kinko.cluster.migrate_workers import (
+    SKIPPED,
+    Sealed,
+    SealerPool,
+    Ticket,
+    chain_with,
+    seal_chunk,
+    target_of,
+)
 from kinko.crypto.chain import ProviderChain
-from kinko.crypto.formats import KmsV2
 from kinko.errors import (
     Conflict,
     CorruptMetadata,
@@ -74,7 +90,6 @@ from kinko.errors import (
     KinkoError,
     UnavailableError,
 )
-from kinko.kms.envelope import key_id_hash
 from kinko.store.port import MAX_TXN_OPS, Delete, Entry, Put, Store
 
 __all__ = [
@@ -102,6 +117,8 @@ _REASON_MAX = 500
 #: Storage keys of unreadable values a report names.
 _SAMPLE = 20
 _RECORD_VERSION = 1
+#: Most sealing processes one Migrator may start.
+_MAX_WORKERS = 32
 #: kube-apiserver's protobuf storage envelope starts with these four bytes.
 _PROTOBUF_MAGIC: Final = b"k8s\x00"
 
@@ -291,8 +308,18 @@ class Migrator:
     and is left as it is.
     ``clock`` (monotonic) paces the rate limit and times runs; ``wall_clock`` stamps records;
     ``sleep`` waits for the rate limit.
+    ``workers``: processes that open and seal while this thread reads and commits (0: none,
+    everything on the caller's thread). They need ``source`` to be read from a file (its
+    ``path``, as :class:`~kinko.cluster.encryption.EncryptionConfigSource`): each builds its
+    own source from that file, dialling the KMS plugins itself. They start when a run's walk
+    reaches its second page (a resource of one page never starts any), and the walk seals on
+    its own thread until they are ready, unless ``await_workers``: then they start with the
+    first page and the walk waits for them (for tests and measurements of the workers alone).
+    They stop when the run ends, however it ends. A worker that fails is dropped and its work
+    done on the caller's thread; errors of the work itself are raised as without workers.
 
-    Raises InvalidArgument at construction: a batch, page or rate out of range.
+    Raises InvalidArgument at construction: a batch, page, rate or worker count out of range;
+    workers with a source that has no file or an ``is_object`` that cannot be pickled.
     """
 
     def __init__(
@@ -311,6 +338,8 @@ class Migrator:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        workers: int = 0,
+        await_workers: bool = False,
     ) -> None:
         if not 1 <= batch <= MAX_TXN_OPS - 1:
             raise InvalidArgument(f"batch: expected 1 to {MAX_TXN_OPS - 1} rewrites, got {batch}")
@@ -318,8 +347,27 @@ class Migrator:
             raise InvalidArgument(f"page: expected at least 1 entry, got {page}")
         if rate_limit is not None and not rate_limit > 0:
             raise InvalidArgument(f"rate_limit: expected positive objects/s, got {rate_limit}")
+        if not 0 <= workers <= _MAX_WORKERS:
+            raise InvalidArgument(f"workers: expected 0 to {_MAX_WORKERS} processes, got {workers}")
+        config_path = getattr(source, "path", None)
+        if workers and not isinstance(config_path, Path):
+            raise InvalidArgument(
+                "workers: expected a source read from an EncryptionConfiguration file "
+                f"(with a path), got {type(source).__name__}"
+            )
+        if workers:
+            try:
+                pickle.dumps(is_object or looks_like_object)
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                raise InvalidArgument(
+                    "is_object: expected a module-level function with workers "
+                    "(it is sent to each worker process)"
+                ) from exc
         for resource in resources:
             _check_resource(resource)
+        self._workers = workers
+        self._await_workers = await_workers
+        self._config_path = config_path if isinstance(config_path, Path) else None
         self._store = store
         self._source = source
         self._resources = tuple(resources)
@@ -360,13 +408,7 @@ class Migrator:
         return self._target_of(chain)
 
     def _target_of(self, chain: ProviderChain) -> str:
-        config_hash = self._source.config_hash
-        first = chain.first
-        if isinstance(first, KmsV2):
-            key_id = first.keys.current_key_id()
-            shown = key_id_hash(key_id) if key_id is not None else "none"
-            return f"{config_hash} kms:{first.name} key_id:{shown}"
-        return config_hash
+        return target_of(self._source.config_hash, chain)
 
     def state(self, resource: str) -> MigrationState | None:
         """The stored state record of ``resource``, or None if it never ran (or was reset).
@@ -477,10 +519,7 @@ class Migrator:
     # -- helpers shared with _Run ------------------------------------------------------
 
     def _chain(self, resource: str) -> ProviderChain:
-        chain = self._source.chain_for(resource)
-        if self._read_unprefixed and not chain.read_unprefixed_as_identity:
-            return ProviderChain(chain.transformers, read_unprefixed_as_identity=True)
-        return chain
+        return chain_with(self._source.chain_for(resource), read_unprefixed=self._read_unprefixed)
 
     def _pages(self, prefix: bytes, after: bytes) -> Iterator[tuple[Entry, ...]]:
         """Pages of the current state after ``after``; each page is read when asked for."""
@@ -523,13 +562,17 @@ class _Run:
         self._sample: list[str] = []
         self._resumed = False
         self._record: MigrationState | None = None  # as last committed by this run
+        self._pool: SealerPool | None = None  # started by the pooled walk, stopped by execute
+        self._pool_started = False
+        self._sealed_here = 0  # objects sealed on this thread while a pool ran
 
     def execute(self) -> MigrationReport:
+        walk = self._walk_pooled if self._m._workers else self._walk
         try:
             record = self._begin()
             while True:
                 try:
-                    record = self._walk(record)
+                    record = walk(record)
                 except _TargetChanged:
                     record = self._restart()
                     continue
@@ -539,6 +582,10 @@ class _Run:
         except KinkoError as exc:
             self._pause(exc)
             raise
+        finally:
+            if self._pool is not None:
+                self._log_pool()
+                self._pool.close()
         return MigrationReport(
             resource=self._resource,
             target=record.target,
@@ -666,6 +713,136 @@ class _Run:
                 done = skipped = unreadable = 0
         return self._commit([], last, 0, 0, 0, target, final=True)
 
+    def _walk_pooled(self, record: MigrationState) -> MigrationState:
+        """:meth:`_walk` with the open and seal in worker processes (``Migrator(workers=N)``).
+
+        The same pass: the same pages and target checks, the same batches of at most
+        ``batch`` rewrites, a commit at every page end, the same pause on an error. Chunks of
+        ``batch`` entries go to idle workers in order; each chunk's answer is applied in
+        order, after the next chunk was sent, so that one is sealed while this one commits.
+        A chunk no worker took, one whose worker failed, and one sealed under another target
+        are sealed here. Raises _TargetChanged as :meth:`_walk`.
+        """
+        m = self._m
+        batch_size = m._batch
+        target = record.target
+        chunks = self._chunks(record.last_key, target)
+        queue: deque[_Chunk] = deque()
+        ops: list[Put] = []
+        done = skipped = unreadable = 0
+        last = record.last_key
+        more = True
+        if m._await_workers and not self._pool_started:
+            self._start_pool()
+        while True:
+            more = more and self._dispatch(queue, chunks, target)
+            if not queue:
+                chunk = next(chunks, None) if more else None
+                if chunk is None:
+                    break
+                queue.append(chunk)  # no worker is free: this one is sealed here
+            chunk = queue.popleft()
+            sealed = self._sealed(chunk, target)
+            # Before the txns below, so that a worker seals the next chunk meanwhile.
+            more = more and self._dispatch(queue, chunks, target)
+            for entry, outcome in zip(chunk.entries, sealed.outcomes, strict=False):
+                key = entry.key
+                if isinstance(outcome, bytes):
+                    ops.append(Put(key, outcome, entry.mod_revision))
+                elif outcome == SKIPPED:
+                    skipped += 1
+                else:
+                    unreadable += 1
+                    if len(self._sample) < _SAMPLE:
+                        self._sample.append(_show(key))
+                done += 1
+                last = key
+                if len(ops) >= batch_size:
+                    self._commit(ops, last, done, skipped, unreadable, target)
+                    ops = []
+                    done = skipped = unreadable = 0
+            if sealed.error is not None:
+                # Keep what was sealed before this object; the caller pauses on the error.
+                if done:
+                    with contextlib.suppress(_TargetChanged):
+                        self._commit(ops, last, done, skipped, unreadable, target)
+                raise sealed.error
+            if chunk.page_end and done:
+                self._commit(ops, last, done, skipped, unreadable, target)
+                ops = []
+                done = skipped = unreadable = 0
+        return self._commit([], last, 0, 0, 0, target, final=True)
+
+    def _chunks(self, after: bytes, target: str) -> Iterator[_Chunk]:
+        """The walk's entries after ``after`` in chunks of ``batch``; the target is checked
+        as each page is read. Starts the workers (see Migrator) on the way."""
+        m = self._m
+        size = m._batch
+        for number, page in enumerate(m._pages(self._prefix, after)):
+            if m._target_of(m._chain(self._resource)) != target:
+                raise _TargetChanged
+            if number > 0 and not self._pool_started:
+                self._start_pool()
+            for start in range(0, len(page), size):
+                yield _Chunk(page[start : start + size], page_end=start + size >= len(page))
+
+    def _start_pool(self) -> None:
+        m = self._m
+        self._pool_started = True
+        if m._config_path is None:  # pragma: no cover - checked at construction
+            return
+        self._pool = SealerPool(
+            m._workers, m._config_path, is_object=m._is_object, read_unprefixed=m._read_unprefixed
+        )
+        if m._await_workers:
+            self._pool.wait_ready()
+
+    def _dispatch(self, queue: deque[_Chunk], chunks: Iterator[_Chunk], target: str) -> bool:
+        """Send the next chunks to the idle workers; False once the walk has no more."""
+        pool = self._pool
+        if pool is None:
+            return True
+        while (index := pool.idle()) is not None:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return False
+            keys = [entry.key for entry in chunk.entries]
+            values = [entry.value for entry in chunk.entries]
+            chunk.ticket = pool.submit(index, self._resource, target, keys, values)
+            queue.append(chunk)
+        return True
+
+    def _sealed(self, chunk: _Chunk, target: str) -> Sealed:
+        """The chunk's outcomes: its worker's answer under ``target``, or sealed here."""
+        if chunk.ticket is not None and self._pool is not None:
+            answer = self._pool.collect(chunk.ticket)
+            if answer is not None and answer.target == target:
+                return answer
+        m = self._m
+        entries = chunk.entries
+        outcomes, error = seal_chunk(
+            m._chain(self._resource),
+            [entry.key for entry in entries],
+            [entry.value for entry in entries],
+            m._is_object,
+        )
+        if self._pool is not None:
+            self._sealed_here += len(outcomes)
+        return Sealed(target, outcomes, error)
+
+    def _log_pool(self) -> None:
+        pool = self._pool
+        if pool is None:  # pragma: no cover - called with a pool only
+            return
+        log.info(
+            "migration of %s: %d object(s) opened and sealed by %d worker process(es), %d by "
+            "the migrator itself",
+            self._resource,
+            pool.sealed_by_workers,
+            self._m._workers,
+            self._sealed_here,
+        )
+
     def _commit(
         self,
         ops: list[Put],
@@ -742,6 +919,15 @@ class _Run:
             # The store is what failed: the record keeps saying running, which a supervisor
             # treats the same way (retry later).
             return
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Up to ``batch`` entries of one page, in walk order, and the worker sealing them."""
+
+    entries: tuple[Entry, ...]
+    page_end: bool
+    ticket: Ticket | None = None
 
 
 # --------------------------------------------------------------------------- helpers
