@@ -34,9 +34,9 @@ run anything:
 - **Compact**: after a pass that rewrote objects, the store's history below the revision of
   the last checkpoint is compacted, so old ciphertexts under retired keys and versions do not
   linger in store history. What compaction does not reach: etcd keeps compacted revisions in
-  its backend file until ``etcdctl defrag``; SQLite reuses the freed pages but leaves their
-  bytes until they are overwritten or the file is vacuumed (and the WAL until a checkpoint);
-  backups and snapshots keep whatever they copied; a running kinko keeps unwrapped seeds in
+  its backend file until ``etcdctl defrag``; SQLite (``secure_delete`` on) overwrites the
+  deleted rows, but page images can stay in ``kinko.db-wal`` until a checkpoint overwrites
+  them; backups and snapshots keep whatever they copied; a running kinko keeps unwrapped seeds in
   its KMS v2 sessions' caches until it restarts. Those copies are the old values as they
   were stored: sealed under the old key (unreadable once it is purged) or, for a cluster that
   ran without encryption before, plaintext.
