@@ -4,7 +4,9 @@ The commands build their client through a :class:`ClientHook` that sends through
 ``TestClient`` to ``create_keyprotect_app`` over ``KeyService(MemoryStore, MemoryHsm)``; the
 options (``--token``, ``--instance``, ``--key-ring``) still decide what goes on the wire.
 Checks outputs, exit codes (the same as local errors), and that key material and plaintext
-reach only 0600 files unless a flag asks for them.
+reach only 0600 files unless a flag asks for them. A data folder with an ``endpoints.json``
+(written by ``kinko.cluster.endpoints`` as ``kinko up`` writes it) stands for a running
+``kinko up``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import base64
 import json
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Final
 
 import pytest
 from click.testing import CliRunner, Result
@@ -25,6 +28,7 @@ from fastapi.testclient import TestClient
 from kinko.api.keyprotect import create_keyprotect_app
 from kinko.cli.keys_client import CLIENT_COMMANDS, ClientHook, Connection, state_label
 from kinko.cli.main import cli
+from kinko.cluster.endpoints import Endpoints, write_admin_token, write_endpoints
 from kinko.hsm.memory import MemoryHsm
 from kinko.keys.audit import MemoryAuditSink
 from kinko.keys.auth import Principal, Role, TokenBook, issue_token
@@ -36,6 +40,20 @@ from kinko.store.memory import MemoryStore
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 INST = "inst-1"
 URL = "http://127.0.0.1:8443"
+#: Where the fake kinko up's endpoints.json says its key service is.
+UP_URL = "https://127.0.0.1:6443"
+#: Every variable the connection options read; a test sets the ones it means.
+CONNECTION_ENV: Final[Mapping[str, str | None]] = {
+    name: None
+    for name in (
+        "KINKO_URL",
+        "KINKO_TOKEN",
+        "KINKO_INSTANCE",
+        "KINKO_DATA_DIR",
+        "KINKO_HOME",
+        "KINKO_KEY_RING",
+    )
+}
 CRN = "crn:v1:bluemix:public:cloud-object-storage:global:a/acct:inst::bucket:one"
 
 
@@ -61,16 +79,16 @@ class Cli:
         who: str = "alice",
         fmt: str | None = None,
         input: str | None = None,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
     ) -> Result:
         """``kinko keys ARGS`` as ``who``; the connection options go last."""
         argv = ["keys", *args, "--token", self.tokens[who], "--instance", INST]
         if fmt is not None:
             argv += ["-o", fmt]
-        return CliRunner().invoke(cli, argv, obj=self.hook(), input=input, env=env)
+        return CliRunner().invoke(cli, argv, obj=self.hook(), input=input, env=_env(env))
 
-    def raw(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Result:
-        return CliRunner().invoke(cli, list(argv), obj=self.hook(), env=env)
+    def raw(self, argv: Sequence[str], env: Mapping[str, str | None] | None = None) -> Result:
+        return CliRunner().invoke(cli, list(argv), obj=self.hook(), env=_env(env))
 
     def hook(self) -> ClientHook:
         def factory(conn: Connection) -> KeyProtectClient:
@@ -94,6 +112,11 @@ class Cli:
         doc = self.json("create", *args)
         assert isinstance(doc, dict)
         return doc
+
+
+def _env(env: Mapping[str, str | None] | None) -> dict[str, str | None]:
+    """``env`` over a process environment without kinko's connection variables."""
+    return {**CONNECTION_ENV, **(env or {})}
 
 
 ROLES = {
@@ -185,6 +208,150 @@ def test_missing_token_is_a_usage_error(k: Cli) -> None:
 def test_missing_instance_is_a_usage_error(k: Cli) -> None:
     result = k.raw(["keys", "list", "--token", "t"], env={"KINKO_INSTANCE": ""})
     assert result.exit_code == 2
+
+
+# --- the data folder of a running kinko up ------------------------------------------------------
+
+
+def kinko_up(k: Cli, folder: Path, *, instance: str = INST) -> Path:
+    """A data folder as ``kinko up`` leaves it: endpoints.json, admin.token (alice's), the CA."""
+    ca = folder / "tls" / "ca.crt"
+    ca.parent.mkdir(parents=True)
+    ca.write_text("pem")
+    write_endpoints(
+        folder,
+        Endpoints(
+            cluster_api=UP_URL,
+            key_service=UP_URL,
+            instance=instance,
+            kms_plugin_socket=f"unix://{folder}/kms.sock",
+            ca_file=ca,
+            admin_token_file=write_admin_token(folder, k.tokens["alice"]),
+            kubeconfig=folder / "kubeconfig",
+        ),
+    )
+    return folder
+
+
+@pytest.mark.parametrize("url", [None, UP_URL, "https://127.0.0.1:6443/", "HTTPS://127.0.0.1:6443"])
+def test_rotate_the_cluster_root_key_with_only_the_data_dir(
+    k: Cli, tmp_path: Path, url: str | None
+) -> None:
+    root = k.key("kinko-cluster-root", "--alias", "kinko-cluster")
+    up = kinko_up(k, tmp_path / "home")
+    argv = ["keys", "rotate", "kinko-cluster", "--data-dir", str(up)]
+    result = k.raw(argv + ([] if url is None else ["--url", url]))
+    assert result.exit_code == 0, result.output
+    assert k.connections[-1] == Connection(
+        url=url or UP_URL, token=k.tokens["alice"], instance=INST, ca=up / "tls" / "ca.crt"
+    )
+    versions = k.json("versions", str(root["id"]))
+    assert isinstance(versions, dict)
+    assert versions["total"] == 2
+    assert k.tokens["alice"] not in result.output
+
+
+@pytest.mark.parametrize("variable", ["KINKO_HOME", "KINKO_DATA_DIR"])
+def test_the_data_folder_from_the_environment_is_enough(
+    k: Cli, tmp_path: Path, variable: str
+) -> None:
+    up = kinko_up(k, tmp_path / "home")
+    result = k.raw(["keys", "list"], env={variable: str(up)})
+    assert result.exit_code == 0, result.output
+    assert k.connections[-1] == Connection(
+        url=UP_URL, token=k.tokens["alice"], instance=INST, ca=up / "tls" / "ca.crt"
+    )
+
+
+def test_options_and_variables_win_over_the_data_folder(k: Cli, tmp_path: Path) -> None:
+    up = kinko_up(k, tmp_path / "home", instance="inst-of-up")
+    token_file = tmp_path / "bob.token"
+    token_file.write_text(k.tokens["bob"] + "\n")
+    ca = tmp_path / "other-ca.pem"
+    ca.write_text("pem")
+    argv = ["keys", "list", "--data-dir", str(up), "--token-file", str(token_file)]
+    result = k.raw([*argv, "--ca", str(ca)], env={"KINKO_INSTANCE": INST})
+    assert result.exit_code == 0, result.output
+    assert k.connections[-1] == Connection(url=UP_URL, token=k.tokens["bob"], instance=INST, ca=ca)
+    result = k.raw(["keys", "list", "--data-dir", str(up), "--instance", INST, "--token", "t"])
+    assert result.exit_code == 8
+    assert (k.connections[-1].token, k.connections[-1].instance) == ("t", INST)
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_the_admin_token_never_goes_to_another_url(k: Cli, tmp_path: Path, how: str) -> None:
+    up = kinko_up(k, tmp_path / "home")
+    other = "https://10.0.0.7:6443"
+    argv = ["keys", "list", "--data-dir", str(up)]
+    if how == "option":
+        result = k.raw([*argv, "--url", other])
+    else:
+        result = k.raw(argv, env={"KINKO_URL": other})
+    assert result.exit_code == 2
+    assert f"--url {other} is not the key service of {up} ({UP_URL})" in result.output
+    assert "--token" in result.output
+    assert k.tokens["alice"] not in result.output
+    assert k.connections == []
+
+
+@pytest.mark.parametrize("how", ["--data-dir", "KINKO_HOME"])
+def test_another_url_with_its_own_token_keeps_todays_options(
+    k: Cli, tmp_path: Path, how: str
+) -> None:
+    up = kinko_up(k, tmp_path / "home")
+    argv = ["keys", "list", "--url", URL, "--token", k.tokens["bob"], "--instance", INST]
+    if how == "--data-dir":
+        result = k.raw([*argv, "--data-dir", str(up)])
+    else:
+        result = k.raw(argv, env={"KINKO_HOME": str(up)})
+    assert result.exit_code == 0, result.output
+    # As before endpoints.json was read: --data-dir trusts DIR/tls/ca.crt, KINKO_HOME nothing.
+    ca = up / "tls" / "ca.crt" if how == "--data-dir" else None
+    assert k.connections[-1] == Connection(url=URL, token=k.tokens["bob"], instance=INST, ca=ca)
+
+
+def test_another_url_still_needs_an_instance(k: Cli, tmp_path: Path) -> None:
+    up = kinko_up(k, tmp_path / "home")
+    argv = ["keys", "list", "--data-dir", str(up), "--url", URL, "--token", k.tokens["bob"]]
+    result = k.raw(argv)
+    assert result.exit_code == 2
+    assert "no instance id" in result.output
+    assert k.connections == []
+
+
+def test_kinko_home_without_endpoints_json_is_ignored(k: Cli, tmp_path: Path) -> None:
+    result = k.run("list", env={"KINKO_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    conn = k.connections[-1]
+    assert (conn.url, conn.ca) == ("https://127.0.0.1:8443", None)
+
+
+def test_no_instance_without_a_data_folder_names_the_ways_to_give_one(k: Cli) -> None:
+    result = k.raw(["keys", "list", "--token", "t"])
+    assert result.exit_code == 2
+    assert "no instance id: pass --instance ID, KINKO_INSTANCE" in result.output
+
+
+def test_a_broken_endpoints_json_exits_4(k: Cli, tmp_path: Path) -> None:
+    (tmp_path / "endpoints.json").write_text("{")
+    result = k.raw(["keys", "list", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 4
+    assert "is not JSON" in result.output
+    assert k.connections == []
+
+
+def test_the_data_folders_missing_ca_exits_4_unless_ca_is_given(k: Cli, tmp_path: Path) -> None:
+    up = kinko_up(k, tmp_path / "home")
+    (up / "tls" / "ca.crt").unlink()
+    result = k.raw(["keys", "list", "--data-dir", str(up)])
+    assert result.exit_code == 4
+    assert f"no CA certificate at {up / 'tls' / 'ca.crt'}" in result.output
+    assert k.connections == []
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    result = k.raw(["keys", "list", "--data-dir", str(up), "--ca", str(ca)])
+    assert result.exit_code == 0, result.output
+    assert k.connections[-1].ca == ca
 
 
 # --- create, import, list, get, versions -------------------------------------------------------

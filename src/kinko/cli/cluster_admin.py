@@ -3,7 +3,7 @@
 A thin shell over the ``kinko.io/v1`` methods of :class:`kinko.cluster.client.ClusterClient`:
 
 - ``kinko cluster get``: ``Master Status: …`` in the seed's words (``Key Protect feature
-  enablement in progress.``, ``Ready (3m)``), then the root key, its expiry, warnings, and
+  enablement in progress.``, ``Ready (3m)``), then the root key, its expiry, and
   per-resource migration progress while one runs (with the reason when it paused);
 - ``kinko cluster encryption status``: the coverage report, per resource;
 - ``kinko cluster kms enable --key ROOT_KEY``: KMS v2 on that root key, then a progress bar
@@ -18,9 +18,11 @@ and leave with the exit codes of ``kinko.cli.errors`` (NotFound 6, Conflict 7,
 Unauthorized 8, Forbidden 9, UnavailableError 12, InvalidArgument 4). Waiting stops with
 Ctrl-C (exit 130) without stopping anything on the server.
 
-Invariants: warnings go to stderr in every format, so ``-o json`` and ``-o yaml`` print only
-the server's document on stdout; the progress bar and pause reasons go to stderr too. Text
-from the server is printed as text, never as rich markup, without control characters.
+Invariants: warnings go to stderr only, once each, as ``warning: …``, in every format, so
+``-o json`` and ``-o yaml`` print only the server's document on stdout and a terminal (where
+both streams meet) shows each warning once; the progress bar and pause reasons while waiting
+go to stderr too. Every line printed ends with a newline. Text from the server is printed as
+text, never as rich markup, without control characters.
 
 Tests pass a :class:`ClusterAdminHook` as the click context object: the client factory of
 ``kinko secret``'s :class:`~kinko.cli.cluster_client.ClusterHook` plus the sleep between
@@ -226,9 +228,9 @@ def cluster() -> None:
 @cluster.command("get")
 @remote
 def cluster_get(*, client: ClusterClient, fmt: str) -> None:
-    """Show the master status, the root key and its expiry, warnings, and migrations.
+    """Show the master status, the root key and its expiry, and migrations.
 
-    Warnings are also written to stderr.
+    Warnings (a root key expiring within 30 days) go to stderr.
     """
     status = client.cluster_status()
     now = datetime.now(UTC)
@@ -245,8 +247,6 @@ def cluster_get(*, client: ClusterClient, fmt: str) -> None:
     else:
         click.echo(f"Root key: {_root_key_text(status.root_key)}")
         click.echo(f"Expires: {_expiry_text(status.root_key, now)}")
-    for warning in status.warnings:
-        click.echo(f"Warning: {_clean(warning)}")
     for resource, reason in _pause_reasons(status).items():
         click.echo(_pause_line(resource, reason))
     active = [m for m in status.migrations if m.active]
@@ -349,8 +349,10 @@ def encryption_status(*, client: ClusterClient, fmt: str) -> None:
     for coverage in report.resources:
         for table in _coverage_tables(coverage):
             out.print(table)
+        # Plain lines (already cleaned) go through click like every other line, each with
+        # its newline, so the next output never continues the last of them.
         for line in _coverage_summary(coverage):
-            out.print(_t(line))
+            click.echo(line)
     for note in report.notes:
         click.echo(f"Note: {_clean(note)}")
 

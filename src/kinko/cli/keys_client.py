@@ -12,6 +12,13 @@ Every command takes the connection options: ``--url`` (``KINKO_URL``, default
 ``DIR/tls/ca.crt``, the CA ``kinko keys serve`` generates), ``--key-ring``
 (``KINKO_KEY_RING``), ``--timeout`` and ``-o table|json``.
 
+The data folder of a running ``kinko up`` (``--data-dir DIR``, ``KINKO_DATA_DIR``, else
+``KINKO_HOME``) holds an ``endpoints.json`` (:mod:`kinko.cluster.endpoints`); then it alone is
+enough: the URL defaults to its ``keyService``, the instance to its ``instance``, the token to
+its admin token file and the CA to its ``caFile``, each only where no option or environment
+variable gives one. A folder without ``endpoints.json`` (``kinko keys serve``'s) is used as
+above, and ``KINKO_HOME`` is then ignored.
+
 Invariants:
 
 - Key material and plaintext never reach the terminal unless a flag asks for it
@@ -21,6 +28,9 @@ Invariants:
 - Text that came from the service (names, aliases, descriptions, messages) is printed as
   text, never as rich markup, and without control characters.
 - The bearer token is never printed; ``--token-file`` keeps it out of the process list.
+- The admin token of a data folder is only sent to that folder's own ``keyService``: with a
+  ``--url`` (or ``KINKO_URL``) naming another service, ``--token`` or ``--token-file`` is
+  required.
 
 The module exposes :data:`CLIENT_COMMANDS` and :func:`add_client_commands`, which attach the
 commands to the ``kinko keys`` group. Tests replace how the client is built by passing a
@@ -42,12 +52,14 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kinko.cluster.endpoints import ENDPOINTS_FILE, Endpoints, read_endpoints, read_token_file
 from kinko.errors import InvalidArgument
 from kinko.keys.client import (
     DEFAULT_TIMEOUT,
@@ -127,19 +139,123 @@ def _resolve_token(token: str | None, token_file: Path | None) -> str:
             raise click.UsageError(f"the token file {token_file} is empty")
         return text
     if not token:
-        raise click.UsageError("no bearer token: pass --token-file FILE, --token, or KINKO_TOKEN")
+        raise click.UsageError(
+            "no bearer token: pass --token-file FILE, --token, KINKO_TOKEN, or the --data-dir "
+            "of a running kinko up"
+        )
     return token
+
+
+def _kinko_up(data_dir: Path | None) -> tuple[Path, Endpoints] | None:
+    """The folder of a running ``kinko up`` and its endpoints.json: ``data_dir``
+    (``--data-dir`` or ``KINKO_DATA_DIR``), else ``KINKO_HOME``; None when that folder has no
+    endpoints.json.
+
+    Raises InvalidArgument (an endpoints.json that cannot be read or lacks a field).
+    """
+    folder = data_dir
+    if folder is None:
+        home = os.environ.get("KINKO_HOME")
+        folder = Path(home) if home else None
+    if folder is None or not (folder / ENDPOINTS_FILE).is_file():
+        return None
+    return folder, read_endpoints(folder)
+
+
+def _service_identity(url: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path) of a key service base URL, or None if it is not one. Case
+    in scheme and host, a default port and a trailing slash do not make another service."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return parts.scheme, parts.hostname.lower(), port, parts.path.rstrip("/")
+
+
+def _same_service(url: str, own: str) -> bool:
+    given = _service_identity(url)
+    return given is not None and given == _service_identity(own)
+
+
+def _resolve_connection(
+    *,
+    url: str | None,
+    token: str | None,
+    token_file: Path | None,
+    instance: str | None,
+    data_dir: Path | None,
+    ca: Path | None,
+    key_ring: str | None,
+    timeout: float,
+) -> Connection:
+    """The connection the options describe (see the module docstring).
+
+    Raises click.UsageError (no token or instance; a --url other than the data folder's key
+    service without a token of its own), InvalidArgument (a bad endpoints.json, an unreadable
+    token file, no CA certificate where one is expected).
+    """
+    url = url or None  # An empty KINKO_URL names no service.
+    explicit_token = bool(token) or token_file is not None
+    up = _kinko_up(data_dir)
+    if up is not None:
+        folder, endpoints = up
+        if url is None or _same_service(url, endpoints.key_service):
+            if ca is None and not endpoints.ca_file.is_file():
+                raise InvalidArgument(
+                    f"no CA certificate at {endpoints.ca_file} (caFile of "
+                    f"{folder / ENDPOINTS_FILE}): pass --ca FILE"
+                )
+            return Connection(
+                url=url or endpoints.key_service,
+                token=(
+                    _resolve_token(token, token_file)
+                    if explicit_token
+                    else read_token_file(endpoints.admin_token_file)
+                ),
+                instance=instance or endpoints.instance,
+                ca=ca or endpoints.ca_file,
+                key_ring=key_ring,
+                timeout=timeout,
+            )
+        if not explicit_token:
+            # The folder's admin token only ever goes to the key service the folder names.
+            raise click.UsageError(
+                f"--url {url} is not the key service of {folder} ({endpoints.key_service}): "
+                "pass --token-file FILE or --token for it; the data folder's admin token is "
+                "only sent to its own key service"
+            )
+    if not instance:
+        raise click.UsageError(
+            "no instance id: pass --instance ID, KINKO_INSTANCE, or the --data-dir of a "
+            "running kinko up"
+        )
+    return Connection(
+        url=url or DEFAULT_URL,
+        token=_resolve_token(token, token_file),
+        instance=instance,
+        ca=_resolve_ca(ca, data_dir),
+        key_ring=key_ring,
+        timeout=timeout,
+    )
 
 
 _CONNECTION_OPTIONS: Final = (
     click.option(
         "--url",
         envvar="KINKO_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="Base URL of the key service (env KINKO_URL).",
+        help=(
+            "Base URL of the key service (env KINKO_URL) [default: the data folder's keyService, "
+            f"else {DEFAULT_URL}]."
+        ),
     ),
-    click.option("--token", envvar="KINKO_TOKEN", help="Bearer token (env KINKO_TOKEN)."),
+    click.option(
+        "--token",
+        envvar="KINKO_TOKEN",
+        help="Bearer token (env KINKO_TOKEN) [default: the data folder's admin token].",
+    ),
     click.option(
         "--token-file",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -148,19 +264,25 @@ _CONNECTION_OPTIONS: Final = (
     click.option(
         "--instance",
         envvar="KINKO_INSTANCE",
-        required=True,
-        help="Instance id, sent as bluemix-instance (env KINKO_INSTANCE).",
+        help=(
+            "Instance id, sent as bluemix-instance (env KINKO_INSTANCE) [default: the data "
+            "folder's]; required without a running kinko up's data folder."
+        ),
     ),
     click.option(
         "--data-dir",
         envvar="KINKO_DATA_DIR",
         type=click.Path(file_okay=False, path_type=Path),
-        help="kinko data folder: trust its tls/ca.crt (env KINKO_DATA_DIR).",
+        help=(
+            "kinko data folder (env KINKO_DATA_DIR, else KINKO_HOME). A running kinko up's "
+            "(with endpoints.json) gives the URL, instance, admin token and CA; any other: "
+            "trust its tls/ca.crt."
+        ),
     ),
     click.option(
         "--ca",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="PEM CA bundle to verify the service with (default: --data-dir's, else system).",
+        help="PEM CA bundle to verify the service with (default: the data folder's, else system).",
     ),
     click.option(
         "--key-ring",
@@ -191,10 +313,10 @@ def _remote(fn: _F) -> _F:
     @functools.wraps(fn)
     def wrapper(
         *,
-        url: str,
+        url: str | None,
         token: str | None,
         token_file: Path | None,
-        instance: str,
+        instance: str | None,
         data_dir: Path | None,
         ca: Path | None,
         key_ring: str | None,
@@ -202,11 +324,13 @@ def _remote(fn: _F) -> _F:
         output: str,
         **kwargs: Any,
     ) -> Any:
-        conn = Connection(
+        conn = _resolve_connection(
             url=url,
-            token=_resolve_token(token, token_file),
+            token=token,
+            token_file=token_file,
             instance=instance,
-            ca=_resolve_ca(ca, data_dir),
+            data_dir=data_dir,
+            ca=ca,
             key_ring=key_ring,
             timeout=timeout,
         )
