@@ -41,7 +41,7 @@ from kinko.cluster.endpoints import (
 )
 
 SERVER = "https://127.0.0.1:6443"
-ADMIN = "kinko_admin_token"
+ADMIN = "kinko_" + "A" * 43  # the shape of a real token (read_admin_token checks it)
 READER = "kinko_reader_token"
 CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 API = "/apis/kinko.io/v1"

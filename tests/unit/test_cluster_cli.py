@@ -57,7 +57,7 @@ from kinko.crypto.config import KmsConfig, build_chains, parse_encryption_config
 from kinko.store.memory import MemoryStore
 
 SERVER = "https://127.0.0.1:6443"
-ADMIN = "kinko_admin_token"
+ADMIN = "kinko_" + "A" * 43  # the shape of a real token (read_admin_token checks it)
 READER = "kinko_reader_token"
 CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")

@@ -16,6 +16,7 @@ from kinko.cluster.endpoints import (
     KUBECONFIG_FILE,
     Endpoints,
     kubeconfig_yaml,
+    read_admin_token,
     read_endpoints,
     read_token_file,
     write_admin_token,
@@ -244,3 +245,28 @@ def test_kubeconfig_loads_in_the_kubernetes_client(tmp_path: Path) -> None:
     # The key is "authorization" in older clients, "BearerToken" in newer ones.
     assert list(configuration.api_key.values()) == [f"Bearer {TOKEN}"]
     assert Path(configuration.ssl_ca_cert).read_bytes() == CA_PEM
+
+
+@pytest.mark.parametrize("field", ["adminTokenFile", "caFile", "kubeconfig"])
+@pytest.mark.parametrize("elsewhere", ["/etc/hostname", "../outside", "sub/../../outside"])
+def test_a_planted_endpoints_file_cannot_name_files_outside_its_folder(
+    tmp_path: Path, field: str, elsewhere: str
+) -> None:
+    folder = tmp_path / "data"
+    write_endpoints(folder, _endpoints(folder))
+    doc = json.loads((folder / ENDPOINTS_FILE).read_text())
+    doc[field] = elsewhere
+    (folder / ENDPOINTS_FILE).write_text(json.dumps(doc))
+    with pytest.raises(InvalidArgument, match=f"{field} must name a file inside"):
+        read_endpoints(folder)
+
+
+def test_the_admin_token_file_must_hold_a_kinko_token(tmp_path: Path) -> None:
+    token = "kinko_" + "x" * 43
+    endpoints = _endpoints(tmp_path)
+    write_admin_token(tmp_path, token)
+    assert read_admin_token(endpoints) == token
+    endpoints.admin_token_file.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    with pytest.raises(InvalidArgument, match="holds no kinko token") as info:
+        read_admin_token(endpoints)
+    assert "OPENSSH" not in str(info.value)

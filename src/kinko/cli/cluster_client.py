@@ -57,7 +57,7 @@ from kinko.cluster.client import (
     KubeObject,
     Unreadable,
 )
-from kinko.cluster.endpoints import read_endpoints, read_token_file, write_private_file
+from kinko.cluster.endpoints import read_admin_token, read_endpoints, write_private_file
 from kinko.errors import DecryptionError, InvalidArgument
 
 __all__ = [
@@ -151,7 +151,7 @@ def resolve_connection(
     endpoints = read_endpoints(data_dir)
     return ClusterConnection(
         server=endpoints.cluster_api,
-        token=token or read_token_file(endpoints.admin_token_file),
+        token=token or read_admin_token(endpoints),
         ca=ca or endpoints.ca_file,
         timeout=timeout,
     )

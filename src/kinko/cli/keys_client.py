@@ -59,7 +59,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kinko.cluster.endpoints import ENDPOINTS_FILE, Endpoints, read_endpoints, read_token_file
+from kinko.cluster.endpoints import (
+    ENDPOINTS_FILE,
+    Endpoints,
+    read_admin_token,
+    read_endpoints,
+)
 from kinko.errors import InvalidArgument
 from kinko.keys.client import (
     DEFAULT_TIMEOUT,
@@ -213,7 +218,7 @@ def _resolve_connection(
                 token=(
                     _resolve_token(token, token_file)
                     if explicit_token
-                    else read_token_file(endpoints.admin_token_file)
+                    else read_admin_token(endpoints)
                 ),
                 instance=instance or endpoints.instance,
                 ca=ca or endpoints.ca_file,

@@ -10,7 +10,7 @@
        "caFile": "/abs/tls/ca.crt", "adminTokenFile": "/abs/admin.token",
        "kubeconfig": "/abs/kubeconfig", "rootKey": "…" or null}
 
-* ``admin.token`` (:func:`write_admin_token`, :func:`read_token_file`): the Administrator's
+* ``admin.token`` (:func:`write_admin_token`, :func:`read_admin_token`): the Administrator's
   bearer token, one line.
 * ``kubeconfig`` (:func:`kubeconfig_yaml`, :func:`write_kubeconfig`): a standard kubeconfig
   for ``kubectl`` and the ``kubernetes`` Python client, carrying the CA and the admin token.
@@ -18,7 +18,9 @@
 Invariants: every file is written atomically (a temporary file in the same folder, fsynced,
 then renamed over the old one), so a reader sees the old file or the new one, never half of
 one; every file is mode 0600 from the moment it exists, since two of them carry the admin
-token. Error messages name files, never a token.
+token. A read ``endpoints.json`` names files inside its own folder only, and
+:func:`read_admin_token` returns only a kinko token: a planted ``endpoints.json`` cannot make
+the CLI send some other file to some other server. Error messages name files, never a token.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ __all__ = [
     "KUBECONFIG_FILE",
     "Endpoints",
     "kubeconfig_yaml",
+    "read_admin_token",
     "read_endpoints",
     "read_token_file",
     "write_admin_token",
@@ -53,6 +57,8 @@ ENDPOINTS_FILE: Final = "endpoints.json"
 KUBECONFIG_FILE: Final = "kubeconfig"
 ADMIN_TOKEN_FILE: Final = "admin.token"  # noqa: S105 (a file name, not a token)
 
+#: The shape of a kinko bearer token (kinko.keys.auth issues them).
+_ADMIN_TOKEN: Final = re.compile(r"kinko_[A-Za-z0-9_-]{43}")
 #: Mode of every file written here: readable by its owner only.
 FILE_MODE: Final = 0o600
 #: Mode of a data folder created here.
@@ -180,11 +186,24 @@ def read_endpoints(data_dir: Path) -> Endpoints:
         key_service=values["keyService"],
         instance=values["instance"],
         kms_plugin_socket=values["kmsPluginSocket"],
-        ca_file=data_dir / values["caFile"],
-        admin_token_file=data_dir / values["adminTokenFile"],
-        kubeconfig=data_dir / values["kubeconfig"],
+        ca_file=_inside(data_dir, values["caFile"], "caFile", path),
+        admin_token_file=_inside(data_dir, values["adminTokenFile"], "adminTokenFile", path),
+        kubeconfig=_inside(data_dir, values["kubeconfig"], "kubeconfig", path),
         root_key=root_key or None,
     )
+
+
+def _inside(data_dir: Path, value: str, name: str, source: Path) -> Path:
+    """``value`` as a path in ``data_dir``. A file naming a path elsewhere is refused: the CLI
+    sends the admin token it names to the server it names, so an ``endpoints.json`` that did
+    not come from ``kinko up`` (say, one committed to a repository) must not be able to make it
+    read and send any other file."""
+    target = (data_dir / value).resolve()
+    if not target.is_relative_to(data_dir.resolve()):
+        raise InvalidArgument(
+            f"{source}: {name} must name a file inside {data_dir}, as kinko up writes it"
+        )
+    return data_dir / value
 
 
 def write_admin_token(data_dir: Path, token: str) -> Path:
@@ -216,6 +235,22 @@ def read_token_file(path: Path) -> str:
         raise InvalidArgument(f"the token file {path} is not UTF-8 text") from None
     if not token:
         raise InvalidArgument(f"the token file {path} is empty")
+    return token
+
+
+def read_admin_token(endpoints: Endpoints) -> str:
+    """The admin token of a running ``kinko up``, from the file its ``endpoints.json`` names.
+
+    The file must hold a kinko token (``kinko_`` and 43 URL-safe characters): whatever else is
+    there is not sent anywhere. Raises InvalidArgument (what :func:`read_token_file` raises;
+    the file holds no kinko token).
+    """
+    token = read_token_file(endpoints.admin_token_file)
+    if _ADMIN_TOKEN.fullmatch(token) is None:
+        raise InvalidArgument(
+            f"{endpoints.admin_token_file} holds no kinko token; expected the admin token "
+            "kinko up writes there"
+        )
     return token
 
 
