@@ -80,7 +80,7 @@ def test_relative_paths_are_taken_from_the_data_dir(tmp_path: Path) -> None:
         "adminTokenFile": ADMIN_TOKEN_FILE,
         "kubeconfig": KUBECONFIG_FILE,
     }
-    (tmp_path / ENDPOINTS_FILE).write_text(json.dumps(doc))
+    write_private_file(tmp_path / ENDPOINTS_FILE, json.dumps(doc).encode())
     found = read_endpoints(tmp_path)
     assert found.ca_file == tmp_path / "tls" / "ca.crt"
     assert found.admin_token_file == tmp_path / ADMIN_TOKEN_FILE
@@ -141,7 +141,7 @@ def test_missing_endpoints_says_whether_kinko_up_runs(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_endpoints_is_invalid_argument(tmp_path: Path, content: str, match: str) -> None:
-    (tmp_path / ENDPOINTS_FILE).write_text(content)
+    write_private_file(tmp_path / ENDPOINTS_FILE, content.encode())
     with pytest.raises(InvalidArgument, match=match):
         read_endpoints(tmp_path)
 
@@ -256,7 +256,7 @@ def test_a_planted_endpoints_file_cannot_name_files_outside_its_folder(
     write_endpoints(folder, _endpoints(folder))
     doc = json.loads((folder / ENDPOINTS_FILE).read_text())
     doc[field] = elsewhere
-    (folder / ENDPOINTS_FILE).write_text(json.dumps(doc))
+    write_private_file(folder / ENDPOINTS_FILE, json.dumps(doc).encode())
     with pytest.raises(InvalidArgument, match=f"{field} must name a file inside"):
         read_endpoints(folder)
 
@@ -270,3 +270,12 @@ def test_the_admin_token_file_must_hold_a_kinko_token(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="holds no kinko token") as info:
         read_admin_token(endpoints)
     assert "OPENSSH" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_an_endpoints_file_others_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    # What a checkout or a copy leaves: kinko up writes the file 0600.
+    write_endpoints(tmp_path, _endpoints(tmp_path))
+    (tmp_path / ENDPOINTS_FILE).chmod(mode)
+    with pytest.raises(InvalidArgument, match="expected a file of this user with mode 0600"):
+        read_endpoints(tmp_path)

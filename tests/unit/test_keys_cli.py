@@ -334,6 +334,7 @@ def test_no_instance_without_a_data_folder_names_the_ways_to_give_one(k: Cli) ->
 
 def test_a_broken_endpoints_json_exits_4(k: Cli, tmp_path: Path) -> None:
     (tmp_path / "endpoints.json").write_text("{")
+    (tmp_path / "endpoints.json").chmod(0o600)
     result = k.raw(["keys", "list", "--data-dir", str(tmp_path)])
     assert result.exit_code == 4
     assert "is not JSON" in result.output

@@ -153,11 +153,13 @@ def read_endpoints(data_dir: Path) -> Endpoints:
 
     A relative path in the file is taken relative to ``data_dir``.
 
-    Raises InvalidArgument (no such file: ``kinko up`` is not running there; unreadable; not
-    JSON; a field missing or of the wrong type).
+    Raises InvalidArgument (no such file: ``kinko up`` is not running there; not this user's
+    or not mode 0600; unreadable; not JSON; a field missing or of the wrong type; a path
+    outside ``data_dir``).
     """
     path = data_dir / ENDPOINTS_FILE
     try:
+        _check_private(path)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidArgument(
@@ -191,6 +193,19 @@ def read_endpoints(data_dir: Path) -> Endpoints:
         kubeconfig=_inside(data_dir, values["kubeconfig"], "kubeconfig", path),
         root_key=root_key or None,
     )
+
+
+def _check_private(path: Path) -> None:
+    """Refuses an ``endpoints.json`` that ``kinko up`` did not write: one another user owns or
+    may change, or one whose mode lets others read it (``kinko up`` writes it 0600; a file
+    checked out of a repository or copied in is not). Like ssh's StrictModes, this keeps a
+    planted file from sending the caller's secrets and tokens to a server it names."""
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise InvalidArgument(
+            f"refusing {path}: expected a file of this user with mode 0600, as kinko up writes "
+            f"it (got owner uid {info.st_uid}, mode {info.st_mode & 0o777:04o})"
+        )
 
 
 def _inside(data_dir: Path, value: str, name: str, source: Path) -> Path:
