@@ -41,18 +41,15 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import http.client
 import json
 import os
 import resource
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kinko.cluster.encryption import EncryptionConfigSource
 from kinko.cluster.migrate import Migrator
@@ -63,6 +60,13 @@ from kinko.store.etcd_store import EtcdStore
 from kinko.store.port import MAX_TXN_OPS, Put, Store
 from kinko.store.sqlite import SqliteStore
 
+# Run as a script, this folder is first on sys.path; mypy names the module by the
+# repository's layout instead.
+if TYPE_CHECKING:
+    from benchmarks._etcd import local_etcd
+else:
+    from _etcd import local_etcd
+
 PREFIX = b"/registry/secrets/"
 AES_SECRET = base64.b64encode(os.urandom(32)).decode()
 CBC = (
@@ -72,7 +76,6 @@ CBC = (
 TARGETS = {"sqlite": 20_000.0, "etcd": 10_000.0}
 RATIO_TARGET = 0.7
 RSS_TARGET_MB = 250.0
-ETCD_START_DEADLINE_S = 30.0
 
 
 def kms(socket_path: Path) -> str:
@@ -252,98 +255,6 @@ def bench_store(
     finally:
         source.close()
     return result
-
-
-# --------------------------------------------------------------------------------- etcd
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _etcd_healthy(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
-    try:
-        conn.request("GET", "/health")
-        body = json.loads(conn.getresponse().read())
-    except (OSError, http.client.HTTPException, ValueError):
-        return False
-    finally:
-        conn.close()
-    return isinstance(body, dict) and body.get("health") == "true"
-
-
-def etcd_binary() -> str | None:
-    candidate = os.environ.get("KINKO_ETCD_BIN") or "/usr/bin/etcd"
-    if Path(candidate).is_file() and os.access(candidate, os.X_OK):
-        return candidate
-    return shutil.which("etcd")
-
-
-@contextlib.contextmanager
-def local_etcd(folder: Path) -> Iterator[str | None]:
-    """A single-member etcd-server on free loopback ports; its client URL, or None without one.
-
-    A port taken between choosing and binding makes etcd exit; the start is then retried with
-    new ports. Stopped by its own PID (SIGTERM, then SIGKILL).
-    """
-    binary = etcd_binary()
-    if binary is None:
-        print("note: etcd is not installed (no $KINKO_ETCD_BIN, no etcd on PATH): etcd skipped")
-        yield None
-        return
-    process: subprocess.Popen[bytes] | None = None
-    url = ""
-    for attempt in range(3):
-        client_port, peer_port = _free_port(), _free_port()
-        url, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-        args = [
-            binary,
-            "--name=migrate-bench",
-            f"--data-dir={folder / f'etcd{attempt}'}",
-            f"--listen-client-urls={url}",
-            f"--advertise-client-urls={url}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=migrate-bench={peer}",
-            "--initial-cluster-state=new",
-            "--log-level=warn",
-        ]
-        with (folder / f"etcd{attempt}.log").open("wb") as log:
-            process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + ETCD_START_DEADLINE_S
-        while process.poll() is None and time.monotonic() < deadline:
-            if _etcd_healthy(client_port):
-                break
-            time.sleep(0.05)
-        else:
-            _stop(process)
-            process = None
-            continue
-        break
-    if process is None:
-        print("note: etcd did not become healthy: etcd skipped")
-        yield None
-        return
-    try:
-        yield url
-    finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------------- report

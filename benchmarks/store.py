@@ -44,22 +44,18 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import http.client
 import itertools
-import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kinko.cluster.encryption import EncryptionConfigSource
 from kinko.cluster.service import ClusterService
@@ -73,6 +69,13 @@ from kinko.store.memory import MemoryStore
 from kinko.store.port import MAX_TXN_OPS, Put, Store
 from kinko.store.sqlite import SqliteStore
 
+# Run as a script, this folder is first on sys.path; mypy names the module by the
+# repository's layout instead.
+if TYPE_CHECKING:
+    from benchmarks._etcd import local_etcd
+else:
+    from _etcd import local_etcd
+
 VALUE = bytes(1024)
 CASES = ("txn 1 op", "txn 128 ops", "get", "range 100")
 #: Ops per call of each case (a txn of 128 puts counts 128 ops).
@@ -85,7 +88,6 @@ KMS_PREFIX = f"k8s:enc:kms:v2:{KMS_NAME}:".encode()
 CREATE_TARGET = 0.95
 COLD_TARGET = 0.90
 SECTIONS = ("store", "create", "cold")
-ETCD_START_DEADLINE_S = 20.0
 
 
 def calls_per_second(fn: Callable[[], object], seconds: float) -> float:
@@ -295,98 +297,6 @@ def service(store: Store, source: EncryptionConfigSource) -> ClusterService:
 
 
 # --------------------------------------------------------------------------------- etcd
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _etcd_healthy(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
-    try:
-        conn.request("GET", "/health")
-        body = json.loads(conn.getresponse().read())
-    except (OSError, http.client.HTTPException, ValueError):
-        return False
-    finally:
-        conn.close()
-    return isinstance(body, dict) and body.get("health") == "true"
-
-
-def etcd_binary() -> str | None:
-    candidate = os.environ.get("KINKO_ETCD_BIN") or "/usr/bin/etcd"
-    if Path(candidate).is_file() and os.access(candidate, os.X_OK):
-        return candidate
-    return shutil.which("etcd")
-
-
-@contextlib.contextmanager
-def local_etcd(folder: Path) -> Iterator[str | None]:
-    """A single-member etcd-server on free loopback ports; its client URL, or None without one.
-
-    Polls ``/health`` until healthy (a bounded deadline); a port taken between choosing and
-    binding makes etcd exit, and the start is retried with new ports. Stopped by its own PID.
-    """
-    binary = etcd_binary()
-    if binary is None:
-        print("note: etcd is not installed (no $KINKO_ETCD_BIN, no etcd on PATH): etcd skipped")
-        yield None
-        return
-    process: subprocess.Popen[bytes] | None = None
-    url = ""
-    for attempt in range(3):
-        client_port, peer_port = _free_port(), _free_port()
-        url = f"http://127.0.0.1:{client_port}"
-        peer = f"http://127.0.0.1:{peer_port}"
-        data = folder / f"etcd{attempt}"
-        log_path = folder / f"etcd{attempt}.log"
-        args = [
-            binary,
-            "--name=bench",
-            f"--data-dir={data}",
-            f"--listen-client-urls={url}",
-            f"--advertise-client-urls={url}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=bench={peer}",
-            "--initial-cluster-state=new",
-            "--log-level=warn",
-        ]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        deadline = time.monotonic() + ETCD_START_DEADLINE_S
-        while process.poll() is None and time.monotonic() < deadline:
-            if _etcd_healthy(client_port):
-                break
-            time.sleep(0.05)
-        else:
-            _stop(process)
-            process = None
-            continue
-        break
-    if process is None:
-        print("note: etcd did not become healthy: etcd skipped")
-        yield None
-        return
-    try:
-        yield url
-    finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @dataclass
