@@ -73,20 +73,18 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Literal, Self, cast, overload
-from urllib.parse import quote, urlsplit
+from typing import Final, Literal, cast, overload
+from urllib.parse import quote
 
 import httpx
 
-from kinko import __version__, errors
+from kinko import __version__, errors, httpclient
+from kinko.httpclient import MAX_MESSAGE, HttpClient, clean
 
 __all__ = [
     "ADMIN_API",
@@ -117,7 +115,7 @@ __all__ = [
 #: A Kubernetes object (or any JSON object the API answers) as decoded JSON.
 KubeObject = dict[str, object]
 
-DEFAULT_TIMEOUT: Final = 10.0
+DEFAULT_TIMEOUT: Final = httpclient.DEFAULT_TIMEOUT
 #: Page size :meth:`ClusterClient.list_all` asks for (kubectl's ``--chunk-size`` default).
 DEFAULT_PAGE_SIZE: Final = 500
 #: kinko's header with the number of objects a list left out as unreadable.
@@ -126,8 +124,6 @@ UNREADABLE_HEADER: Final = "X-Kinko-Unreadable"
 FORCE_DELETE_OPTION: Final = "ignoreStoreReadErrorWithClusterBreakingPotential"
 MEDIA_JSON: Final = "application/json"
 MEDIA_MERGE_PATCH: Final = "application/merge-patch+json"
-#: Longest server message kept in an error (the rest is cut).
-_MAX_MESSAGE: Final = 300
 #: A resource name in a path: lowercase plural, as Kubernetes spells them.
 _RESOURCE: Final = re.compile(r"[a-z][a-z0-9]*")
 #: The path of kinko's own API group.
@@ -400,7 +396,7 @@ class MigrationPlan:
 # --- the client ----------------------------------------------------------------------------
 
 
-class ClusterClient:
+class ClusterClient(HttpClient):
     """A client of the Kubernetes REST API at ``url`` (``https://host:port``).
 
     ``token``: the bearer token (without the ``Bearer`` prefix). ``ca``: the PEM CA bundle
@@ -412,6 +408,9 @@ class ClusterClient:
     Use as a context manager, or call :meth:`close`. Raises InvalidArgument (an empty token,
     a URL that is not http(s), plain http to a host that is not loopback, an unreadable CA).
     """
+
+    _service = "cluster API"
+    _cargo = "secrets"
 
     def __init__(
         self,
@@ -431,41 +430,12 @@ class ClusterClient:
             raise errors.InvalidArgument(
                 "the bearer token must be printable ASCII without spaces or line breaks"
             )
-        if timeout <= 0:
-            raise errors.InvalidArgument(f"expected a positive timeout, got {timeout}")
-        self._base = _check_url(url)
+        super().__init__(url, ca=ca, timeout=timeout, http=http)
         self._headers = {
             "authorization": f"Bearer {token}",
             "accept": MEDIA_JSON,
             "user-agent": f"kinko/{__version__}",
         }
-        self._owns_http = http is None
-        if http is None:
-            http = httpx.Client(
-                verify=_tls_context(ca), timeout=timeout, follow_redirects=False, trust_env=False
-            )
-        self._http = http
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return self._base
-
-    def close(self) -> None:
-        """Closes the connection pool (not an injected ``http`` client)."""
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ClusterClient(url={self._base!r})"
@@ -737,18 +707,7 @@ class ClusterClient:
         headers = dict(self._headers)
         if body is not None:
             headers["content-type"] = content_type
-        try:
-            response = self._http.request(
-                method,
-                self._base + path,
-                params=params,
-                json=None if body is None else dict(body),
-                headers=headers,
-            )
-        except httpx.HTTPError as exc:
-            raise errors.UnavailableError(
-                f"cannot reach the cluster API at {self._base}: {_transport_reason(exc)}"
-            ) from exc
+        response = self._request(method, path, params=params, json=body, headers=headers)
         if not 200 <= response.status_code < 300:
             raise error_from_response(response)
         return response
@@ -767,8 +726,8 @@ def error_from_response(response: httpx.Response) -> errors.KinkoError:
     """
     status = response.status_code
     doc = _status_doc(response)
-    reason = _text(doc.get("reason"), 64)
-    message = _text(doc.get("message"), _MAX_MESSAGE)
+    reason = clean(doc.get("reason"), 64)
+    message = clean(doc.get("message"), MAX_MESSAGE)
     cls = REASON_ERRORS.get(reason) if reason else None
     if cls is None:
         cls = STATUS_ERRORS.get(status)
@@ -808,36 +767,17 @@ def _invalid(doc: Mapping[str, object], message: str) -> errors.Invalid:
             if isinstance(item, dict):
                 causes.append(
                     errors.FieldCause(
-                        field=_text(item.get("field"), 200),
-                        reason=_text(item.get("reason"), 64),
-                        message=_text(item.get("message"), _MAX_MESSAGE),
+                        field=clean(item.get("field"), 200),
+                        reason=clean(item.get("reason"), 64),
+                        message=clean(item.get("message"), MAX_MESSAGE),
                     )
                 )
     if not causes:
         causes.append(
             errors.FieldCause("", "FieldValueInvalid", message or "the object is invalid")
         )
-    kind = _text(details.get("kind"), 64)
-    return errors.Invalid(causes, kind=_KINDS.get(kind, kind), name=_text(details.get("name"), 253))
-
-
-def _text(value: object, limit: int) -> str:
-    """A string from the server, without control characters (no terminal escapes), cut."""
-    if not isinstance(value, str):
-        return ""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in value)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
-
-
-def _transport_reason(exc: httpx.HTTPError) -> str:
-    """Why a connection failed, in words (the exception type and the OS or TLS reason)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS verification failed ({_text(str(cause.verify_message), 120)})"
-        cause = cause.__cause__ or cause.__context__
-    text = _text(str(exc), 160)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    kind = clean(details.get("kind"), 64)
+    return errors.Invalid(causes, kind=_KINDS.get(kind, kind), name=clean(details.get("name"), 253))
 
 
 def _malformed(response: httpx.Response, what: str) -> errors.UnavailableError:
@@ -898,9 +838,9 @@ def _unreadable(response: httpx.Response, raw: object) -> Unreadable:
                 raise _malformed(response, "expected unreadable.items as objects")
             items.append(
                 UnreadableObject(
-                    namespace=_text(entry.get("namespace"), 253),
-                    name=_text(entry.get("name"), 253),
-                    reason=_text(entry.get("reason"), _MAX_MESSAGE),
+                    namespace=clean(entry.get("namespace"), 253),
+                    name=clean(entry.get("name"), 253),
+                    reason=clean(entry.get("reason"), MAX_MESSAGE),
                 )
             )
     header = response.headers.get(UNREADABLE_HEADER, "").strip()
@@ -937,7 +877,7 @@ class _Fields:
         value = self.doc.get(name)
         if not isinstance(value, str):
             raise self._bad(name, "a string")
-        return _text(value, _MAX_MESSAGE)
+        return clean(value, MAX_MESSAGE)
 
     def optional_text(self, name: str) -> str | None:
         value = self.doc.get(name)
@@ -945,7 +885,7 @@ class _Fields:
             return None
         if not isinstance(value, str):
             raise self._bad(name, "a string or null")
-        return _text(value, _MAX_MESSAGE)
+        return clean(value, MAX_MESSAGE)
 
     def count(self, name: str) -> int:
         """A count that is not negative; 0 when missing."""
@@ -1011,7 +951,7 @@ class _Fields:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._bad(name, "a list of strings")
-        return tuple(_text(v, _MAX_MESSAGE) for v in value)
+        return tuple(clean(v, MAX_MESSAGE) for v in value)
 
     def child(self, name: str) -> _Fields:
         """A required nested object."""
@@ -1035,7 +975,7 @@ class _Fields:
     def counts(self, name: str) -> tuple[tuple[str, int], ...]:
         """An object of name → count, largest count first, then by name."""
         table = self.mapping(name)
-        pairs = [(_text(key, _MAX_MESSAGE), table.count(key)) for key in table.names()]
+        pairs = [(clean(key, MAX_MESSAGE), table.count(key)) for key in table.names()]
         return tuple(sorted(pairs, key=lambda pair: (-pair[1], pair[0])))
 
 
@@ -1103,7 +1043,7 @@ def _cluster_status(doc: _Fields) -> ClusterStatus:
         root_key=None if root is None else _root_key(root),
         warnings=doc.texts("warnings"),
         migrations=tuple(
-            _migration(_text(name, 253), migrations.child(name))
+            _migration(clean(name, 253), migrations.child(name))
             for name in sorted(migrations.names())
         ),
         enabling=doc.optional_text("enabling"),
@@ -1118,7 +1058,7 @@ def _coverage(resource: str, doc: _Fields) -> ResourceCoverage:
         entry = key_ids.child(key_id)
         entries.append(
             KeyIdCoverage(
-                key_id=_text(key_id, _MAX_MESSAGE),
+                key_id=clean(key_id, MAX_MESSAGE),
                 count=entry.count("count"),
                 provider=entry.optional_text("provider") or "",
                 root_key=entry.optional_text("rootKey"),
@@ -1128,7 +1068,7 @@ def _coverage(resource: str, doc: _Fields) -> ResourceCoverage:
         )
     migration = doc.optional_child("migration")
     return ResourceCoverage(
-        resource=_text(resource, 253),
+        resource=clean(resource, 253),
         total=doc.count("total"),
         providers=doc.counts("providers"),
         key_ids=tuple(sorted(entries, key=lambda e: (-e.count, e.key_id))),
@@ -1146,7 +1086,7 @@ def _plan_entry(resource: str, doc: _Fields) -> MigrationPlanEntry:
     would_rewrite = doc.count("wouldRewrite")
     current = doc.optional_count("current")
     return MigrationPlanEntry(
-        resource=_text(resource, 253),
+        resource=clean(resource, 253),
         total=doc.count("total"),
         stale=doc.count("stale") if "stale" in doc.doc else would_rewrite,
         would_rewrite=would_rewrite,
@@ -1179,39 +1119,3 @@ def _path(resource: str, namespace: str | None, name: str | None = None) -> str:
     if name is not None:
         path += f"/{_segment('name', name)}"
     return path
-
-
-def _check_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise errors.InvalidArgument(
-            f"expected the cluster API URL as https://host[:port], got {url!r}"
-        )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise errors.InvalidArgument(
-            f"refusing plain http to {parts.hostname}: bearer tokens and secrets travel only "
-            "over https, except to a loopback address"
-        )
-    if parts.query or parts.fragment:
-        raise errors.InvalidArgument("expected a cluster API URL without query or fragment")
-    return url.strip().rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _tls_context(ca: Path | None) -> ssl.SSLContext:
-    if ca is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cafile=str(ca))
-    except (OSError, ssl.SSLError) as exc:
-        raise errors.InvalidArgument(
-            f"cannot read the CA bundle {ca}: {type(exc).__name__}"
-        ) from exc

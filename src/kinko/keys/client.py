@@ -43,24 +43,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
-import ssl
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
-from urllib.parse import quote, urlsplit
+from typing import Final
+from urllib.parse import quote
 
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kinko import errors
+from kinko import errors, httpclient
+from kinko.httpclient import MAX_MESSAGE, HttpClient, clean
 from kinko.keys.model import (
     AliasEntry,
     InstancePolicies,
@@ -97,7 +95,7 @@ __all__ = [
     "seal_for_import",
 ]
 
-DEFAULT_TIMEOUT: Final = 10.0
+DEFAULT_TIMEOUT: Final = httpclient.DEFAULT_TIMEOUT
 API: Final = "/api/v2"
 
 # Key Protect's media types, as its SDKs send them.
@@ -113,8 +111,6 @@ _ACTION_MEDIA: Final = {
 #: Secure import algorithms Key Protect accepts, the default first.
 IMPORT_ALGORITHMS: Final = ("RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1")
 _IMPORT_IV_BYTES: Final = 12
-#: Longest service message kept in an error (the rest is cut).
-_MAX_MESSAGE: Final = 300
 
 # --- the one error table -------------------------------------------------------------------
 
@@ -360,7 +356,7 @@ def seal_for_import(
 # --- the client ----------------------------------------------------------------------------
 
 
-class KeyProtectClient:
+class KeyProtectClient(HttpClient):
     """A client of one instance of a Key Protect API v2 service at ``url``.
 
     ``token``: the bearer token (kinko's ``kinko_…`` or an IAM access token; without the
@@ -374,6 +370,10 @@ class KeyProtectClient:
     or instance, a URL that is not http(s), plain http to a host that is not loopback, an
     unreadable CA file).
     """
+
+    _service = "key service"
+    _cargo = "keys"
+    _unavailable = errors.KeyServiceUnavailable
 
     def __init__(
         self,
@@ -392,25 +392,14 @@ class KeyProtectClient:
             token = token[7:]
         if not instance or not instance.strip():
             raise errors.InvalidArgument("expected an instance id (bluemix-instance), got none")
-        if timeout <= 0:
-            raise errors.InvalidArgument(f"expected a positive timeout, got {timeout}")
-        self._base = _check_url(url)
+        # The headers are checked before the connection pool is made, so a refused value
+        # leaves nothing open.
         self._token = _header_value("bearer token", token.strip())
         self._instance = _header_value("instance id", instance.strip())
         self._key_ring = None if key_ring is None else _header_value("key ring", key_ring)
-        self._owns_http = http is None
-        if http is None:
-            http = httpx.Client(
-                verify=_tls_context(ca), timeout=timeout, follow_redirects=False, trust_env=False
-            )
-        self._http = http
+        super().__init__(url, ca=ca, timeout=timeout, http=http)
 
     # --- lifecycle of the client -----------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The service's base URL (without ``/api/v2``)."""
-        return self._base
 
     @property
     def instance(self) -> str:
@@ -421,22 +410,6 @@ class KeyProtectClient:
     def key_ring(self) -> str | None:
         """The key ring sent as ``x-kms-key-ring``, if any."""
         return self._key_ring
-
-    def close(self) -> None:
-        """Closes the connection pool (not an injected ``http`` client)."""
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"KeyProtectClient(url={self._base!r}, instance={self._instance!r})"
@@ -1047,22 +1020,25 @@ class KeyProtectClient:
             headers["prefer"] = "return=representation"
         if body is not None:
             headers["content-type"] = media or MEDIA_JSON
-        url = self._base + API + path
-        try:
-            response = self._http.request(method, url, params=params, json=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise errors.KeyServiceUnavailable(
-                f"the key service at {self._base} did not answer in time "
-                f"({type(exc).__name__}; correlation-id {correlation_id})"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise errors.KeyServiceUnavailable(
-                f"cannot reach the key service at {self._base}: {_transport_reason(exc)} "
-                f"(correlation-id {correlation_id})"
-            ) from exc
+        response = self._request(
+            method,
+            API + path,
+            params=params,
+            json=body,
+            headers=headers,
+            note=f"correlation-id {correlation_id}",
+        )
         if response.is_success:
             return response
         raise error_from_response(response, correlation_id=correlation_id)
+
+    def _unreachable(self, exc: httpx.HTTPError, note: str) -> errors.UnavailableError:
+        if isinstance(exc, httpx.TimeoutException):
+            return errors.KeyServiceUnavailable(
+                f"the key service at {self._base} did not answer in time "
+                f"({type(exc).__name__}; {note})"
+            )
+        return super()._unreachable(exc, note)
 
     def _one_key(self, response: httpx.Response) -> KeyResource:
         found = self._maybe_key(response, fetch=True)
@@ -1109,7 +1085,7 @@ def error_from_response(
     cid = correlation_id or response.headers.get("correlation-id")
     detail = f"HTTP {status}" + (f" {code}" if code else "")
     if cid:
-        detail += f", correlation-id {_clean(cid, 64)}"
+        detail += f", correlation-id {clean(cid, 64)}"
     text = f"{message or 'the key service refused the request'} ({detail})"
     if issubclass(cls, errors.UnprocessableCiphertext):
         # Opaque by design: the class carries one of two fixed reasons, nothing else.
@@ -1145,50 +1121,17 @@ def _error_reason(response: httpx.Response) -> tuple[str | None, str | None]:
         raw_code = reasons[0].get("code")
         raw_message = reasons[0].get("message")
         if isinstance(raw_code, str) and raw_code:
-            code = _clean(raw_code, 64)
+            code = clean(raw_code, 64)
         if isinstance(raw_message, str) and raw_message:
-            message = _clean(raw_message, _MAX_MESSAGE)
+            message = clean(raw_message, MAX_MESSAGE)
     if message is None:
         error_msg = first.get("errorMsg")
         if isinstance(error_msg, str) and error_msg:
-            message = _clean(error_msg, _MAX_MESSAGE)
+            message = clean(error_msg, MAX_MESSAGE)
     return code, message
 
 
-def _clean(text: str, limit: int) -> str:
-    """``text`` without control characters (no terminal escapes from a remote), cut."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
-
-
-def _transport_reason(exc: httpx.HTTPError) -> str:
-    """Why a connection failed, in words (the exception type and the OS or TLS reason)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS verification failed ({_clean(str(cause.verify_message), 120)})"
-        cause = cause.__cause__ or cause.__context__
-    text = _clean(str(exc), 160)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 # --- request helpers -----------------------------------------------------------------------
-
-
-def _check_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise errors.InvalidArgument(
-            f"expected the key service URL as https://host[:port], got {url!r}"
-        )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise errors.InvalidArgument(
-            f"refusing plain http to {parts.hostname}: bearer tokens and keys travel only over "
-            "https, except to a loopback address"
-        )
-    if parts.query or parts.fragment:
-        raise errors.InvalidArgument("expected a key service URL without query or fragment")
-    return url.strip().rstrip("/")
 
 
 def _header_value(what: str, value: str) -> str:
@@ -1199,26 +1142,6 @@ def _header_value(what: str, value: str) -> str:
             f"the {what} must be printable ASCII without spaces or line breaks"
         )
     return value
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _tls_context(ca: Path | None) -> ssl.SSLContext:
-    if ca is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cafile=str(ca))
-    except (OSError, ssl.SSLError) as exc:
-        raise errors.InvalidArgument(
-            f"cannot read the CA bundle {ca}: {type(exc).__name__}"
-        ) from exc
 
 
 def _segment(text: str) -> str:
