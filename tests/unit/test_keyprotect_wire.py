@@ -661,6 +661,49 @@ def test_openapi_health_and_echo(api: Api) -> None:
     assert api.client.post("/api/v2/_echo", json={"a": 1}).json() == {"a": 1}
 
 
+def test_hot_routes_are_documented_with_their_bodies(api: Api) -> None:
+    # Wrap, unwrap and rewrap read their request themselves; twins document them.
+    paths = api.client.get("/openapi.json").json()["paths"]
+    for action, model, required in (
+        ("wrap", "WrapBody", False),
+        ("unwrap", "UnwrapBody", True),
+        ("rewrap", "RewrapBody", True),
+    ):
+        operation = paths[f"/api/v2/keys/{{id}}/actions/{action}"]["post"]
+        assert operation["operationId"] == f"{action}_key_api_v2_keys__id__actions_{action}_post"
+        assert [p["name"] for p in operation["parameters"]][-1] == "id"
+        assert operation["security"] == [{"bearer": []}]
+        body = operation["requestBody"]
+        assert body.get("required", False) is required
+        assert model in str(body["content"]["application/vnd.ibm.kms.key_action+json"])
+        assert "400" in operation["responses"]
+        assert "422" not in operation["responses"]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code"),
+    [
+        # A body that is not JSON is refused before the caller is authenticated...
+        (b"{bad", {"content-type": "application/json"}, 400, "BAD_BODY_ERR"),
+        # ...a body that is JSON but of the wrong shape only after.
+        (b'{"plaintext": 5}', {"content-type": "application/json"}, 401, "UNAUTHORIZED_ERR"),
+        (b"", {}, 401, "UNAUTHORIZED_ERR"),
+    ],
+)
+def test_hot_route_order_of_refusals_without_a_token(
+    api: Api, content: bytes, headers: dict[str, str], status: int, code: str
+) -> None:
+    key_id = api.create()
+    for action in ("wrap", "unwrap", "rewrap"):
+        response = api.client.post(
+            f"/api/v2/keys/{key_id}/actions/{action}",
+            content=content,
+            headers={"bluemix-instance": INST, **headers},
+        )
+        assert response.status_code == status, response.text
+        assert reason(response) == code
+
+
 def test_no_token_plaintext_or_ciphertext_in_logs(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:

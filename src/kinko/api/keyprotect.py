@@ -30,6 +30,11 @@ wrap, unwrap and rewrap, the hot path, which are async and hand their key servic
 millisecond (SQLite store, soft keystore or SoftHSM2, audit log fsynced in the background),
 on the thread pool while they do not (etcd, a network HSM, ``--audit-sync always``). The
 request is parsed, authenticated and checked the same way either way, in the same order.
+These three are also routes of the app itself, not of the included ``/api/v2`` router, and
+read their request with :func:`action_request` (one plain function: body, then
+:func:`call_context`, then the pydantic body model) instead of FastAPI's dependency solving;
+it fails exactly as the declared parameters did. The OpenAPI document describes them through
+documentation twins: routes with the declared parameters, in the schema but never served.
 
 Headers: ``authorization: Bearer <token>`` (401 ``UNAUTHORIZED_ERR`` without a valid one),
 ``bluemix-instance`` (required; 400 ``INVALID_HEADER_ERR`` when missing), ``x-kms-key-ring``,
@@ -49,14 +54,18 @@ called, and the service's writes are all-or-nothing).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from pydantic import TypeAdapter, ValidationError
+from starlette.routing import BaseRoute
 
 from kinko import __version__
 from kinko.api import kp_render as render
@@ -88,7 +97,7 @@ from kinko.api.kp_models import (
     WrapBody,
     WrapOut,
 )
-from kinko.errors import Forbidden, InvalidArgument
+from kinko.errors import Forbidden, InvalidArgument, KinkoError
 from kinko.keys.auth import Principal
 from kinko.keys.model import Registration, RotationPolicy
 from kinko.keys.results import KeyView
@@ -302,6 +311,75 @@ async def call_context(request: Request) -> Call:
 CallDep = Annotated[Call, Depends(call_context)]
 
 
+# --- the hot routes' request, read without FastAPI's dependency solving --------------------
+
+_Body = TypeVar("_Body")
+_WRAP_BODY: Final = TypeAdapter(WrapBody | None)
+_UNWRAP_BODY: Final = TypeAdapter(UnwrapBody)
+_REWRAP_BODY: Final = TypeAdapter(RewrapBody)
+
+
+def _is_json_content(content_type: str | None) -> bool:
+    """Whether FastAPI would parse a body of ``content_type`` as JSON: ``application/json``
+    or ``application/*+json`` (the rule of ``fastapi.routing``, parameters ignored)."""
+    if not content_type:
+        return False
+    media = content_type.partition(";")[0].strip().lower()
+    if media.count("/") != 1:
+        return False
+    main, _, sub = media.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+async def action_request(
+    request: Request, body_type: TypeAdapter[_Body], *, required: bool
+) -> tuple[Call, _Body]:
+    """The :class:`Call` and the validated body of a wrap, unwrap or rewrap request.
+
+    Does by hand, in one pass, what FastAPI's dependency solving does for a route declared
+    with ``call: CallDep`` and a body of ``body_type`` (the routes' documentation twins
+    declare exactly that), and fails the same way in the same order:
+
+    1. the body is read and, under a JSON media type, parsed: a body over the cap is 413; one
+       that is not JSON is 400 ``BAD_BODY_ERR``, before the caller is authenticated (as
+       FastAPI reads the body before it solves dependencies);
+    2. :func:`call_context`: 401, or 400 ``INVALID_HEADER_ERR``;
+    3. the body is validated by the same pydantic model, and its errors go through the same
+       :class:`~fastapi.exceptions.RequestValidationError` mapping (``kp_http``): no body is
+       400 ``NO_BODY_ERR`` when ``required`` (else None, which ``body_type`` must admit); a
+       body of another media type, an unknown or mistyped field, 400 ``BAD_BODY_ERR``.
+
+    Raises PayloadTooLarge, InvalidArgument, RequestValidationError, and what
+    :func:`call_context` raises.
+    """
+    try:
+        raw = await request.body()
+        document: object = raw
+        if raw and _is_json_content(request.headers.get("content-type")):
+            document = json.loads(raw)
+    except json.JSONDecodeError:
+        raise wire.bad_body("the body is not valid JSON") from None
+    except KinkoError:
+        raise
+    except Exception as exc:
+        raise wire.bad_body("the body could not be read") from exc
+    call = await call_context(request)
+    if not raw:
+        if required:
+            raise wire.no_body()
+        # FastAPI gives an optional body that was not sent its default, None; validating
+        # None here only types it (body_type admits None whenever required is False).
+        return call, body_type.validate_python(None)
+    try:
+        return call, body_type.validate_python(document, from_attributes=True)
+    except ValidationError as exc:
+        problems = [
+            {**problem, "loc": ("body", *problem["loc"])}
+            for problem in exc.errors(include_url=False)
+        ]
+        raise RequestValidationError(problems) from None
+
+
 # --- request decoding helpers --------------------------------------------------------------
 
 
@@ -396,11 +474,37 @@ def create_keyprotect_app(
     calls = CallRunner()
     app.state.calls = calls
 
+    # The hot routes read their request with action_request instead of FastAPI's dependency
+    # solving, and are routes of the app itself rather than of the included router (whose
+    # every request first walks all of its routes); each has a twin, never served, whose
+    # signature documents it as before.
+    twins = APIRouter(prefix="/api/v2", responses=_ERRORS)
+
     def route(
-        method: str, path: str, *, name: str, failure: str, **kwargs: Any
+        method: str,
+        path: str,
+        *,
+        name: str,
+        failure: str,
+        documented_as: Callable[..., Awaitable[Response]] | None = None,
+        **kwargs: Any,
     ) -> Callable[[_Handler], _Handler]:
         FAILURES[name] = failure
-        return router.api_route(path, methods=[method], name=name, response_model=None, **kwargs)
+        if documented_as is None:
+            return router.api_route(
+                path, methods=[method], name=name, response_model=None, **kwargs
+            )
+        twins.api_route(path, methods=[method], name=name, response_model=None, **kwargs)(
+            documented_as
+        )
+        return app.router.api_route(
+            f"/api/v2{path}",
+            methods=[method],
+            name=name,
+            response_model=None,
+            include_in_schema=False,
+            **kwargs,
+        )
 
     # --- actions (first: the hot path, matched before every other route) -------------------
 
@@ -498,15 +602,7 @@ def create_keyprotect_app(
         )
         return _no_content()
 
-    @route(
-        "POST",
-        "/keys/{id}/actions/wrap",
-        name="wrap_key",
-        failure="Wrap with key could not be performed",
-        response_class=KeyActionJson,
-        responses={200: {"model": WrapOut}},
-    )
-    async def wrap_key(
+    async def wrap_doc(
         call: CallDep,
         id: str,
         body: Annotated[
@@ -515,7 +611,28 @@ def create_keyprotect_app(
         ] = None,
     ) -> Response:
         """Wrap a DEK (``plaintext``), or generate and wrap one (no ``plaintext``)."""
-        return await calls.run(_wrap, call, id, body)
+        raise AssertionError("documentation only")
+
+    @route(
+        "POST",
+        "/keys/{id}/actions/wrap",
+        name="wrap_key",
+        failure="Wrap with key could not be performed",
+        response_class=KeyActionJson,
+        responses={200: {"model": WrapOut}},
+        documented_as=wrap_doc,
+    )
+    async def wrap_key(request: Request) -> Response:
+        call, body = await action_request(request, _WRAP_BODY, required=False)
+        return await calls.run(_wrap, call, request.path_params["id"], body)
+
+    async def unwrap_doc(
+        call: CallDep,
+        id: str,
+        body: Annotated[UnwrapBody, Body(media_type=wire.MEDIA_KEY_ACTION)],
+    ) -> Response:
+        """Unwrap a ciphertext of any version of the key."""
+        raise AssertionError("documentation only")
 
     @route(
         "POST",
@@ -524,14 +641,19 @@ def create_keyprotect_app(
         failure="Unwrap with key could not be performed",
         response_class=KeyActionJson,
         responses={200: {"model": UnwrapOut}},
+        documented_as=unwrap_doc,
     )
-    async def unwrap_key(
+    async def unwrap_key(request: Request) -> Response:
+        call, body = await action_request(request, _UNWRAP_BODY, required=True)
+        return await calls.run(_unwrap, call, request.path_params["id"], body)
+
+    async def rewrap_doc(
         call: CallDep,
         id: str,
-        body: Annotated[UnwrapBody, Body(media_type=wire.MEDIA_KEY_ACTION)],
+        body: Annotated[RewrapBody, Body(media_type=wire.MEDIA_KEY_ACTION)],
     ) -> Response:
-        """Unwrap a ciphertext of any version of the key."""
-        return await calls.run(_unwrap, call, id, body)
+        """Rewrap a ciphertext under the key's latest version."""
+        raise AssertionError("documentation only")
 
     @route(
         "POST",
@@ -540,14 +662,11 @@ def create_keyprotect_app(
         failure="Rewrap with key could not be performed",
         response_class=KeyActionJson,
         responses={200: {"model": RewrapOut}},
+        documented_as=rewrap_doc,
     )
-    async def rewrap_key(
-        call: CallDep,
-        id: str,
-        body: Annotated[RewrapBody, Body(media_type=wire.MEDIA_KEY_ACTION)],
-    ) -> Response:
-        """Rewrap a ciphertext under the key's latest version."""
-        return await calls.run(_rewrap, call, id, body)
+    async def rewrap_key(request: Request) -> Response:
+        call, body = await action_request(request, _REWRAP_BODY, required=True)
+        return await calls.run(_rewrap, call, request.path_params["id"], body)
 
     @route(
         "POST",
@@ -1443,7 +1562,7 @@ def create_keyprotect_app(
             return Response(wire.dumps(body), media_type=wire.MEDIA_KEY_ACTION)
 
     app.include_router(router)
-    _clean_openapi(app)
+    _clean_openapi(app, twins.routes)
     return app
 
 
@@ -1495,9 +1614,15 @@ _HEADER_PARAMETERS: Final[list[dict[str, Any]]] = [
 ]
 
 
-def _clean_openapi(app: FastAPI) -> None:
+def _clean_openapi(app: FastAPI, twins: Sequence[BaseRoute] = ()) -> None:
     """Serves an OpenAPI document with Key Protect's headers and bearer scheme on every
-    ``/api/v2`` operation, and without FastAPI's 422 responses (errors here are 400)."""
+    ``/api/v2`` operation, and without FastAPI's 422 responses (errors here are 400).
+
+    ``twins``: documentation-only routes, each standing in the document for the served route
+    of the same path and method (which is left out of the schema): the hot routes, whose
+    handlers read the request themselves, are described by twins that declare it as FastAPI
+    parameters.
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -1506,7 +1631,7 @@ def _clean_openapi(app: FastAPI) -> None:
             title=app.title,
             version=app.version,
             description=app.description,
-            routes=app.routes,
+            routes=[*twins, *app.routes],
         )
         for path, path_item in schema.get("paths", {}).items():
             for operation in path_item.values():
