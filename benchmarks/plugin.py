@@ -18,7 +18,9 @@ Backends:
 - ``root key, SoftHSM2``: the same over a PKCS#11 token, when ``softhsm2-util`` and the
   module are installed (a throw-away token is initialised in a temporary folder).
 
-Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S] [--only NAME]``
+Both servers run on gRPC thread pools of the same size (``--workers``, default 4: the plugin's).
+
+Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S] [--only NAME] [--workers N]``
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def echo_server(socket_path: Path) -> grpc.Server:
-    """A gRPC server whose only method returns its request bytes."""
+def echo_server(socket_path: Path, workers: int) -> grpc.Server:
+    """A gRPC server whose only method returns its request bytes, on a thread pool of
+    ``workers`` threads (as the plugin's)."""
 
     def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
         return request
@@ -72,7 +75,7 @@ def echo_server(socket_path: Path) -> grpc.Server:
             )
         },
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"unix:{socket_path}")
     server.start()
@@ -211,11 +214,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
     parser.add_argument("--only", choices=BACKENDS, action="append", help="repeatable")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="gRPC threads of both servers (the plugin's default)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="kinko-bench-") as tmp:
         work = Path(tmp)
-        echo = echo_server(work / "echo.sock")
+        echo = echo_server(work / "echo.sock", args.workers)
         channel = grpc.insecure_channel(
             f"unix:{work / 'echo.sock'}", options=[("grpc.default_authority", "localhost")]
         )
@@ -234,7 +240,7 @@ def main() -> None:
                         print(f"plugin backend: {name}: skipped (not installed)")
                         continue
                     endpoint = f"unix://{work / 'kms.sock'}"
-                    server = KmsV2Server(core, endpoint)
+                    server = KmsV2Server(core, endpoint, max_workers=args.workers)
                     server.start()
                     try:
                         with GrpcKmsV2Api(endpoint) as api:
