@@ -35,12 +35,16 @@ then identity, for secrets and configmaps; identity only with ``no_encryption``,
 before KMS enablement). Every later start finds each step done and reuses
 it, and a start killed half-way is completed by the next one, never duplicated: the root key
 is found by its alias before one is created, the token file is written before the token is
-registered, and a registration missing from either book is added.
+registered, and a registration missing from either book is added. An ``admin.token`` deleted
+since the last start makes the next start issue a new admin token that replaces the old one:
+the old token (named by its id in ``up.json``) is revoked from both books in the transaction
+that registers the new one.
 
 Data folder (created 0700; the key service's own files are described in
 :mod:`kinko.keys.deployment`)::
 
-    up.json                  instance id, root key id, config path, plugin table (no secrets)
+    up.json                  instance id, root key id, config path, plugin table, the admin
+                             token's id (first 12 hex of its hash; no secrets)
     admin.token              the admin token (0600)
     encryption-config.yaml   the cluster's EncryptionConfiguration (0600; yours to edit)
     kms.sock                 the KMS v2 plugin socket, while running
@@ -92,6 +96,9 @@ from kinko.cluster.auth import (
     ClusterTokenBook,
     cluster_token_path,
     cluster_token_record,
+    dump_cluster_token,
+    find_token,
+    revocation,
 )
 from kinko.cluster.encryption import EncryptionConfigSource
 from kinko.cluster.endpoints import (
@@ -118,6 +125,7 @@ from kinko.cluster.lifecycle import (
 from kinko.cluster.metrics import ClusterMetrics
 from kinko.cluster.migrate import DEFAULT_BATCH
 from kinko.errors import (
+    Conflict,
     CorruptMetadata,
     InvalidArgument,
     NotFound,
@@ -127,11 +135,12 @@ from kinko.errors import (
 from kinko.hsm.port import Hsm
 from kinko.keys.audit import FileAuditSink, SyncMode
 from kinko.keys.auth import (
+    TOKEN_ID_CHARS,
     TOKEN_PREFIX,
     Principal,
     Role,
-    TokenBook,
     TokenRecord,
+    dump_token,
     hash_token,
     issue_token,
     load_token,
@@ -144,7 +153,7 @@ from kinko.kms.port import KmsV2Api
 from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
 from kinko.store.etcd_store import EtcdStore
-from kinko.store.port import Store
+from kinko.store.port import Op, Put, Store
 from kinko.store.sqlite import SqliteStore
 
 __all__ = [
@@ -190,6 +199,7 @@ KEY_SERVICE_PREFIX: Final = "/api/v2"
 ADMIN_PREFIX: Final = "/apis/kinko.io"
 
 _TOKEN_RE: Final = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
+_ADMIN_ID_RE: Final = re.compile(rf"[0-9a-f]{{{TOKEN_ID_CHARS}}}")
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 # sun_path holds 108 bytes with the terminating NUL.
 _MAX_SOCKET_PATH: Final = 107
@@ -217,12 +227,15 @@ class UpState:
 
     ``plugins``: the root key plugins served besides the first start's (``kinko`` on
     ``kms.sock``), added by ``kinko cluster kms enable``: provider, root key id, socket file.
+    ``admin_token_id``: the first 12 hex characters of the admin token's SHA-256 (not a
+    secret), so that a replacement admin token can revoke the one it replaces.
     """
 
     instance: str
     root_key: str | None = None
     encryption_config: Path | None = None
     plugins: tuple[PluginEntry, ...] = ()
+    admin_token_id: str | None = None
 
 
 def load_state(data_dir: Path) -> UpState | None:
@@ -250,11 +263,18 @@ def load_state(data_dir: Path) -> UpState | None:
         if config is not None and not isinstance(config, str):
             raise ValueError
         plugins = tuple(_plugin_entry(item) for item in doc.get("plugins", []))
+        admin_id = doc.get("adminTokenId")
+        if admin_id is not None and (
+            not isinstance(admin_id, str) or _ADMIN_ID_RE.fullmatch(admin_id) is None
+        ):
+            raise ValueError
     except (ValueError, KeyError, TypeError):
         raise CorruptMetadata(
-            f"{path}: expected kinko up's state (v 1, instance, rootKey, config, plugins)"
+            f"{path}: expected kinko up's state (v 1, instance, rootKey, config, plugins, "
+            "adminTokenId)"
         ) from None
-    return UpState(instance, root_key or None, Path(config) if config else None, plugins)
+    config_path = Path(config) if config else None
+    return UpState(instance, root_key or None, config_path, plugins, admin_id)
 
 
 def _plugin_entry(item: object) -> PluginEntry:
@@ -279,6 +299,8 @@ def save_state(data_dir: Path, state: UpState) -> None:
     }
     if state.plugins:
         doc["plugins"] = [entry.to_json() for entry in state.plugins]
+    if state.admin_token_id is not None:
+        doc["adminTokenId"] = state.admin_token_id
     write_private_file(data_dir / STATE_FILE, (json.dumps(doc, indent=2) + "\n").encode())
 
 
@@ -359,10 +381,16 @@ def bootstrap(
     cluster before KMS enablement); refused once the folder has a configuration.
 
     Each step is saved before the next begins, so a start interrupted anywhere is finished
-    by the next one. Raises InvalidArgument (an unwritable folder, an ``admin.token`` that
-    holds no kinko token, ``no_encryption`` with a configuration already made),
-    CorruptMetadata (``up.json``, a token record), Unauthorized (the token's key service
-    record names another instance), HsmUnavailable, StoreUnavailable.
+    by the next one. A token in ``admin.token`` other than the one ``up.json`` names (the file
+    was deleted and a new token issued, now or by a start that stopped before recording it)
+    replaces that one: the old token is revoked from both books in the transaction that
+    registers the new one, with a warning.
+
+    Raises InvalidArgument (an unwritable folder, an ``admin.token`` that holds no kinko token,
+    ``no_encryption`` with a configuration already made), CorruptMetadata (``up.json``, a
+    token record), Unauthorized (the token's key service record names another instance),
+    Conflict (a token record changed while the admin token was registered), HsmUnavailable,
+    StoreUnavailable.
     """
     state = load_state(data_dir)
     if no_encryption:
@@ -389,7 +417,12 @@ def bootstrap(
         ).token
         # The file first: a token registered but never written down would be lost for good.
         write_admin_token(data_dir, token)
-    _register_admin(store, token, state.instance, now)
+    admin_id = hash_token(token)[:TOKEN_ID_CHARS]
+    replaces = state.admin_token_id if state.admin_token_id != admin_id else None
+    _register_admin(store, token, state.instance, now, replaces=replaces)
+    if state.admin_token_id != admin_id:
+        state = replace(state, admin_token_id=admin_id)
+        save_state(data_dir, state)
     admin = service.authenticate(token, instance=state.instance)
     if admin.instance != state.instance:
         raise Unauthorized(f"{token_file} holds a token of another instance than up.json")
@@ -414,8 +447,16 @@ def _key_record(store: Store, token: str) -> TokenRecord | None:
     return None if entry is None else load_token(entry.value)
 
 
-def _register_admin(store: Store, token: str, instance: str, now: datetime) -> None:
-    """Registers ``token`` in whichever book lacks it: both in one transaction if both do."""
+def _register_admin(
+    store: Store, token: str, instance: str, now: datetime, *, replaces: str | None
+) -> None:
+    """Registers ``token`` in whichever book lacks it and revokes the admin token whose id is
+    ``replaces`` from both books, all in one transaction.
+
+    An old token already gone (revoked by hand, or by a start that stopped before recording
+    the new id) is nothing to revoke. Raises Conflict (a record changed meanwhile; nothing
+    changed), CorruptMetadata, StoreUnavailable.
+    """
     digest = hash_token(token)
     key_record = TokenRecord(
         token_hash=digest,
@@ -432,14 +473,32 @@ def _register_admin(store: Store, token: str, instance: str, now: datetime) -> N
         name=ADMIN_NAME,
         now=now,
     )
-    has_key = store.get(token_path(digest)) is not None
-    has_cluster = store.get(cluster_token_path(digest)) is not None
-    if not has_key and not has_cluster:
-        ClusterTokenBook(store).add(cluster_record, key_token=key_record)
-    elif not has_key:
-        TokenBook(store).add(key_record)
-    elif not has_cluster:
-        ClusterTokenBook(store).add(cluster_record)
+    ops: list[Op] = []
+    if store.get(token_path(digest)) is None:
+        ops.append(Put(token_path(digest), dump_token(key_record), 0))
+    if store.get(cluster_token_path(digest)) is None:
+        ops.append(Put(cluster_token_path(digest), dump_cluster_token(cluster_record), 0))
+    replaced = None
+    if replaces is not None and (old := _old_admin(store, replaces)) is not None:
+        replaced, deletes = revocation(store, old)
+        ops.extend(deletes)
+    if ops and not store.txn(ops).succeeded:
+        raise Conflict("a token record changed while the admin token was registered")
+    if replaced is not None:
+        log.warning(
+            "a new admin token (admin.token was deleted) replaces the old one (id %s, name %s), "
+            "which is revoked from both token books",
+            replaced.token_id,
+            replaced.name,
+        )
+
+
+def _old_admin(store: Store, token_id: str) -> str | None:
+    """The hash of the admin token ``up.json`` names, or None if no book holds it any more."""
+    try:
+        return find_token(store, token_id)
+    except NotFound:
+        return None
 
 
 def _root_key(service: KeyService, admin: Principal, instance: str, known: str | None) -> str:

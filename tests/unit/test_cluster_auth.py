@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from kinko.cluster.auth import (
     CLUSTER_TOKENS,
+    BookedToken,
     ClusterPrincipal,
     ClusterRole,
     ClusterTokenBook,
@@ -17,8 +20,12 @@ from kinko.cluster.auth import (
     cluster_token_path,
     cluster_token_record,
     dump_cluster_token,
+    find_token,
     issue_cluster_token,
+    list_tokens,
     load_cluster_token,
+    revocation,
+    revoke_token,
 )
 from kinko.errors import (
     Conflict,
@@ -28,9 +35,9 @@ from kinko.errors import (
     NotFound,
     Unauthorized,
 )
-from kinko.keys.auth import TokenBook, hash_token, issue_token
+from kinko.keys.auth import TokenBook, dump_token, hash_token, issue_token, token_path
 from kinko.store.memory import MemoryStore
-from kinko.store.port import Put
+from kinko.store.port import Delete, Put
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -469,3 +476,197 @@ def test_a_record_stored_under_another_hash_is_corrupt_metadata() -> None:
     store.txn([Put(cluster_token_path(hash_token(token)), dump_cluster_token(other), 0)])
     with pytest.raises(CorruptMetadata, match="another token"):
         ClusterTokenBook(store).authenticate(token, now=NOW)
+
+
+# --- listing and revoking across both books ------------------------------------------------
+
+
+def _seeded(n: int) -> Callable[[int], bytes]:
+    return lambda size: bytes([n]) * size
+
+
+def _numbered(n: int) -> Callable[[int], bytes]:
+    return lambda size: n.to_bytes(size, "big")
+
+
+def _three_tokens(store: MemoryStore) -> tuple[str, str, str]:
+    """A key-only, a cluster-only and a both-books token, issued an hour apart."""
+    key_only = issue_token(rng=_seeded(1), instance="i", roles=["Reader"], now=NOW, name="k")
+    TokenBook(store).add(key_only.record)
+    cluster_only, record = issue_cluster_token(
+        rng=_seeded(2), role="Viewer", namespaces=["a"], now=NOW + timedelta(hours=1), name="c"
+    )
+    ClusterTokenBook(store).add(record)
+    both = issue_token(
+        rng=_seeded(3), instance="i", roles=["Manager"], now=NOW + timedelta(hours=2), name="b"
+    )
+    ClusterTokenBook(store).add(
+        cluster_token_record(
+            token_hash=both.record.token_hash,
+            role="Administrator",
+            namespaces=None,
+            name="b",
+            now=NOW + timedelta(hours=2),
+        ),
+        key_token=both.record,
+    )
+    return key_only.token, cluster_only, both.token
+
+
+def test_each_book_lists_its_own_records_in_hash_order() -> None:
+    store = MemoryStore()
+    key_only, cluster_only, both = _three_tokens(store)
+
+    key_hashes = [r.token_hash for r in TokenBook(store).list()]
+    cluster_hashes = [r.token_hash for r in ClusterTokenBook(store).list()]
+
+    assert key_hashes == sorted([hash_token(key_only), hash_token(both)])
+    assert cluster_hashes == sorted([hash_token(cluster_only), hash_token(both)])
+    assert TokenBook(MemoryStore()).list() == ()
+    assert ClusterTokenBook(MemoryStore()).list() == ()
+
+
+def test_both_books_list_past_one_store_page() -> None:
+    store = MemoryStore()
+    for n in range(510):
+        issued = issue_token(rng=_numbered(n), instance="i", roles=["Reader"], now=NOW)
+        record = cluster_token_record(
+            token_hash=issued.record.token_hash,
+            role="Administrator",
+            namespaces=None,
+            name=issued.record.name,
+            now=NOW,
+        )
+        ClusterTokenBook(store).add(record, key_token=issued.record)
+
+    assert len({r.token_hash for r in TokenBook(store).list()}) == 510
+    assert len({r.token_hash for r in ClusterTokenBook(store).list()}) == 510
+    assert {b.books for b in list_tokens(store)} == {"both"}
+
+
+def test_a_record_stored_under_another_hash_fails_either_listing() -> None:
+    wrong = "f" * 64
+    store = MemoryStore()
+    issued = issue_token(rng=_seeded(1), instance="i", roles=["Reader"], now=NOW)
+    store.txn([Put(token_path(wrong), dump_token(issued.record), 0)])
+    with pytest.raises(CorruptMetadata, match="another token"):
+        TokenBook(store).list()
+
+    store = MemoryStore()
+    _, record = issue_cluster_token(rng=_seeded(1), role="Administrator", namespaces=None, now=NOW)
+    store.txn([Put(cluster_token_path(wrong), dump_cluster_token(record), 0)])
+    with pytest.raises(CorruptMetadata, match="another token"):
+        ClusterTokenBook(store).list()
+
+
+def test_list_tokens_merges_the_books_oldest_first() -> None:
+    store = MemoryStore()
+    key_only, cluster_only, both = _three_tokens(store)
+
+    listed = list_tokens(store)
+
+    assert [(b.token_hash, b.name, b.books) for b in listed] == [
+        (hash_token(key_only), "k", "key"),
+        (hash_token(cluster_only), "c", "cluster"),
+        (hash_token(both), "b", "both"),
+    ]
+    assert [b.token_id for b in listed] == [
+        hash_token(t)[:12] for t in (key_only, cluster_only, both)
+    ]
+    assert listed[2].key is not None
+    assert listed[2].cluster is not None
+    assert listed[1].created == NOW + timedelta(hours=1)
+
+
+def test_a_booked_token_expires_with_its_longest_lived_record() -> None:
+    issued = issue_token(
+        rng=_rng, instance="i", roles=["Reader"], now=NOW, expires=NOW + timedelta(hours=1)
+    )
+    cluster = cluster_token_record(
+        token_hash=issued.record.token_hash,
+        role="Administrator",
+        namespaces=None,
+        name=issued.record.name,
+        now=NOW,
+        expires=NOW + timedelta(hours=2),
+    )
+    never = cluster_token_record(
+        token_hash=issued.record.token_hash,
+        role="Administrator",
+        namespaces=None,
+        name=issued.record.name,
+        now=NOW,
+    )
+    h = issued.record.token_hash
+    assert BookedToken(h, issued.record, cluster).expires == NOW + timedelta(hours=2)
+    assert BookedToken(h, issued.record, never).expires is None
+    assert BookedToken(h, issued.record).expires == NOW + timedelta(hours=1)
+
+
+def test_find_token_by_id_prefix() -> None:
+    store = MemoryStore()
+    key_only, cluster_only, both = _three_tokens(store)
+    for token in (key_only, cluster_only, both):
+        digest = hash_token(token)
+        assert find_token(store, digest[:12]) == digest
+        assert find_token(store, digest[:8].upper()) == digest
+        assert find_token(store, digest) == digest
+
+
+@pytest.mark.parametrize("given", ["", "0123456", "0123456z", "../token", "0" * 65, " 01234567"])
+def test_find_token_refuses_a_short_or_non_hex_id(given: str) -> None:
+    with pytest.raises(InvalidArgument, match="8 to 64 hex"):
+        find_token(MemoryStore(), given)
+
+
+def test_find_token_refuses_an_unknown_or_ambiguous_id() -> None:
+    store = MemoryStore()
+    first, second = "abcdef01" + "0" * 56, "abcdef01" + "1" * 56
+    _, a = issue_cluster_token(rng=_rng, role="Administrator", namespaces=None, now=NOW)
+    store.txn([Put(cluster_token_path(first), dump_cluster_token(replace(a, token_hash=first)), 0)])
+    issued = issue_token(rng=_rng, instance="i", roles=["Reader"], now=NOW)
+    store.txn([Put(token_path(second), dump_token(replace(issued.record, token_hash=second)), 0)])
+
+    with pytest.raises(InvalidArgument, match="more than one token"):
+        find_token(store, "abcdef01")
+    assert find_token(store, "abcdef010") == first
+    with pytest.raises(NotFound, match="abcdef02"):
+        find_token(store, "abcdef02")
+
+
+def test_revoke_token_removes_it_from_both_books() -> None:
+    store = MemoryStore()
+    key_only, cluster_only, both = _three_tokens(store)
+
+    revoked = revoke_token(store, hash_token(both))
+
+    assert (revoked.name, revoked.books) == ("b", "both")
+    for book in (TokenBook(store), ClusterTokenBook(store)):
+        with pytest.raises(Unauthorized, match="unknown or revoked"):
+            book.authenticate(both, now=NOW)
+    assert revoke_token(store, hash_token(key_only)).books == "key"
+    assert revoke_token(store, hash_token(cluster_only)).books == "cluster"
+    assert list_tokens(store) == ()
+    with pytest.raises(NotFound, match="either token book"):
+        revoke_token(store, hash_token(both))
+
+
+def test_a_revocation_whose_record_changed_meanwhile_removes_nothing() -> None:
+    store = MemoryStore()
+    _, _, both = _three_tokens(store)
+    digest = hash_token(both)
+    key_entry = store.get(token_path(digest))
+    entry = store.get(cluster_token_path(digest))
+    assert key_entry is not None
+    assert entry is not None
+    booked, ops = revocation(store, digest)
+    assert booked.books == "both"
+    assert ops == (
+        Delete(key_entry.key, key_entry.mod_revision),
+        Delete(entry.key, entry.mod_revision),
+    )
+    # Another writer rewrites the cluster record between the read and the transaction.
+    store.txn([Put(entry.key, entry.value, entry.mod_revision)])
+    assert not store.txn(ops).succeeded
+    assert TokenBook(store).authenticate(both, now=NOW).name == "b"
+    assert ClusterTokenBook(store).authenticate(both, now=NOW).name == "b"

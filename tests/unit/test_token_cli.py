@@ -1,11 +1,15 @@
-"""`kinko token create`: prints one token, stores only its hash, and the token authenticates.
+"""`kinko token`: ``create`` prints one token, stores only its hash, and the token
+authenticates; ``list`` shows both books without a token; ``revoke`` removes one token from
+both books, or changes nothing.
 
 Key service tokens, cluster API tokens, and one token registered in both books.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,8 +20,10 @@ from kinko.cli.main import cli
 from kinko.cli.token import STORE_FILE
 from kinko.cluster.auth import ClusterRole, ClusterTokenBook, cluster_token_path
 from kinko.errors import Unauthorized
-from kinko.keys.auth import Role, TokenBook, hash_token, token_path
+from kinko.keys.auth import Role, TokenBook, hash_token, issue_token, token_path
 from kinko.store.sqlite import SqliteStore
+
+NOW = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def _create(data_dir: Path, *args: str) -> tuple[int, str, str]:
@@ -224,3 +230,186 @@ def test_bad_cluster_values_are_refused_and_store_nothing(
     assert (code, out) == (4, "")
     assert message in err
     assert not (tmp_path / STORE_FILE).exists()
+
+
+# --- list and revoke ------------------------------------------------------------------------
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["token", *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _three(data: Path) -> tuple[str, str, str]:
+    """A key service token, a cluster token and one in both books."""
+    tokens = []
+    for args in (
+        ["--instance", "inst-1", "--role", "Reader", "--service", "--name", "svc"],
+        [
+            "--cluster-role",
+            "Viewer",
+            "--namespace",
+            "team-a",
+            "--name",
+            "dash",
+            "--expires-in",
+            "2h",
+        ],
+        ["--instance", "inst-1", "--role", "Manager", "--cluster-role", "Administrator"],
+    ):
+        code, out, _ = _create(data, *args)
+        assert code == 0
+        tokens.append(out.strip())
+    return tokens[0], tokens[1], tokens[2]
+
+
+def _authenticates(data: Path, token: str) -> tuple[bool, bool]:
+    """Whether the token authenticates in the key service's book and in the cluster's."""
+    out = []
+    with SqliteStore(data / STORE_FILE) as store:
+        for book in (TokenBook(store), ClusterTokenBook(store)):
+            try:
+                book.authenticate(token, now=datetime.now(UTC))
+            except Unauthorized:
+                out.append(False)
+            else:
+                out.append(True)
+    return out[0], out[1]
+
+
+def test_list_shows_both_kinds_and_never_a_token(tmp_path: Path) -> None:
+    key, cluster, both = _three(tmp_path)
+
+    code, out, _ = _run("list", "--data-dir", str(tmp_path))
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "NAME", "BOOKS"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {hash_token(t)[:12] for t in (key, cluster, both)}
+    assert rows[hash_token(key)[:12]][1:7] == ["svc", "key", "inst-1", "Reader", "yes", "-"]
+    assert rows[hash_token(cluster)[:12]][1:8] == [
+        "dash", "cluster", "-", "-", "-", "Viewer", "team-a",
+    ]  # fmt: skip
+    assert rows[hash_token(both)[:12]][2:8] == [
+        "both", "inst-1", "Manager", "no", "Administrator", "*",
+    ]  # fmt: skip
+    assert rows[hash_token(key)[:12]][-1] == "never"
+    for token in (key, cluster, both):
+        assert token not in out
+        assert hash_token(token) not in out
+
+
+def test_list_as_json(tmp_path: Path) -> None:
+    key, cluster, both = _three(tmp_path)
+
+    code, out, _ = _run("list", "--data-dir", str(tmp_path), "-o", "json")
+
+    assert code == 0
+    docs = {doc["id"]: doc for doc in json.loads(out)}
+    assert docs[hash_token(key)[:12]] == {
+        "id": hash_token(key)[:12],
+        "name": "svc",
+        "books": "key",
+        "created": docs[hash_token(key)[:12]]["created"],
+        "expires": None,
+        "keyService": {"instance": "inst-1", "roles": ["Reader"], "service": True},
+    }
+    viewer = docs[hash_token(cluster)[:12]]
+    assert viewer["cluster"] == {"role": "Viewer", "namespaces": ["team-a"]}
+    assert "keyService" not in viewer
+    assert viewer["expires"] > viewer["created"]
+    assert docs[hash_token(both)[:12]]["cluster"] == {"role": "Administrator", "namespaces": ["*"]}
+    assert docs[hash_token(both)[:12]]["books"] == "both"
+    assert all(t not in out for t in (key, cluster, both))
+
+
+def test_an_empty_store_lists_nothing(tmp_path: Path) -> None:
+    assert _run("list", "--data-dir", str(tmp_path), "-o", "json") == (0, "[]\n", "")
+
+
+def test_revoke_by_id_removes_a_token_from_both_books(tmp_path: Path) -> None:
+    key, cluster, both = _three(tmp_path)
+    token_id = hash_token(both)[:12]
+
+    code, out, _ = _run("revoke", "--data-dir", str(tmp_path), "--id", token_id)
+
+    assert code == 0
+    assert out.startswith(f"revoked {token_id} token-{token_id} (both books)")
+    assert _authenticates(tmp_path, both) == (False, False)
+    assert _authenticates(tmp_path, key) == (True, False)
+    assert _authenticates(tmp_path, cluster) == (False, True)
+    code, out, _ = _run("list", "--data-dir", str(tmp_path), "-o", "json")
+    assert token_id not in out
+
+
+def test_revoke_by_an_eight_character_prefix_and_by_file(tmp_path: Path) -> None:
+    key, cluster, _ = _three(tmp_path)
+    prefix = hash_token(cluster)[:8].upper()
+
+    code, out, _ = _run("revoke", "--data-dir", str(tmp_path), "--id", prefix)
+    assert code == 0
+    assert "dash (cluster book)" in out
+    assert _authenticates(tmp_path, cluster) == (False, False)
+
+    token_file = tmp_path / "svc.token"
+    token_file.write_text(key + "\n")
+    code, out, _ = _run("revoke", "--data-dir", str(tmp_path), "--token-file", str(token_file))
+    assert code == 0
+    assert "svc (key service book)" in out
+    assert key not in out
+    assert _authenticates(tmp_path, key) == (False, False)
+
+
+def test_revoke_by_token(tmp_path: Path) -> None:
+    _, _, both = _three(tmp_path)
+
+    code, out, _ = _run("revoke", "--data-dir", str(tmp_path), "--token", both)
+
+    assert code == 0
+    assert both not in out
+    assert _authenticates(tmp_path, both) == (False, False)
+
+
+def _plant(data: Path, token_hash: str, name: str) -> None:
+    """A key service record stored under a chosen hash (to make two ids share a prefix)."""
+    issued = issue_token(rng=lambda n: b"\x07" * n, instance="i", roles=["Reader"], now=NOW)
+    record = replace(issued.record, token_hash=token_hash, name=name)
+    with SqliteStore(data / STORE_FILE) as store:
+        TokenBook(store).add(record)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--id", "abcdef01"], 4, "more than one token"),
+        (["--id", "abcdef02"], 6, "no token with an id starting abcdef02"),
+        (["--id", "abcdef0"], 4, "8 to 64 hex"),
+        (["--id", "not-hex!"], 4, "8 to 64 hex"),
+        (["--token", "kinko_" + "A" * 43], 6, "no token with that hash"),
+        (["--token-file", "missing.token"], 4, "no token file"),
+        ([], 2, "exactly one of --id, --token-file and --token"),
+        (["--id", "abcdef01", "--token", "x"], 2, "exactly one of"),
+    ],
+)
+def test_a_revocation_that_names_no_single_token_changes_nothing(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    tokens = _three(tmp_path)
+    _plant(tmp_path, "abcdef01" + "0" * 56, "one")
+    _plant(tmp_path, "abcdef01" + "1" * 56, "two")
+    _, before, _ = _run("list", "--data-dir", str(tmp_path), "-o", "json")
+    args = [a if a != "missing.token" else str(tmp_path / a) for a in args]
+
+    got, out, err = _run("revoke", "--data-dir", str(tmp_path), *args)
+
+    assert (got, out) == (code, "")
+    assert message in err
+    assert _run("list", "--data-dir", str(tmp_path), "-o", "json")[1] == before
+    assert _authenticates(tmp_path, tokens[2]) == (True, True)
+
+
+def test_revoke_help_says_when_it_takes_effect() -> None:
+    code, out, _ = _run("revoke", "--help")
+    assert code == 0
+    assert "within a second" in " ".join(out.split())

@@ -9,6 +9,7 @@ offline, a key made by hand), and the next start must finish it without duplicat
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from dataclasses import replace
@@ -22,10 +23,10 @@ from starlette.types import Receive, Scope, Send
 from kinko.cluster.auth import ClusterRole, ClusterTokenBook, cluster_token_path
 from kinko.cluster.lifecycle import PluginEntry
 from kinko.crypto.config import IdentityConfig, KmsConfig, parse_encryption_config
-from kinko.errors import CorruptMetadata, HsmUnavailable, InvalidArgument
+from kinko.errors import CorruptMetadata, HsmUnavailable, InvalidArgument, Unauthorized
 from kinko.hsm.memory import MemoryHsm
 from kinko.keys.audit import MemoryAuditSink
-from kinko.keys.auth import Role, TokenBook, hash_token, token_path
+from kinko.keys.auth import Role, TokenBook, hash_token, issue_token, token_path
 from kinko.keys.service import KeyService
 from kinko.kms.client import SocketAddress, parse_socket_address
 from kinko.store.memory import MemoryStore
@@ -100,7 +101,9 @@ def test_first_start_makes_instance_token_root_key_and_config(parts: Parts) -> N
 
     assert config == parts.data_dir / ENCRYPTION_CONFIG_FILE
     assert config.read_text() == encryption_config_text(parts.socket)
-    assert load_state(parts.data_dir) == UpState(instance, root_key, config)
+    assert load_state(parts.data_dir) == UpState(
+        instance, root_key, config, admin_token_id=hash_token(token)[:12]
+    )
 
 
 def test_a_second_start_reuses_everything(parts: Parts) -> None:
@@ -153,7 +156,9 @@ def test_a_token_written_but_not_registered_is_registered_in_both_books(parts: P
     assert fresh.store.get(cluster_token_path(digest)) is not None
     assert root_key != old_root_key
     assert fresh.root_keys(instance, token) == [root_key]
-    assert load_state(parts.data_dir) == UpState(instance, root_key, _config(parts))
+    assert load_state(parts.data_dir) == UpState(
+        instance, root_key, _config(parts), admin_token_id=digest[:12]
+    )
 
 
 def test_a_deleted_root_key_is_kept_so_that_it_can_be_restored(parts: Parts) -> None:
@@ -213,6 +218,8 @@ def test_an_admin_token_file_without_a_token_is_refused(parts: Parts) -> None:
         '{"v": 1, "instance": "x", "plugins": [{"provider": "p", "key": "k"}]}',
         '{"v": 1, "instance": "x", "plugins": [{"provider": "p", "key": "k", "socket": "../s"}]}',
         '{"v": 1, "instance": "x", "plugins": 5}',
+        '{"v": 1, "instance": "x", "adminTokenId": "kinko_secret"}',
+        '{"v": 1, "instance": "x", "adminTokenId": 12}',
     ],
 )
 def test_a_corrupt_state_file_is_reported(tmp_path: Path, text: str) -> None:
@@ -234,6 +241,95 @@ def test_state_round_trips(tmp_path: Path) -> None:
     table = (PluginEntry("kinko-1f2e3d4c", "1f2e3d4c-aaaa-4bbb-8ccc-ddddeeeeffff", "kms-1f.sock"),)
     save_state(tmp_path, replace(state, plugins=table))
     assert load_state(tmp_path) == replace(state, plugins=table)
+
+    save_state(tmp_path, replace(state, admin_token_id="0123456789ab"))
+    assert load_state(tmp_path) == replace(state, admin_token_id="0123456789ab")
+    assert '"adminTokenId": "0123456789ab"' in (tmp_path / STATE_FILE).read_text()
+
+
+# --- replacing the admin token -------------------------------------------------------------
+
+
+def _refused_in_both_books(parts: Parts, token: str) -> bool:
+    for book in (TokenBook(parts.store), ClusterTokenBook(parts.store)):
+        try:
+            book.authenticate(token, now=NOW)
+        except Unauthorized:
+            continue
+        return False
+    return True
+
+
+def test_a_deleted_admin_token_file_makes_a_new_token_that_revokes_the_old_one(
+    parts: Parts, caplog: pytest.LogCaptureFixture
+) -> None:
+    instance, old, root_key, _ = parts.start()
+    (parts.data_dir / "admin.token").unlink()
+
+    with caplog.at_level(logging.WARNING, logger="kinko.up"):
+        instance_again, new, root_key_again, _ = parts.start()
+
+    assert (instance_again, root_key_again) == (instance, root_key)
+    assert new != old
+    assert (parts.data_dir / "admin.token").read_text() == new + "\n"
+    assert _refused_in_both_books(parts, old)
+    assert TokenBook(parts.store).authenticate(new, now=NOW).roles == ADMIN_KEY_ROLES
+    assert ClusterTokenBook(parts.store).authenticate(new, now=NOW).role is (
+        ClusterRole.ADMINISTRATOR
+    )
+    state = load_state(parts.data_dir)
+    assert state is not None
+    assert state.admin_token_id == hash_token(new)[:12]
+    assert hash_token(old)[:12] in caplog.text
+    assert "revoked from both token books" in caplog.text
+    assert old not in caplog.text
+    assert new not in caplog.text
+
+
+def test_a_new_admin_token_written_but_not_registered_still_revokes_the_old_one(
+    parts: Parts,
+) -> None:
+    instance, old, _, _ = parts.start()
+    # As if a start had issued a new token and written admin.token, then stopped.
+    new = issue_token(rng=os.urandom, instance=instance, roles=["Manager"], now=NOW).token
+    (parts.data_dir / "admin.token").write_text(new + "\n")
+
+    assert parts.start()[1] == new
+
+    assert _refused_in_both_books(parts, old)
+    assert ClusterTokenBook(parts.store).authenticate(new, now=NOW).name == "kinko-admin"
+
+
+def test_a_replacement_registered_but_not_recorded_is_recorded_on_the_next_start(
+    parts: Parts,
+) -> None:
+    _, old, _, _ = parts.start()
+    (parts.data_dir / "admin.token").unlink()
+    _, new, _, _ = parts.start()
+    state = load_state(parts.data_dir)
+    assert state is not None
+    # As if the start had stopped after the transaction, before rewriting up.json.
+    save_state(parts.data_dir, replace(state, admin_token_id=hash_token(old)[:12]))
+
+    assert parts.start()[1] == new
+
+    assert load_state(parts.data_dir) == state
+    assert _refused_in_both_books(parts, old)
+
+
+def test_a_state_without_an_admin_token_id_records_it_and_revokes_nothing(parts: Parts) -> None:
+    instance, token, root_key, config = parts.start()
+    # up.json as written before it named the admin token.
+    save_state(parts.data_dir, UpState(instance, root_key, config))
+    other = issue_token(rng=os.urandom, instance=instance, roles=["Reader"], now=NOW)
+    TokenBook(parts.store).add(other.record)
+
+    assert parts.start()[1] == token
+
+    state = load_state(parts.data_dir)
+    assert state is not None
+    assert state.admin_token_id == hash_token(token)[:12]
+    assert TokenBook(parts.store).authenticate(other.token, now=NOW).roles == {Role.READER}
 
 
 def test_no_encryption_writes_an_identity_config_on_the_first_start_only(parts: Parts) -> None:

@@ -52,11 +52,15 @@ from kinko.keys.auth import (
     TOKEN_BYTES,
     TOKEN_ID_CHARS,
     TOKEN_PREFIX,
+    TokenBook,
     TokenRecord,
+    book_entries,
     dump_token,
     hash_token,
+    load_token,
     token_path,
 )
+from kinko.keys.records import TOKENS
 from kinko.store.port import Delete, Op, Put, Store
 
 CLUSTER_TOKENS: Final = b"/kinko/cluster-tokens/"
@@ -70,6 +74,9 @@ _TOKEN_RE: Final = re.compile(
     re.escape(TOKEN_PREFIX) + rf"[A-Za-z0-9_-]{{{(TOKEN_BYTES * 8 + 5) // 6}}}"
 )
 _HASH_RE: Final = re.compile(r"[0-9a-f]{64}")
+#: The fewest hex characters of a token's hash that may name it (``kinko token revoke --id``).
+MIN_ID_CHARS: Final = 8
+_ID_RE: Final = re.compile(rf"[0-9a-f]{{{MIN_ID_CHARS},64}}")
 _DNS1123_LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -395,7 +402,7 @@ def load_cluster_token(data: bytes) -> ClusterTokenRecord:
 
 
 class ClusterTokenBook:
-    """Cluster token records in the store: add, authenticate, revoke."""
+    """Cluster token records in the store: add, authenticate, list, revoke."""
 
     __slots__ = ("_store",)
 
@@ -439,6 +446,20 @@ class ClusterTokenBook:
             raise Unauthorized("expired bearer token")
         return record.principal()
 
+    def list(self) -> tuple[ClusterTokenRecord, ...]:
+        """Every cluster token record, in hash order, from one snapshot of the store.
+
+        Raises CorruptMetadata (a record is malformed or stored under another hash), Conflict
+        (the snapshot was compacted while paging), StoreUnavailable.
+        """
+        records = []
+        for entry in book_entries(self._store, CLUSTER_TOKENS):
+            record = load_cluster_token(entry.value)
+            if cluster_token_path(record.token_hash) != entry.key:
+                raise CorruptMetadata("stored cluster token record names another token")
+            records.append(record)
+        return tuple(records)
+
     def revoke(self, token_hash: str) -> None:
         """Deletes a cluster token record.
 
@@ -451,3 +472,120 @@ class ClusterTokenBook:
             raise NotFound("no cluster token with that hash")
         if not self._store.txn([Delete(path, entry.mod_revision)]).succeeded:
             raise Conflict("the cluster token record changed while it was revoked")
+
+
+# --- both books ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookedToken:
+    """One token as the two books know it: its key service record, its cluster record, or
+    both (the same hash). Never the token itself."""
+
+    token_hash: str
+    key: TokenRecord | None = None
+    cluster: ClusterTokenRecord | None = None
+
+    @property
+    def token_id(self) -> str:
+        """The first 12 hex characters of the hash, as audit records name the token."""
+        return self.token_hash[:TOKEN_ID_CHARS]
+
+    @property
+    def name(self) -> str:
+        """The key service record's name, else the cluster record's (equal when both were
+        registered together)."""
+        record = self.key if self.key is not None else self.cluster
+        assert record is not None
+        return record.name
+
+    @property
+    def books(self) -> str:
+        """``both``, ``key`` (the key service's book only) or ``cluster`` (the cluster's only)."""
+        if self.key is not None and self.cluster is not None:
+            return "both"
+        return "key" if self.key is not None else "cluster"
+
+    @property
+    def created(self) -> datetime:
+        """The earlier creation time of the two records."""
+        return min(r.created for r in (self.key, self.cluster) if r is not None)
+
+    @property
+    def expires(self) -> datetime | None:
+        """The later expiry of the two records; None if either never expires."""
+        ends = [r.expires for r in (self.key, self.cluster) if r is not None]
+        return None if None in ends else max(e for e in ends if e is not None)
+
+
+def list_tokens(store: Store) -> tuple[BookedToken, ...]:
+    """Every token of both books, oldest first (then by hash).
+
+    Raises CorruptMetadata, Conflict (a snapshot compacted while paging), StoreUnavailable.
+    """
+    keys = {r.token_hash: r for r in TokenBook(store).list()}
+    clusters = {r.token_hash: r for r in ClusterTokenBook(store).list()}
+    booked = [BookedToken(h, keys.get(h), clusters.get(h)) for h in keys.keys() | clusters.keys()]
+    return tuple(sorted(booked, key=lambda b: (b.created, b.token_hash)))
+
+
+def find_token(store: Store, id_prefix: str) -> str:
+    """The hash of the one token, in either book, whose hash starts with ``id_prefix``.
+
+    Raises InvalidArgument (fewer than :data:`MIN_ID_CHARS` or non-hex characters; a prefix
+    that names more than one token), NotFound (no token has it), StoreUnavailable.
+    """
+    prefix = id_prefix.lower()
+    if _ID_RE.fullmatch(prefix) is None:
+        raise InvalidArgument(
+            f"expected a token id of {MIN_ID_CHARS} to 64 hex characters, got {id_prefix!r}"
+        )
+    found: set[str] = set()
+    for book in (TOKENS, CLUSTER_TOKENS):
+        # Two entries per book are enough to tell one token from several.
+        page = store.range(book + prefix.encode("ascii"), limit=2)
+        found.update(e.key[len(book) :].decode("ascii", "replace") for e in page.entries)
+    if not found:
+        raise NotFound(f"no token with an id starting {prefix} in either token book")
+    if len(found) > 1:
+        raise InvalidArgument(
+            f"the id {prefix} names more than one token; give more of its characters"
+        )
+    return found.pop()
+
+
+def revocation(store: Store, token_hash: str) -> tuple[BookedToken, tuple[Op, ...]]:
+    """The token's records and the guarded deletes that remove it from both books; put them in
+    one transaction (with other ops if need be) so that it goes from both or from neither.
+
+    Raises NotFound (in neither book), InvalidArgument (not a SHA-256 hex), CorruptMetadata,
+    StoreUnavailable.
+    """
+    cluster_path = cluster_token_path(token_hash)
+    key_path = token_path(token_hash)
+    key_entry = store.get(key_path)
+    cluster_entry = store.get(cluster_path)
+    if key_entry is None and cluster_entry is None:
+        raise NotFound("no token with that hash in either token book")
+    ops: list[Op] = []
+    key_record = cluster_record = None
+    if key_entry is not None:
+        key_record = load_token(key_entry.value)
+        ops.append(Delete(key_path, key_entry.mod_revision))
+    if cluster_entry is not None:
+        cluster_record = load_cluster_token(cluster_entry.value)
+        ops.append(Delete(cluster_path, cluster_entry.mod_revision))
+    return BookedToken(token_hash, key_record, cluster_record), tuple(ops)
+
+
+def revoke_token(store: Store, token_hash: str) -> BookedToken:
+    """Removes the token from both books in one transaction; returns what was removed.
+
+    Servers that cache authentications keep accepting the token until their cache entry ends.
+    Raises NotFound (in neither book), InvalidArgument (not a SHA-256 hex), Conflict (a record
+    changed meanwhile; nothing was removed), CorruptMetadata, StoreUnavailable.
+    """
+    booked, ops = revocation(store, token_hash)
+    if not store.txn(ops).succeeded:
+        raise Conflict("the token's records changed while it was revoked; nothing was removed")
+    return booked

@@ -36,7 +36,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -52,7 +52,7 @@ from kinko.errors import (
 )
 from kinko.keys.model import check_instance
 from kinko.keys.records import TOKENS
-from kinko.store.port import Delete, Put, Store
+from kinko.store.port import Delete, Entry, Put, Store
 
 TOKEN_PREFIX: Final = "kinko_"  # noqa: S105 (a prefix, not a secret)
 TOKEN_BYTES: Final = 32
@@ -60,6 +60,8 @@ TOKEN_BYTES: Final = 32
 TOKEN_ID_CHARS: Final = 12
 _TOKEN_RE: Final = re.compile(r"kinko_[A-Za-z0-9_-]{43}")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9@._:+-]{1,128}")
+# Records read per store page when a book is listed.
+_PAGE: Final = 500
 
 
 class Role(StrEnum):
@@ -351,8 +353,22 @@ def load_token(data: bytes) -> TokenRecord:
     return record
 
 
+def book_entries(store: Store, prefix: bytes) -> Iterator[Entry]:
+    """Every entry under ``prefix``, page by page from one snapshot of the store.
+
+    Raises Conflict (the snapshot was compacted while paging), StoreUnavailable.
+    """
+    start, revision = b"", 0
+    while True:
+        page = store.range(prefix, start_after=start, limit=_PAGE, revision=revision)
+        yield from page.entries
+        if not page.more or not page.entries:
+            return
+        start, revision = page.entries[-1].key, page.revision
+
+
 class TokenBook:
-    """Token records in the store: add, authenticate, revoke."""
+    """Token records in the store: add, authenticate, list, revoke."""
 
     __slots__ = ("_store",)
 
@@ -380,6 +396,20 @@ class TokenBook:
         if record.expires is not None and now >= record.expires:
             raise Unauthorized("expired bearer token")
         return record.principal()
+
+    def list(self) -> tuple[TokenRecord, ...]:
+        """Every token record, in hash order, from one snapshot of the store.
+
+        Raises CorruptMetadata (a record is malformed or stored under another hash), Conflict
+        (the snapshot was compacted while paging), StoreUnavailable.
+        """
+        records = []
+        for entry in book_entries(self._store, TOKENS):
+            record = load_token(entry.value)
+            if token_path(record.token_hash) != entry.key:
+                raise CorruptMetadata("stored token record names another token")
+            records.append(record)
+        return tuple(records)
 
     def revoke(self, token_hash: str) -> None:
         """Deletes a token record. Raises NotFound, StoreUnavailable."""
