@@ -552,13 +552,13 @@ BAD: list[tuple[str, str, str, str, bytes, int, str, str]] = [
     ("negative limit", "GET", SECRETS_A + "?limit=-1", "", b"", 400, "BadRequest", "limit"),
     ("text limit", "GET", SECRETS_A + "?limit=ten", "", b"", 400, "BadRequest", "limit"),
     (
-        "malformed continue",
+        "unsigned continue",
         "GET",
         SECRETS_A + "?continue=garbage",
         "",
         b"",
-        400,
-        "BadRequest",
+        410,
+        "Expired",
         "continue token",
     ),
 ]

@@ -318,9 +318,43 @@ def test_list_with_selector_limit_and_continue_pages_one_snapshot(svc: ClusterSe
 
 
 @pytest.mark.parametrize("token", ["!!", "e30", base64.urlsafe_b64encode(b'{"v":1}').decode()])
-def test_malformed_continue_token_is_invalid_argument(svc: ClusterService, token: str) -> None:
-    with pytest.raises(InvalidArgument, match="continue token"):
+def test_unsigned_continue_token_is_refused_as_expired(svc: ClusterService, token: str) -> None:
+    with pytest.raises(Gone, match="continue token is not valid"):
         svc.list("secrets", "default", continue_token=token)
+
+
+def test_a_continue_token_cannot_pick_its_revision_to_read_deleted_objects(
+    svc: ClusterService,
+) -> None:
+    # Regression: an unsigned token let a caller page through any revision the store kept,
+    # deleted Secrets' data included.
+    made = svc.create("secrets", "default", secret("gone"))
+    svc.create("secrets", "default", secret("kept"))
+    svc.create("secrets", "default", secret("kept2"))
+    svc.delete("secrets", "default", "gone")
+    token = svc.list("secrets", "default", limit=1).continue_token
+    body, _, tag = token.partition(".")
+    doc = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    doc.update(rv=int(made.metadata.resource_version), start="/registry/secrets/default/")
+    forged = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+    with pytest.raises(Gone):
+        svc.list("secrets", "default", continue_token=f"{forged}.{tag}")
+
+
+def test_continue_tokens_of_another_service_instance_are_refused(
+    store: MemoryStore, chains: Chains
+) -> None:
+    first = ClusterService(store, chains, clock=lambda: NOW)
+    for i in range(3):
+        first.create("secrets", "default", secret(f"s{i}"))
+    token = first.list("secrets", "default", limit=1).continue_token
+    restarted = ClusterService(store, chains, clock=lambda: NOW)
+    with pytest.raises(Gone, match="list again"):
+        restarted.list("secrets", "default", continue_token=token)
+    shared = ClusterService(store, chains, clock=lambda: NOW, continue_key=b"k" * 32)
+    again = ClusterService(store, chains, clock=lambda: NOW, continue_key=b"k" * 32)
+    token = shared.list("secrets", "default", limit=1).continue_token
+    assert [o.metadata.name for o in again.list("secrets", "default", continue_token=token).items]
 
 
 def test_continue_token_cannot_widen_a_namespace_list(svc: ClusterService) -> None:

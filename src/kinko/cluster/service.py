@@ -20,8 +20,9 @@ Invariants:
 - **Bad input changes nothing.** Parsing and validation (``Invalid`` with field causes) run
   before any write.
 - **A list pages one snapshot.** Pages after the first read at the first page's revision;
-  the continue token carries that revision and the last key, and is refused unless it points
-  inside the listed prefix (a token cannot widen a namespace-scoped list). An unreadable
+  the continue token carries that revision and the last key, signed by this service (a caller
+  cannot pick a revision and read history), and is refused unless it points inside the listed
+  prefix (a token cannot widen a namespace-scoped list). An unreadable
   value — no provider opens it, or it opens to no valid object — is reported by name and
   never breaks the list.
 - Messages name resources, namespaces, names and revisions; never data.
@@ -31,8 +32,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -134,10 +137,14 @@ class ClusterService:
         *,
         clock: Callable[[], datetime],
         new_uid: Callable[[], str] = lambda: str(uuid.uuid4()),
+        continue_key: bytes | None = None,
     ) -> None:
         self._objects = EncryptedObjects(store, source)
         self._clock = clock
         self._new_uid = new_uid
+        # Signs continue tokens. A fresh one per service (per process) by default: a token from
+        # before a restart is then refused as expired, as one past a compaction is.
+        self._continue_key = continue_key if continue_key is not None else os.urandom(32)
 
     @property
     def objects(self) -> EncryptedObjects:
@@ -188,7 +195,9 @@ class ClusterService:
             raise InvalidArgument(f"expected a positive limit, got {limit}")
         want = None if limit is None else min(limit, MAX_LIMIT)
         revision, start = (
-            (0, b"") if not continue_token else _parse_continue(continue_token, prefix)
+            (0, b"")
+            if not continue_token
+            else _parse_continue(continue_token, prefix, self._continue_key)
         )
         items: list[Obj] = []
         unreadable: list[UnreadableObject] = []
@@ -221,7 +230,7 @@ class ClusterService:
             if not page.more:
                 return ObjectList(tuple(items), tuple(unreadable), str(revision))
             if want is not None and len(items) >= want:
-                token = _make_continue(revision, start)
+                token = _make_continue(revision, start, self._continue_key)
                 return ObjectList(tuple(items), tuple(unreadable), str(revision), token)
 
     # ------------------------------------------------------------------------------ writes
@@ -461,21 +470,40 @@ def _names(key: bytes) -> tuple[str, str]:
     return (parts[3], "/".join(parts[4:])) if len(parts) >= 5 else ("", parts[-1])
 
 
-def _make_continue(revision: int, last_key: bytes) -> str:
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _make_continue(revision: int, last_key: bytes, key: bytes) -> str:
     doc = {"v": 1, "rv": revision, "start": last_key.decode("utf-8", errors="surrogateescape")}
     raw = json.dumps(doc, separators=(",", ":")).encode("utf-8", errors="surrogateescape")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return f"{_b64(raw)}.{_b64(hmac.digest(key, raw, 'sha256'))}"
 
 
-def _parse_continue(token: str, prefix: bytes) -> tuple[int, bytes]:
+def _parse_continue(token: str, prefix: bytes, key: bytes) -> tuple[int, bytes]:
+    """The snapshot revision and last key of a continue token this service issued.
+
+    The token is signed (HMAC-SHA256): a caller cannot choose the revision it reads at, which
+    would otherwise page through any history the store still keeps (deleted Secrets included).
+    """
+    body, dot, tag = token.partition(".")
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw, mac = _unb64(body), _unb64(tag)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("the continue token is malformed; list again without it") from None
+    if not dot or not hmac.compare_digest(mac, hmac.digest(key, raw, "sha256")):
+        raise Gone("the continue token is not valid (any more); list again without it")
+    try:
         doc = json.loads(raw.decode("utf-8", errors="surrogateescape"))
         revision = doc["rv"]
         start = str(doc["start"]).encode("utf-8", errors="surrogateescape")
-        if doc.get("v") != 1 or not isinstance(revision, int) or revision < 1:
+        if doc.get("v") != 1 or type(revision) is not int or revision < 1:
             raise ValueError
-    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise InvalidArgument("the continue token is malformed; list again without it") from None
     if not start.startswith(prefix):
         raise InvalidArgument(
