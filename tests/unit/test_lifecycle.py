@@ -703,3 +703,41 @@ def test_the_checkpoint_records_are_the_migrators(cluster: Cluster) -> None:
     cluster.controller.enable_kms("kinko-cluster")
     cluster.settle()
     assert cluster.store.get(CHECKPOINT_PREFIX + b"secrets") is not None
+
+
+def test_a_reconcile_that_read_the_config_before_an_enable_does_not_undo_it(
+    tmp_path: Path,
+) -> None:
+    # Regression: the supervisor read the loaded configuration before taking the config lock;
+    # an enable holding the lock meanwhile served a new plugin and loaded a config naming it,
+    # and the stale read then retired that plugin and dropped its registration.
+    c = Cluster(tmp_path)
+    c.controller.enable_kms("kinko-cluster")
+    c.secret("s0")
+    c.settle()
+    other = c.service.create_key(ADMIN, INSTANCE, name="other-key").id
+    c.config.write_text(c.config.read_text() + "# edited\n")
+    c.source.reload_if_changed()
+    stale = c.source.state  # what the supervisor read before it waited for the lock
+    enabled = c.controller.enable_kms(other)
+    real = c.controller._source
+
+    class FirstReadStale:
+        reads = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        @property
+        def state(self) -> object:
+            FirstReadStale.reads += 1
+            return stale if FirstReadStale.reads == 1 else real.state
+
+    c.controller._source = FirstReadStale()  # type: ignore[assignment]
+    try:
+        c.controller._reconcile_if_changed()
+    finally:
+        c.controller._source = real
+    assert enabled.provider in c.plugins.served()
+    assert c.registered(other)
+    c.secret("after")

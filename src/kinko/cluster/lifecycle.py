@@ -1256,10 +1256,15 @@ class EncryptionController:
     def _reconcile_if_changed(self) -> None:
         """After a config change: the cluster is registered on the root key of every kinko
         provider the config names and on no other; plugins of keys no longer named stop."""
-        state = self._source.state
-        if state.config_hash == self._reconciled_hash:
+        if self._source.state.config_hash == self._reconciled_hash:
             return
         with self._config_lock:
+            # Read again under the lock: an enable that held it may have served a new plugin
+            # and loaded a config naming it, and a state read before the lock would retire
+            # that plugin and drop its registration.
+            state = self._source.state
+            if state.config_hash == self._reconciled_hash:
+                return
             used = self._kinko_providers(state.chains.config)
             for provider, plugin in self._plugins.served().items():
                 try:
