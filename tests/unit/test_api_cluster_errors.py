@@ -551,6 +551,7 @@ BAD: list[tuple[str, str, str, str, bytes, int, str, str]] = [
     ),
     ("negative limit", "GET", SECRETS_A + "?limit=-1", "", b"", 400, "BadRequest", "limit"),
     ("text limit", "GET", SECRETS_A + "?limit=ten", "", b"", 400, "BadRequest", "limit"),
+    ("huge limit", "GET", SECRETS_A + "?limit=" + "9" * 5000, "", b"", 400, "BadRequest", "limit"),
     (
         "unsigned continue",
         "GET",

@@ -304,3 +304,17 @@ def test_parse_pointer(pointer: str, tokens: tuple[str, ...]) -> None:
 )
 def test_json_equal(a: object, b: object, equal: bool) -> None:
     assert json_equal(a, b) is equal
+
+
+def test_huge_array_index_is_a_patch_error_not_a_crash() -> None:
+    # Regression: int() refuses digit strings over 4,300 characters (ValueError → a 500).
+    with pytest.raises(InvalidArgument, match="expected an array index"):
+        apply_json_patch({"a": []}, [{"op": "test", "path": "/a/" + "1" * 5000, "value": 1}])
+
+
+def test_deeply_nested_value_is_a_patch_error_not_a_crash() -> None:
+    value: object = []
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(InvalidArgument, match="nested too deeply"):
+        apply_json_patch({}, [{"op": "add", "path": "/a", "value": value}])

@@ -91,7 +91,7 @@ def _decode(body: bytes) -> dict[str, object]:
 
     try:
         doc = json.loads(body, parse_constant=refuse)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidArgument("the request body is not a JSON object") from None
     if not isinstance(doc, dict):
         raise InvalidArgument("the request body is not a JSON object")

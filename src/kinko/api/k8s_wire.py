@@ -413,7 +413,8 @@ class ListQuery:
         limit_text = query.get("limit")
         limit: int | None = None
         if limit_text:
-            if not limit_text.isdigit() or not limit_text.isascii():
+            # At most 18 digits: int() refuses very long digit strings (a 500, not a 400).
+            if not limit_text.isdigit() or not limit_text.isascii() or len(limit_text) > 18:
                 raise InvalidArgument(
                     "expected a non-negative integer for the query parameter limit"
                 )

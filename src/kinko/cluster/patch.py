@@ -92,9 +92,13 @@ def apply_json_patch(doc: object, ops: object) -> object:
     """
     if not isinstance(ops, list):
         raise InvalidArgument("expected a JSON patch: an array of operation objects")
-    result = copy.deepcopy(doc)
-    for index, op in enumerate(ops):
-        result = _apply_one(result, op, index)
+    try:
+        result = copy.deepcopy(doc)
+        for index, op in enumerate(ops):
+            result = _apply_one(result, op, index)
+    except RecursionError:
+        # json.loads accepts nesting deeper than deepcopy can copy.
+        raise InvalidArgument("json patch: a value is nested too deeply") from None
     return result
 
 
@@ -163,7 +167,12 @@ def _array_index(parts: Sequence[str], at: int, array: list[object], *, end_ok: 
     part = parts[at]
     if end_ok and part == "-":
         return len(array)
-    if not part.isdigit() or not part.isascii() or (len(part) > 1 and part[0] == "0"):
+    if (
+        not part.isdigit()
+        or not part.isascii()
+        or (len(part) > 1 and part[0] == "0")
+        or len(part) > 18  # no array is that long, and int() refuses huge digit strings
+    ):
         raise _PatchError(f"expected an array index at {_pointer(parts[: at + 1])!r}")
     position = int(part)
     limit = len(array) if end_ok else len(array) - 1
