@@ -603,6 +603,9 @@ class UpOptions:
     etcd_key: Path | None = None
     hsm: Hsm | None = field(default=None, repr=False)
     scheduler_interval: float = 60.0
+    #: Seconds between history compactions; between one and two of these are kept (etcd's
+    #: and kube-apiserver's default is 5 minutes).
+    compaction_interval: float = 300.0
     config_poll_interval: float = 5.0
     grace: float = 5.0
     max_body: int = DEFAULT_MAX_BODY
@@ -835,7 +838,7 @@ class Kinko:
         )
         metrics.registry.register(controller.collector())
         cluster_service = ExplainingClusterService(
-            store, encryption, clock=utc_now, explain=controller.explain
+            store, encryption, clock=options.clock, explain=controller.explain
         )
         tokens = ClusterTokenBook(store)
 
@@ -854,6 +857,15 @@ class Kinko:
         )
         scheduler.start()
         stack.callback(scheduler.stop)
+        compact = _compactor(store)
+        if compact is not None:
+            history = Periodic(
+                HistoryCompactor(store, compact).tick,
+                interval=options.compaction_interval,
+                name="kinko-compaction",
+            )
+            history.start()
+            stack.callback(history.stop)
         http = _HttpThread(
             app,
             listener,
@@ -949,6 +961,32 @@ def _key_counter(store: Store) -> Callable[[bytes], int] | None:
     if isinstance(store, SqliteStore):
         return store.count_prefix
     return None
+
+
+class HistoryCompactor:
+    """Keeps the store's history short, as kube-apiserver has etcd compact every 5 minutes.
+
+    Each :meth:`tick` compacts at the revision the previous tick saw, so history between one
+    and two intervals old survives: enough for a LIST paged with continue tokens and for a
+    watch to resume, while superseded and deleted values (plaintext from before encryption
+    was enabled, ciphertext under retired keys) leave the store soon. A continue token older
+    than that is answered 410 Expired, as Kubernetes does.
+    """
+
+    def __init__(self, store: Store, compact: Callable[[int], None]) -> None:
+        self._store = store
+        self._compact = compact
+        self._previous: int | None = None
+
+    def tick(self) -> None:
+        """Compacts at the revision of the previous tick and remembers the current one.
+        Raises StoreUnavailable (the Periodic runner logs it and tries again next time)."""
+        current = self._store.range(b"/", limit=1).revision
+        if self._previous is not None and self._previous > 0:
+            # A migration may have compacted further meanwhile (etcd then refuses).
+            with contextlib.suppress(Conflict):
+                self._compact(self._previous)
+        self._previous = current
 
 
 def _compactor(store: Store) -> Callable[[int], None] | None:

@@ -23,19 +23,27 @@ from starlette.types import Receive, Scope, Send
 from kinko.cluster.auth import ClusterRole, ClusterTokenBook, cluster_token_path
 from kinko.cluster.lifecycle import PluginEntry
 from kinko.crypto.config import IdentityConfig, KmsConfig, parse_encryption_config
-from kinko.errors import CorruptMetadata, HsmUnavailable, InvalidArgument, Unauthorized
+from kinko.errors import (
+    Conflict,
+    CorruptMetadata,
+    HsmUnavailable,
+    InvalidArgument,
+    Unauthorized,
+)
 from kinko.hsm.memory import MemoryHsm
 from kinko.keys.audit import MemoryAuditSink
 from kinko.keys.auth import Role, TokenBook, hash_token, issue_token, token_path
 from kinko.keys.service import KeyService
 from kinko.kms.client import SocketAddress, parse_socket_address
 from kinko.store.memory import MemoryStore
+from kinko.store.port import Put
 from kinko.up import (
     ADMIN_KEY_ROLES,
     ENCRYPTION_CONFIG_FILE,
     ROOT_KEY_ALIAS,
     STATE_FILE,
     ApiDispatcher,
+    HistoryCompactor,
     UpState,
     bootstrap,
     data_dir_from,
@@ -477,3 +485,18 @@ def test_kms_endpoint_refuses_what_no_unix_url_names() -> None:
         kms_endpoint(Path("kms.sock"))
     with pytest.raises(InvalidArgument, match="cannot be named"):
         kms_endpoint(Path("/@abstract/kms.sock"))
+
+
+def test_history_compactor_keeps_one_to_two_intervals_of_history() -> None:
+    store = MemoryStore()
+    ticker = HistoryCompactor(store, store.compact)
+    store.txn([Put(b"/registry/secrets/a/x", b"v1", 0)])
+    ticker.tick()  # remembers this revision, compacts nothing
+    first = store.range(b"/", limit=1).revision
+    store.txn([Put(b"/registry/secrets/a/x", b"v2", None)])
+    assert store.range(b"/", limit=1, revision=first - 1).revision == first - 1
+    ticker.tick()  # compacts at the revision the first tick saw
+    with pytest.raises(Conflict):
+        store.range(b"/", limit=1, revision=first - 1)
+    assert store.range(b"/", limit=1, revision=first).revision == first
+    ticker.tick()  # a second compaction at an older or equal revision changes nothing
