@@ -34,16 +34,15 @@ import argparse
 import base64
 import contextlib
 import os
-import shutil
 import ssl
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -56,12 +55,13 @@ from kinko.keys.deployment import open_deployment
 from kinko.keys.service import KeyService
 from kinko.store.port import Store
 
+if TYPE_CHECKING:
+    from benchmarks._softhsm import softhsm_token
+else:  # run as a script: this folder is first on sys.path
+    from _softhsm import softhsm_token
+
 INSTANCE = "bench-instance"
 ADMIN = Principal("bench-admin", INSTANCE, frozenset({Role.MANAGER, Role.WRITER}))
-SOFTHSM_MODULES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-)
 DEK = base64.b64encode(os.urandom(32)).decode()
 AAD = ["kube-system", "secrets"]
 
@@ -113,30 +113,12 @@ def audit_always(work: Path) -> Iterator[tuple[KeyService, str]]:
 @contextlib.contextmanager
 def on_softhsm(work: Path) -> Iterator[tuple[KeyService, str] | None]:
     """None when SoftHSM2 is not installed."""
-    util = shutil.which("softhsm2-util")
-    module = next((m for m in SOFTHSM_MODULES if Path(m).is_file()), None)
-    if util is None or module is None:
-        yield None
-        return
-    from kinko.hsm.pkcs11 import Pkcs11Hsm
-
-    tokens = work / "softhsm-tokens"
-    tokens.mkdir(mode=0o700)
-    conf = work / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    pin = os.urandom(8).hex()
-    subprocess.run(
-        [
-            *(util, "--init-token", "--free", "--label", "kinko-bench"),
-            *("--so-pin", os.urandom(8).hex(), "--pin", pin),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    with Pkcs11Hsm(module, "kinko-bench", pin) as hsm, on_data_dir(work, hsm) as running:
-        yield running
+    with softhsm_token(work) as hsm:
+        if hsm is None:
+            yield None
+            return
+        with on_data_dir(work, hsm) as running:
+            yield running
 
 
 @contextlib.contextmanager

@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -51,6 +50,11 @@ from kinko.kms.port import KmsV2Api
 from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
 from kinko.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from benchmarks._softhsm import softhsm_token
+else:  # run as a script: this folder is first on sys.path
+    from _softhsm import softhsm_token
 
 SEED = os.urandom(32)
 ECHO_METHOD = "/kinko.bench.Echo/Echo"
@@ -120,10 +124,6 @@ def measure(api: KmsV2Api, echo: Callable[[], object], rounds: int, seconds: flo
 INSTANCE = "bench"
 ADMIN = Principal("bench-admin", INSTANCE, frozenset({Role.MANAGER, Role.WRITER}))
 READER = Principal("kms-plugin", INSTANCE, frozenset({Role.READER}))
-SOFTHSM_MODULES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-)
 
 
 def root_key_plugin(service: KeyService) -> RootKeyPlugin:
@@ -155,30 +155,12 @@ def root_key_audit_in_memory(work: Path) -> Iterator[KmsV2Api]:
 @contextlib.contextmanager
 def root_key_on_softhsm(work: Path) -> Iterator[KmsV2Api | None]:
     """None when SoftHSM2 is not installed."""
-    util = shutil.which("softhsm2-util")
-    module = next((m for m in SOFTHSM_MODULES if Path(m).is_file()), None)
-    if util is None or module is None:
-        yield None
-        return
-    from kinko.hsm.pkcs11 import Pkcs11Hsm
-
-    tokens = work / "softhsm-tokens"
-    tokens.mkdir(mode=0o700)
-    conf = work / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    pin = os.urandom(8).hex()
-    subprocess.run(
-        [
-            *(util, "--init-token", "--free", "--label", "kinko-bench"),
-            *("--so-pin", os.urandom(8).hex(), "--pin", pin),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    with Pkcs11Hsm(module, "kinko-bench", pin) as hsm, root_key_on_data_dir(work, hsm) as api:
-        yield api
+    with softhsm_token(work) as hsm:
+        if hsm is None:
+            yield None
+            return
+        with root_key_on_data_dir(work, hsm) as api:
+            yield api
 
 
 @contextlib.contextmanager
