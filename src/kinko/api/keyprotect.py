@@ -58,7 +58,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypedDict, TypeVar
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -309,6 +309,16 @@ async def call_context(request: Request) -> Call:
 
 
 CallDep = Annotated[Call, Depends(call_context)]
+
+
+class _RegistrationFields(TypedDict):
+    """What a create or replace registration body gives the service (keyword arguments)."""
+
+    description: str
+    prevent_key_deletion: bool
+    key_version_id: str | None
+    key_ring: str | None
+    correlation_id: str | None
 
 
 # --- the hot routes' request, read without FastAPI's dependency solving --------------------
@@ -1316,6 +1326,17 @@ def create_keyprotect_app(
         _one(body.metadata.collectionType, body.metadata.collectionTotal, body.resources)
         return body.resources[0]
 
+    def _registration_fields(call: Call, body: RegistrationBody | None) -> _RegistrationFields:
+        """The service arguments a create or replace body gives (PUT and POST take the same)."""
+        resource = _registration_input(body)
+        return _RegistrationFields(
+            description=resource.description or "",
+            prevent_key_deletion=bool(resource.preventKeyDeletion),
+            key_version_id=resource.keyVersion.id if resource.keyVersion else None,
+            key_ring=call.key_ring,
+            correlation_id=call.correlation_id,
+        )
+
     def _registration_response(status: int, registration: Registration) -> Response:
         document = wire.envelope(wire.MEDIA_REGISTRATION, [render.registration(registration)])
         return _send(RegistrationJson, status, document)
@@ -1339,17 +1360,8 @@ def create_keyprotect_app(
         ] = None,
     ) -> Response:
         """Register a resource (its CRN) with a root key. Service identities only."""
-        resource = _registration_input(body)
         registration = service.create_registration(
-            call.principal,
-            call.instance,
-            id,
-            crn,
-            description=resource.description or "",
-            prevent_key_deletion=bool(resource.preventKeyDeletion),
-            key_version_id=resource.keyVersion.id if resource.keyVersion else None,
-            key_ring=call.key_ring,
-            correlation_id=call.correlation_id,
+            call.principal, call.instance, id, crn, **_registration_fields(call, body)
         )
         return _registration_response(201, registration)
 
@@ -1371,17 +1383,8 @@ def create_keyprotect_app(
         ] = None,
     ) -> Response:
         """Create or replace a registration. Service identities only."""
-        resource = _registration_input(body)
         registration = service.replace_registration(
-            call.principal,
-            call.instance,
-            id,
-            crn,
-            description=resource.description or "",
-            prevent_key_deletion=bool(resource.preventKeyDeletion),
-            key_version_id=resource.keyVersion.id if resource.keyVersion else None,
-            key_ring=call.key_ring,
-            correlation_id=call.correlation_id,
+            call.principal, call.instance, id, crn, **_registration_fields(call, body)
         )
         return _registration_response(200, registration)
 
