@@ -51,6 +51,7 @@ class Base64KmsV2Keys:
         self.known_key_ids: set[str] = {key_id}
         self.unavailable = False
         self.dek_source_calls = 0
+        self.hits = 0
 
     def rotate(self, seed: bytes, *, key_id: str) -> None:
         """A new root key version: new key_id, new seed; old key_ids stay readable."""
@@ -78,6 +79,9 @@ class Base64KmsV2Keys:
         if obj.key_id not in self.known_key_ids:
             raise DecryptionError()
         return _unwrap(obj.encrypted_dek_source)
+
+    def count_hit(self, obj: EncryptedObject) -> None:
+        self.hits += 1
 
     def current_key_id(self) -> str | None:
         return self._state.key_id

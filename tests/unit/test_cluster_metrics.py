@@ -271,6 +271,21 @@ def test_a_create_and_get_through_kms_v2_record_calls_key_ids_and_transformation
     ) == pytest.approx(1)
 
 
+def test_every_read_records_its_key_id_including_reads_of_a_seed_already_held(
+    rig: Rig,
+) -> None:
+    # The first read looks the seed up; the next ones use the seed the transformer keeps.
+    rig.service.create("secrets", "default", secret("db"))
+    for _ in range(3):
+        rig.service.get("secrets", "default", "db")
+    assert rig.sample(
+        "apiserver_envelope_encryption_key_id_hash_total",
+        key_id_hash=key_id_hash(KEK_ID),
+        provider_name="plug",
+        transformation_type="from_storage",
+    ) == pytest.approx(3)
+
+
 def test_a_cache_miss_records_a_decrypt_call(rig: Rig) -> None:
     rig.service.create("secrets", "default", secret("db"))
     # A second source (another process) has an empty DEK cache: its read calls Decrypt.

@@ -13,6 +13,8 @@ import base64
 from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,12 +37,22 @@ aads = st.binary(min_size=1, max_size=128)
 key_sizes = st.sampled_from([16, 24, 32])
 labels = st.binary(min_size=1, max_size=16)
 
+
+def _warm_kms_v2(label: bytes) -> Transformer:
+    """A KMS v2 transformer that has opened a value under its write state already, so later
+    reads under that state take the path that keeps the seed's KDF (no seed lookup)."""
+    transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=StreamRng(label))
+    transformer.open(transformer.seal(b"warm-up", aad=b"/warm"), aad=b"/warm")
+    return transformer
+
+
 AUTHENTICATED: dict[str, Callable[[bytes], Transformer]] = {
     "aesgcm": lambda label: AesGcm("key1", KEY32, rng=StreamRng(label)),
     "secretbox": lambda label: Secretbox("key1", KEY32, rng=StreamRng(label)),
     "kms-v2": lambda label: KmsV2("kms", Base64KmsV2Keys(SEED), rng=StreamRng(label)),
+    "kms-v2-warm": _warm_kms_v2,
 }
-USES_AAD = {"aesgcm", "kms-v2"}
+USES_AAD = {"aesgcm", "kms-v2", "kms-v2-warm"}
 
 
 # --- round trips -----------------------------------------------------------------------------
@@ -181,7 +193,7 @@ def test_every_single_byte_change_is_detected(
     transformer, value = _sealed(name, plaintext, aad, label)
     position = where % len(value)
     tampered = value[:position] + bytes([value[position] ^ mask]) + value[position + 1 :]
-    if name == "kms-v2" and position >= _kms_v2_wrapped_fields_start(transformer, value):
+    if name.startswith("kms-v2") and position >= _kms_v2_wrapped_fields_start(transformer, value):
         # Outside the data AEAD (as upstream): a change may still open, but never to a
         # different plaintext.
         try:
@@ -341,3 +353,15 @@ def test_chain_open_raises_only_kinko_errors(value: bytes, aad: bytes) -> None:
     except KinkoError:
         return
     assert isinstance(opened.plaintext, bytes)
+
+
+@PROPERTY
+@given(
+    seed=st.binary(min_size=32, max_size=200),
+    infos=st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=4),
+)
+def test_seed_kdf_equals_hkdf_expand(seed: bytes, infos: list[bytes]) -> None:
+    # One keyed KDF serves many infos; each derivation is pyca's HKDF-Expand, L = 32.
+    kdf = kmsv2.SeedKdf(seed)
+    for info in infos:
+        assert kdf.derive(info) == HKDFExpand(hashes.SHA256(), 32, info).derive(seed)

@@ -485,3 +485,73 @@ def test_kms_v2_refuses_an_rng_that_draws_the_wrong_size() -> None:
     transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=lambda n: bytes(n - 1))
     with pytest.raises(InvalidArgument, match="rng: expected 44 bytes, got 43"):
         transformer.seal(b"secret", aad=AAD)
+
+
+# --- KMS v2: the seed's KDF kept per header --------------------------------------------------
+
+
+def test_kms_v2_a_header_that_opened_a_value_needs_no_more_seed_lookups() -> None:
+    keys = Base64KmsV2Keys(SEED)
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    values = [transformer.seal(b"secret %d" % i, aad=AAD) for i in range(5)]
+    assert [transformer.open(v, aad=AAD).plaintext for v in values] == [
+        b"secret %d" % i for i in range(5)
+    ]
+    # The first read asked the keys for the seed; the other four were counted as hits.
+    assert (keys.dek_source_calls, keys.hits) == (1, 4)
+    opened = transformer.open(values[0], aad=AAD)
+    assert (opened.stale, opened.key_id, opened.dek_source_type) == (
+        False,
+        "1",
+        DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+    )
+
+
+def test_kms_v2_a_seed_is_kept_only_after_it_opened_a_value() -> None:
+    keys = Base64KmsV2Keys(SEED)
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    value = transformer.seal(b"secret", aad=AAD)
+    open_fails(transformer, value, aad=OTHER_AAD)
+    open_fails(transformer, value, aad=OTHER_AAD)
+    assert (keys.dek_source_calls, keys.hits) == (2, 0)
+    assert transformer.open(value, aad=AAD).plaintext == b"secret"
+    assert (keys.dek_source_calls, keys.hits) == (3, 0)
+
+
+@pytest.mark.parametrize("size", [1, 4096 - 60, 4096, 5000])
+def test_kms_v2_reads_with_a_kept_seed_detect_every_flipped_byte_and_other_keys(
+    size: int,
+) -> None:
+    keys = Base64KmsV2Keys(SEED)
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    value = transformer.seal(os.urandom(size), aad=AAD)
+    transformer.open(value, aad=AAD)
+    found = kmsv2.locate_encrypted_data(value, len(transformer.prefix))
+    assert found is not None
+    begin, end = found
+    for index in {begin, begin + 31, begin + 32, begin + 43, begin + 44, end - 1}:
+        tampered = bytearray(value)
+        tampered[index] ^= 0x01
+        open_fails(transformer, bytes(tampered))
+    open_fails(transformer, value, aad=OTHER_AAD)
+    assert keys.dek_source_calls == 1
+
+
+def test_kms_v2_a_kept_seed_reads_values_written_before_a_rotation_as_stale() -> None:
+    keys = Base64KmsV2Keys(SEED, key_id="1")
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    old = transformer.seal(b"old", aad=AAD)
+    assert transformer.open(old, aad=AAD).stale is False
+    keys.rotate(bytes(range(32)), key_id="2")
+    opened = transformer.open(old, aad=AAD)
+    assert (opened.plaintext, opened.stale, opened.key_id) == (b"old", True, "1")
+
+
+def test_seed_kdf_is_derive_dek() -> None:
+    for seed in (SEED, bytes(range(48)), bytes(range(64)), bytes(range(100))):
+        kdf = kmsv2.SeedKdf(seed)
+        for info in (bytes(32), bytes(range(32)), os.urandom(32)):
+            assert kdf.derive(info) == kmsv2.derive_dek(seed, info=info)
+    assert repr(kmsv2.SeedKdf(SEED)) == "SeedKdf(<seed>)"
+    with pytest.raises(InvalidArgument, match="seed: expected at least 32 bytes, got 31"):
+        kmsv2.SeedKdf(SEED[:31])

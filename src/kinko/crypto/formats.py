@@ -326,13 +326,17 @@ class KmsV1:
         return Opened(plaintext=plaintext, stale=True, provider="kms", key_name=self.name)
 
 
+#: What :class:`KmsV2` keeps per distinct envelope header (fields 2 to 5).
+_Decoded = tuple[EncryptedObject, bool, "kmsv2.SeedKdf | None"]
+
+
 class _HeaderCache:
     """The last write state and its serialized header; replaced whole, so reads see a pair."""
 
     __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        self.entry: tuple[KmsWriteState, bytes] | None = None
+        self.entry: tuple[KmsWriteState, bytes, kmsv2.SeedKdf] | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -342,6 +346,11 @@ class KmsV2:
     Writes only type 1: per write, ``info = rng(32)``, ``nonce = rng(12)`` and a DEK derived
     from the current seed (no plugin call). Reads both types through ``keys.dek_source``.
     A read is stale when its key_id is not the current one or its type is not 1.
+
+    Per distinct envelope header (fields 2 to 5, shared by every value written under one
+    seed) it keeps the decoded fields and, once a value under that header has opened, the
+    seed's :class:`kmsv2.SeedKdf`: later reads under it skip the seed lookup and are only
+    counted by ``keys.count_hit``. At most 1,024 headers are kept; the cache then resets.
     """
 
     name: str
@@ -349,8 +358,9 @@ class KmsV2:
     rng: Rng = field(repr=False, kw_only=True)
     prefix: bytes = field(init=False)
     _header: _HeaderCache = field(init=False, repr=False)
-    #: Header bytes (fields 2 to 5) → the decoded fields and whether the type is 1.
-    _decoded: dict[bytes, tuple[EncryptedObject, bool]] = field(init=False, repr=False)
+    #: Header bytes (fields 2 to 5) → the decoded fields, whether the type is 1, and for a
+    #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf`.
+    _decoded: dict[bytes, _Decoded] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_name("kms v2", self.name)
@@ -378,13 +388,13 @@ class KmsV2:
                 annotations=state.annotations,
                 dek_source_type=_SEED_TYPE,
             )
-            entry = (state, header)
+            entry = (state, header, kmsv2.SeedKdf(state.seed))
             self._header.entry = entry
         # One draw for info and nonce: a second rng call costs more than the HMAC it feeds.
         drawn = self.rng(_KMS_V2_DRAW)
         if len(drawn) != _KMS_V2_DRAW:
             raise InvalidArgument(f"rng: expected {_KMS_V2_DRAW} bytes, got {len(drawn)}")
-        sealed = kmsv2.seal_drawn(state.seed, plaintext, aad=aad, drawn=drawn)
+        sealed = kmsv2.seal_drawn_with(entry[2], plaintext, aad=aad, drawn=drawn)
         return b"".join(
             (
                 self.prefix,
@@ -395,7 +405,7 @@ class KmsV2:
             )
         )
 
-    def _remember(self, header: bytes) -> tuple[EncryptedObject, bool] | None:
+    def _remember(self, header: bytes) -> _Decoded | None:
         """Decode and validate fields 2 to 5 once per distinct header (a bounded cache).
 
         Returns None for a header not in Go's canonical form: such a value takes the full
@@ -404,7 +414,7 @@ class KmsV2:
         obj = kmsv2.decode_canonical_header(header)
         if obj is None:
             return None
-        entry = (obj, obj.dek_source_type == _SEED_TYPE)
+        entry: _Decoded = (obj, obj.dek_source_type == _SEED_TYPE, None)
         cache = self._decoded
         if len(cache) >= _DECODED_HEADERS_MAX:
             cache.clear()
@@ -430,13 +440,40 @@ class KmsV2:
                         entry = self._remember(header)
                     except EnvelopeError:
                         raise DecryptionError() from None
+        keys = self.keys
         encrypted_data: bytes | memoryview
         if entry is not None:
-            obj, seed_type = entry
+            obj, seed_type, kdf = entry
+            if kdf is not None and end - begin <= _KMS_V2_COPY_MAX:
+                # This header has opened a value before, so its seed's KDF is at hand: no
+                # seed lookup. The session still counts the read (hits, the key_id metric).
+                # info, nonce and ct ‖ tag are sliced straight out of the value.
+                keys.count_hit(obj)
+                nonce_at = begin + kmsv2.INFO_SIZE
+                body_at = nonce_at + kmsv2.NONCE_SIZE
+                if end - body_at < kmsv2.TAG_SIZE:
+                    raise DecryptionError()
+                try:
+                    plaintext = AESGCM(kdf.derive(value[begin:nonce_at])).decrypt(
+                        value[nonce_at:body_at], value[body_at:end], aad
+                    )
+                except InvalidTag:
+                    raise DecryptionError() from None
+                key_id = obj.key_id
+                return Opened(
+                    plaintext, key_id != keys.current_key_id(), "kms", self.name, key_id, _SEED_TYPE
+                )
             if end - begin <= _KMS_V2_COPY_MAX:
                 encrypted_data = value[begin:end]
             else:
                 encrypted_data = memoryview(value)[begin:end]
+            if kdf is not None:
+                keys.count_hit(obj)
+                plaintext = kmsv2.open_seed_type_with(kdf, encrypted_data, aad=aad)
+                key_id = obj.key_id
+                return Opened(
+                    plaintext, key_id != keys.current_key_id(), "kms", self.name, key_id, _SEED_TYPE
+                )
         else:
             try:
                 obj = kmsv2.decode_encrypted_object(value[len(prefix) :])
@@ -444,10 +481,16 @@ class KmsV2:
                 raise DecryptionError() from None
             seed_type = obj.dek_source_type == _SEED_TYPE
             encrypted_data = obj.encrypted_data
-        keys = self.keys
         dek_source = keys.dek_source(obj)
         if seed_type:
-            plaintext = kmsv2.open_seed_type(dek_source, encrypted_data, aad=aad)
+            if len(dek_source) < kmsv2.MIN_SEED_SIZE:
+                raise DecryptionError()
+            kdf = kmsv2.SeedKdf(dek_source)
+            plaintext = kmsv2.open_seed_type_with(kdf, encrypted_data, aad=aad)
+            if entry is not None:
+                # Kept only once the seed has opened a value (its tag vouches for the seed),
+                # and only as long as the header's entry: bounded like the header cache.
+                self._decoded[header] = (obj, True, kdf)
         else:
             plaintext = kmsv2.open_encrypted_data(
                 obj.dek_source_type, dek_source, encrypted_data, aad=aad

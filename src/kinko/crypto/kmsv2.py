@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import overload
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from google.protobuf.message import DecodeError
@@ -57,6 +57,8 @@ AES_KEY_SIZES = (16, 24, 32)
 _ENCRYPTED_DATA_KEY = b"\x0a"
 _KNOWN_TYPES = frozenset(int(t) for t in DekSourceType)
 _SHA256 = hashes.SHA256()
+#: The HKDF-Expand block counter of the first (and, for L = 32, only) output block.
+_FIRST_BLOCK = b"\x01"
 
 
 def _check_text(field_name: str, text: str) -> None:
@@ -297,6 +299,39 @@ def derive_dek(seed: bytes, *, info: bytes) -> bytes:
     return HKDFExpand(_SHA256, DERIVED_KEY_SIZE, info).derive(seed)
 
 
+class SeedKdf:
+    """The type-1 DEK derivation of one seed: ``derive(info)`` equals
+    ``derive_dek(seed, info=info)``, at about a third of its cost.
+
+    HKDF-Expand with L = 32 is one output block, ``T(1) = HMAC-SHA256(PRK, info ‖ 0x01)``
+    (RFC 5869 §2.3). pyca's ``HKDFExpand`` keys a new HMAC with the seed on every call; here a
+    pyca ``HMAC`` is keyed with the seed once and copied per derivation, so a read or a write
+    pays only the two compression rounds of its own ``info``. The HMAC is pyca's; only the
+    single-block framing of RFC 5869 is written here, and tests hold it equal to
+    ``HKDFExpand`` and to Kubernetes' recorded values.
+
+    Holds the seed's keyed HMAC state, i.e. key material: it lives exactly as long as the
+    seed it stands for in the caches of :class:`kinko.crypto.formats.KmsV2`. Thread-safe
+    (copying does not change the keyed state). Raises InvalidArgument for a short seed.
+    """
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) < MIN_SEED_SIZE:
+            raise InvalidArgument(f"seed: expected at least {MIN_SEED_SIZE} bytes, got {len(seed)}")
+        self._keyed = hmac.HMAC(seed, _SHA256)
+
+    def __repr__(self) -> str:
+        return "SeedKdf(<seed>)"
+
+    def derive(self, info: bytes) -> bytes:
+        """The DEK for a 32-byte ``info`` (not checked: callers slice it to size)."""
+        mac = self._keyed.copy()
+        mac.update(info + _FIRST_BLOCK)
+        return mac.finalize()
+
+
 def seal_seed_type(
     seed: bytes, plaintext: bytes, *, aad: bytes, info: bytes, nonce: bytes
 ) -> bytes:
@@ -319,14 +354,19 @@ def seal_drawn(seed: bytes, plaintext: bytes, *, aad: bytes, drawn: bytes) -> by
     result. Raises InvalidArgument if the seed is shorter than 32 bytes or ``drawn`` is not
     44 bytes.
     """
-    if len(seed) < MIN_SEED_SIZE:
-        raise InvalidArgument(f"seed: expected at least {MIN_SEED_SIZE} bytes, got {len(seed)}")
+    return seal_drawn_with(SeedKdf(seed), plaintext, aad=aad, drawn=drawn)
+
+
+def seal_drawn_with(kdf: SeedKdf, plaintext: bytes, *, aad: bytes, drawn: bytes) -> bytes:
+    """:func:`seal_drawn` with the seed's :class:`SeedKdf`, as a writer keeps it per seed.
+
+    Raises InvalidArgument if ``drawn`` is not 44 bytes.
+    """
     if len(drawn) != INFO_SIZE + NONCE_SIZE:
         raise InvalidArgument(
             f"info and nonce: expected {INFO_SIZE + NONCE_SIZE} bytes, got {len(drawn)}"
         )
-    dek = HKDFExpand(_SHA256, DERIVED_KEY_SIZE, drawn[:INFO_SIZE]).derive(seed)
-    return AESGCM(dek).encrypt(drawn[INFO_SIZE:], plaintext, aad)
+    return AESGCM(kdf.derive(drawn[:INFO_SIZE])).encrypt(drawn[INFO_SIZE:], plaintext, aad)
 
 
 def open_seed_type(seed: bytes, encrypted_data: bytes | memoryview, *, aad: bytes) -> bytes:
@@ -335,13 +375,21 @@ def open_seed_type(seed: bytes, encrypted_data: bytes | memoryview, *, aad: byte
     The same as :func:`open_encrypted_data` for type 1, without the dispatch on the type.
     Raises DecryptionError (opaque): a short seed, truncated data, a wrong AAD or a bad tag.
     """
-    if len(seed) < MIN_SEED_SIZE or len(encrypted_data) < INFO_SIZE + NONCE_SIZE + TAG_SIZE:
+    if len(seed) < MIN_SEED_SIZE:
         raise DecryptionError()
-    # HKDFExpand takes ``info`` as bytes only; a slice of bytes already is.
+    return open_seed_type_with(SeedKdf(seed), encrypted_data, aad=aad)
+
+
+def open_seed_type_with(kdf: SeedKdf, encrypted_data: bytes | memoryview, *, aad: bytes) -> bytes:
+    """:func:`open_seed_type` with the seed's :class:`SeedKdf`, as a reader keeps it per seed.
+
+    Raises DecryptionError (opaque): truncated data, a wrong AAD or a bad tag.
+    """
+    if len(encrypted_data) < INFO_SIZE + NONCE_SIZE + TAG_SIZE:
+        raise DecryptionError()
+    # HMAC.update takes bytes; a slice of bytes already is one, a view's is copied (32 bytes).
     info = encrypted_data[:INFO_SIZE]
-    dek = HKDFExpand(
-        _SHA256, DERIVED_KEY_SIZE, info if type(info) is bytes else bytes(info)
-    ).derive(seed)
+    dek = kdf.derive(info if type(info) is bytes else bytes(info))
     try:
         return AESGCM(dek).decrypt(
             encrypted_data[INFO_SIZE : INFO_SIZE + NONCE_SIZE],

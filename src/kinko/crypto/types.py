@@ -122,6 +122,12 @@ class KmsV2Keys(Protocol):
         """
         ...
 
+    def count_hit(self, obj: EncryptedObject) -> None:
+        """Count a read of ``obj`` whose seed the transformer already held, as
+        :meth:`dek_source` counts a cache hit (statistics, the key_id metric). Raises nothing.
+        """
+        ...
+
     def current_key_id(self) -> str | None:
         """The key_id of the current write state, or None if the plugin was never healthy."""
         ...

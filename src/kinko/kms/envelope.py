@@ -442,6 +442,16 @@ class KmsV2Session:
         written = self._written
         return written.state.key_id if written is not None else None
 
+    def count_hit(self, obj: EncryptedObject) -> None:
+        """A read served by a seed the transformer kept itself: counted as a cache hit, and
+        its key_id in the metric, exactly as :meth:`dek_source` counts a hit. Raises nothing.
+        """
+        with self._lock:
+            self._hits += 1
+        observer = self._observer
+        if observer is not None:
+            observer.on_key_id(self._name, _cached_key_id_hash(obj.key_id), FROM_STORAGE)
+
     def dek_source(self, obj: EncryptedObject) -> bytes:
         """The plaintext seed (type 1) or DEK (type 0) of ``obj``, from the cache or Decrypt.
 
