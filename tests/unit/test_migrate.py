@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kinko.cluster.encryption import EncryptedObjects, EncryptionConfigSource
 from kinko.cluster.migrate import (
@@ -469,10 +471,39 @@ def test_aescbc_noise_from_a_wrong_key_is_unreadable_and_kept(cfg: Path) -> None
         (b"[1, 2]", False),
         (b"{\xff\xfe}", False),
         (bytes(range(256)), False),
+        ('{"name":"caf\u00e9"}'.encode(), True),  # UTF-8 beyond ASCII
+        (b' \t{"kind":"Secret"}\r\n', True),
+        (b"{\xc3}", False),  # a UTF-8 sequence cut short
+        (b"}{", False),
     ],
 )
 def test_looks_like_object(plaintext: bytes, expected: bool) -> None:
     assert looks_like_object(plaintext) is expected
+
+
+def _object_check_by_definition(plaintext: bytes) -> bool:
+    if plaintext.startswith(b"k8s\x00"):
+        return True
+    text = plaintext.strip()
+    if text[:1] != b"{" or text[-1:] != b"}":
+        return False
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=64),
+        st.builds(lambda b: b"{" + b + b"}", st.binary(max_size=64)),
+        st.builds(lambda t: t.encode(), st.text(max_size=64)),
+        st.builds(lambda t: ("{" + t + "}").encode(), st.text(max_size=64)),
+    )
+)
+def test_the_object_check_matches_its_definition(plaintext: bytes) -> None:
+    assert looks_like_object(plaintext) is _object_check_by_definition(plaintext)
 
 
 def test_the_object_check_can_be_replaced(cfg: Path) -> None:
