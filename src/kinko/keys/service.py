@@ -54,12 +54,25 @@ Invariants:
   that finally fails are destroyed again.
 - Every call is audited, refused ones too, with ids only (:mod:`kinko.keys.audit`). No
   message, audit record or repr carries key material, plaintext or ciphertext.
+- **Key-record cache** (ADR 13). Wrap, unwrap and rewrap read the key's record through a
+  cache of parsed records (ids, states, dates, HSM handles; never material or plaintext),
+  kept at most ``key_cache_ttl`` seconds (1 s by default) on a monotonic clock, so that the
+  hot path does not read the store on every call. Every write of this service (every
+  transaction, whether it succeeded or not) empties the cache before it returns, so a change
+  made through this process takes effect on its next call. A change made by another process
+  on the same store is seen within ``key_cache_ttl``, and sooner whenever it would make a
+  call succeed: a cached record that refuses the call (state, expiry, key ring, purge) or
+  lacks the ciphertext's version is read again from the store before the call fails. State
+  and expiry are still evaluated against ``now`` on every call; every other operation, and
+  every read-modify-write, reads the store.
 """
 
 from __future__ import annotations
 
 import hmac
 import re
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
@@ -141,6 +154,18 @@ _PAGE: Final = 500
 
 #: Parsed key records kept per service (see KeyService._load_key).
 _PARSED_KEYS_MAX = 4096
+#: How long wrap, unwrap and rewrap may use a key record read earlier (seconds; ADR 13).
+DEFAULT_KEY_CACHE_TTL: Final = 1.0
+#: Key references kept in the key-record cache; it starts over when full.
+_KEY_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    """A parsed key record and the monotonic time until which wrap and unwrap may use it."""
+
+    key: Key
+    expires: float
 
 
 @dataclass(slots=True)
@@ -252,8 +277,13 @@ class KeyService:
     ``hsm``: where root keys and the metadata KEK live. ``audit``: the audit sink.
     ``clock``: returns the current aware UTC time. ``rng``: returns n random bytes.
     ``max_attempts``: guarded-write retries. ``import_key_bits``: RSA size of import tokens.
+    ``key_cache_ttl``: how long wrap, unwrap and rewrap may use a key record read earlier, in
+    seconds of ``monotonic`` (0: read the store on every call); a write through this service
+    empties the cache at once, so the bound is for changes made by other processes on the
+    same store (module docstring, ADR 13).
 
-    Raises InvalidArgument (``max_attempts`` < 1, ``import_key_bits`` < 2048).
+    Raises InvalidArgument (``max_attempts`` < 1, ``import_key_bits`` < 2048, a negative
+    ``key_cache_ttl``).
     """
 
     def __init__(
@@ -266,11 +296,15 @@ class KeyService:
         rng: Rng,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         import_key_bits: int = DEFAULT_IMPORT_KEY_BITS,
+        key_cache_ttl: float = DEFAULT_KEY_CACHE_TTL,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be at least 1, got {max_attempts}")
         if import_key_bits < 2048:
             raise InvalidArgument(f"import_key_bits must be at least 2048, got {import_key_bits}")
+        if not key_cache_ttl >= 0:
+            raise InvalidArgument(f"key_cache_ttl must be at least 0 s, got {key_cache_ttl}")
         self._store = store
         self._hsm = hsm
         self._audit = audit
@@ -281,6 +315,13 @@ class KeyService:
         self._tokens = TokenBook(store)
         self._kek_handle: str | None = None
         self._parsed: dict[tuple[bytes, int], Key] = {}
+        self._key_cache_ttl = key_cache_ttl
+        self._monotonic = monotonic
+        # (instance, key id or alias) -> record; see _crypto_key. Read without the lock; the
+        # lock orders fills against the emptying that follows every write (_txn).
+        self._key_cache: dict[tuple[str, str], _CachedKey] = {}
+        self._key_cache_lock = threading.Lock()
+        self._key_cache_generation = 0
 
     # --- authentication --------------------------------------------------------------------
 
@@ -585,8 +626,7 @@ class KeyService:
             items = model.check_aad(aad)
             if plaintext is not None:
                 model.check_plaintext(plaintext)
-            key, _ = self._find(now, instance, key_ref, key_ring, note)
-            key = model.check_wrap(key, now)
+            key = self._crypto_key(now, instance, key_ref, key_ring, note, model.check_wrap)
             generated = self._rng(GENERATED_KEY_BYTES) if plaintext is None else None
             data = generated if generated is not None else plaintext
             assert data is not None  # One of the two is set, by construction.
@@ -619,8 +659,9 @@ class KeyService:
         with self._audited(now, principal, Action.UNWRAP, instance, correlation_id) as note:
             items = model.check_aad(aad)
             wrapped = model.parse_ciphertext(ciphertext)
-            key, _ = self._find(now, instance, key_ref, key_ring, note)
-            key = model.check_unwrap(key, now)
+            key = self._crypto_key(
+                now, instance, key_ref, key_ring, note, model.check_unwrap, wrapped.version_id
+            )
             version, plaintext = self._unwrap_with(key, wrapped, items)
             note.key_version = version.id
             latest = key.latest_version
@@ -654,8 +695,9 @@ class KeyService:
         with self._audited(now, principal, Action.REWRAP, instance, correlation_id) as note:
             items = model.check_aad(aad)
             wrapped = model.parse_ciphertext(ciphertext)
-            key, _ = self._find(now, instance, key_ref, key_ring, note)
-            key = model.check_unwrap(key, now, action="rewrap")
+            key = self._crypto_key(
+                now, instance, key_ref, key_ring, note, _check_rewrap, wrapped.version_id
+            )
             version, plaintext = self._unwrap_with(key, wrapped, items)
             latest = key.latest_version
             note.key_version = latest.id
@@ -1642,7 +1684,12 @@ class KeyService:
     # --- internals: store ------------------------------------------------------------------
 
     def _txn(self, ops: Sequence[Op]) -> TxnResult:
-        return self._store.txn(ops)
+        """Every write of the service. Empties the key-record cache before returning, whatever
+        the outcome (an unknown outcome may have changed a record too)."""
+        try:
+            return self._store.txn(ops)
+        finally:
+            self._forget_keys()
 
     def _all_entries(self, prefix: bytes) -> Iterator[Entry]:
         start = b""
@@ -1681,11 +1728,17 @@ class KeyService:
     def _find(
         self, now: datetime, instance: str, key_ref: str, key_ring: str | None, note: _Note
     ) -> tuple[Key, Entry]:
-        """The stored key (id or alias) and its entry. Purges a key that is due."""
+        """The stored key (id or alias) and its entry, read from the store. Purges a key
+        that is due."""
         entry = self._entry_for(instance, key_ref)
         if entry is None:
             raise _key_missing()
-        key = self._load_key(entry)
+        return self._found(now, instance, self._load_key(entry), key_ring, note), entry
+
+    def _found(
+        self, now: datetime, instance: str, key: Key, key_ring: str | None, note: _Note
+    ) -> Key:
+        """The checks every lookup of a key makes, on a record from the store or the cache."""
         if key.instance != instance:
             raise CorruptMetadata("a stored key names another instance than its path")
         note.key_id = key.id
@@ -1694,7 +1747,66 @@ class KeyService:
             raise _key_missing()
         if key_ring is not None and key.key_ring_id != key_ring:
             raise _key_missing()
-        return key, entry
+        return key
+
+    def _crypto_key(
+        self,
+        now: datetime,
+        instance: str,
+        key_ref: str,
+        key_ring: str | None,
+        note: _Note,
+        check: Callable[[Key, datetime], Key],
+        version_id: str | None = None,
+    ) -> Key:
+        """The key for a wrap, unwrap or rewrap, as ``check(key, now)`` returns it.
+
+        Uses the cached record while it is younger than ``key_cache_ttl``; the cache only
+        ever delays a change that makes the call fail. A cached record that fails any check
+        or lacks ``version_id`` (a version another process added) is read again from the
+        store, and only that fresh record's errors reach the caller. A record read from the
+        store is remembered only if it passed ``check`` and no write of this service ran
+        meanwhile.
+
+        Raises what :meth:`_find` and ``check`` raise.
+        """
+        if self._key_cache_ttl > 0:
+            ref = (instance, key_ref)
+            cached = self._key_cache.get(ref)
+            if cached is not None and self._monotonic() < cached.expires:
+                try:
+                    key = check(self._found(now, instance, cached.key, key_ring, note), now)
+                except KinkoError:
+                    pass  # Maybe stale: the store has the last word.
+                else:
+                    if version_id is None or key.version(version_id) is not None:
+                        return key
+            generation = self._key_cache_generation
+            expires = self._monotonic() + self._key_cache_ttl
+            stored, _ = self._find(now, instance, key_ref, key_ring, note)
+            key = check(stored, now)
+            self._remember_key(ref, stored, generation, expires)
+            return key
+        stored, _ = self._find(now, instance, key_ref, key_ring, note)
+        return check(stored, now)
+
+    def _remember_key(
+        self, ref: tuple[str, str], key: Key, generation: int, expires: float
+    ) -> None:
+        """Caches ``key`` under ``ref`` unless a write emptied the cache since ``generation``
+        was read (the record may predate that write)."""
+        with self._key_cache_lock:
+            if generation != self._key_cache_generation:
+                return
+            if len(self._key_cache) >= _KEY_CACHE_MAX:
+                self._key_cache.clear()
+            self._key_cache[ref] = _CachedKey(key, expires)
+
+    def _forget_keys(self) -> None:
+        """Empties the key-record cache and refuses fills that started before."""
+        with self._key_cache_lock:
+            self._key_cache_generation += 1
+            self._key_cache.clear()
 
     def _load_key(self, entry: Entry) -> Key:
         """The key of a stored record, parsed once per (path, mod_revision).
@@ -2112,6 +2224,10 @@ class KeyService:
 
 def _ref(version: KeyVersion) -> VersionRef:
     return VersionRef(id=version.id, creation_date=version.creation_date)
+
+
+def _check_rewrap(key: Key, now: datetime) -> Key:
+    return model.check_unwrap(key, now, action="rewrap")
 
 
 def _key_missing() -> NotFound:

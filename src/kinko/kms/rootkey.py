@@ -45,8 +45,10 @@ that key for its lifetime (restart it to follow an alias that was moved).
 
 Invariants: no message, healthz text or repr carries a seed, a probe, plaintext, ciphertext
 or key material; errors name key ids, version ids, states and sizes only. The plugin keeps no
-plaintext: every Decrypt asks the key service, so a suspended or deleted root key takes
-effect on the next call.
+plaintext: every Decrypt asks the key service, so a root key suspended or deleted through
+that key service takes effect on the next call. (An in-process
+:class:`~kinko.keys.service.KeyService` caches key records for at most 1 s, so a change made
+by another process on the same store takes effect within 1 s; see its module docstring.)
 """
 
 from __future__ import annotations
@@ -178,7 +180,9 @@ class ServiceRootKeys:
     """:class:`RootKeyAccess` over an in-process :class:`~kinko.keys.service.KeyService`,
     acting as ``principal`` (who needs the Reader role) in ``instance``.
 
-    Every call is audited by the service under the principal's name.
+    Every call is audited by the service under the principal's name. Wrap and unwrap see a
+    change made by another process on the service's store within the service's key-record
+    cache bound (``key_cache_ttl``, 1 s); :meth:`current` always reads the store.
     """
 
     __slots__ = ("_instance", "_key_ring", "_principal", "_service")
