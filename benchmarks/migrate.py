@@ -1,25 +1,39 @@
-"""Migration throughput: aescbc → KMS v2 for N Secrets, next to a raw rewrite of the same rows.
+"""Migration throughput to KMS v2 for N Secrets, next to a raw rewrite of the same rows.
 
-For each store (SQLite: 100,000 Secrets; etcd: 10,000) the script stores N Secrets of about
-1 KiB under aescbc, then, per round:
+Three migrations, each from a different provider to KMS v2 (``--from`` picks some):
 
-1. **migrate**: switches the EncryptionConfiguration to KMS v2 first (aescbc kept for reads)
-   and runs :class:`~kinko.cluster.migrate.Migrator` over ``secrets`` (defaults: pages of 508,
-   127 rewrites + the checkpoint per txn, no progress callback, so no counting pass);
+- ``identity``: enabling KMS on a cluster whose Secrets are stored unencrypted, the seed's
+  "Key Protect feature enablement" (each value is sealed, nothing to open);
+- ``kms``: switching to another root key, i.e. another KMS v2 provider (``kinko cluster kms
+  enable --key OTHER``); a root key rotation does the same work (each value is opened with
+  one seed and sealed with another);
+- ``aescbc``: moving from a local aescbc key to KMS v2 (each value is opened with AES-CBC,
+  the most expensive local provider to open, and sealed).
+
+For each store (SQLite: 100,000 Secrets; etcd: 10,000) and each of these, the script stores N
+Secrets of about 1 KiB under the old provider, then, per round:
+
+1. **migrate**: switches the EncryptionConfiguration to KMS v2 first (the old provider kept
+   for reads) and runs :class:`~kinko.cluster.migrate.Migrator` over ``secrets`` (defaults:
+   pages of 508, 127 rewrites + the checkpoint per txn, no progress callback, so no counting
+   pass);
 2. **raw**: reads every row in pages of 512 and Puts the same bytes back (the KMS v2 values
    just written, so the same sizes), guarded on the revision read, in txns of 128 ops through
    the same store adapter — the floor a migration cannot beat (no cryptography, no
    checkpoint);
-3. switches back and migrates to aescbc again, then compacts the store's history (both
-   untimed), so every round starts from the same data;
+3. switches back and migrates to the old provider again, then compacts the store's history
+   (both untimed), so every round starts from the same data;
 4. **migrate with workers** (``--workers W``, default 1; 0 skips it): steps 1 and 3 again
    with ``Migrator(workers=W)``: the open and seal run in W spawned processes while the
    benchmark's thread reads and commits. The processes start inside the timed run, when the
    walk reaches its second page (the walk seals by itself until they are ready), and stop
    before it returns, so their start and stop are in the time.
 
-The KMS v2 provider is a real LocalKeyPlugin served by KmsV2Server on a unix socket and
-reached through EncryptionConfigSource's gRPC client. Printed: objects/s of raw and migrate
+Every KMS v2 provider is a real LocalKeyPlugin served by KmsV2Server on a unix socket and
+reached through EncryptionConfigSource's gRPC client. Before the next migration's data is
+stored, the previous one's is deleted and the history compacted.
+
+Printed per store and old provider: objects/s of raw and migrate
 without and with workers (best of the rounds, and every round), migrate ÷ raw, the CPU µs per
 object (this process's threads, plus with workers the worker processes'; etcd's own CPU is
 not included — it moves far less than the wall clock when other work shares the machine),
@@ -33,7 +47,7 @@ started on loopback ports with its data in that folder (``$KINKO_ETCD_BIN`` or `
 the PATH); without the binary the etcd part is skipped with a note.
 
 Usage: ``python benchmarks/migrate.py [--n-sqlite N] [--n-etcd N] [--rounds R] [--dir DIR]
-[--only sqlite|etcd] [--workers W]``
+[--only sqlite|etcd] [--from identity|kms|aescbc ...] [--workers W]``
 """
 
 from __future__ import annotations
@@ -57,7 +71,7 @@ from kinko.kms.plugin import LocalKeyPlugin
 from kinko.kms.server import KmsV2Server
 from kinko.store.etcd import EtcdClient
 from kinko.store.etcd_store import EtcdStore
-from kinko.store.port import MAX_TXN_OPS, Put, Store
+from kinko.store.port import MAX_TXN_OPS, Delete, Put, Store
 from kinko.store.sqlite import SqliteStore
 
 # Run as a script, this folder is first on sys.path; mypy names the module by the
@@ -73,16 +87,30 @@ CBC = (
     "      - aescbc:\n          keys:\n            - name: k1\n"
     f"              secret: {AES_SECRET}\n"
 )
+IDENTITY = "      - identity: {}\n"
 TARGETS = {"sqlite": 20_000.0, "etcd": 10_000.0}
 RATIO_TARGET = 0.7
 RSS_TARGET_MB = 250.0
 
 
-def kms(socket_path: Path) -> str:
+def kms(socket_path: Path, name: str = "bench") -> str:
     return (
-        "      - kms:\n          apiVersion: v2\n          name: bench\n"
+        f"      - kms:\n          apiVersion: v2\n          name: {name}\n"
         f"          endpoint: unix://{socket_path}\n"
     )
+
+
+#: The migrations measured: what the Secrets are stored under before KMS v2 comes first.
+SOURCES = ("identity", "kms", "aescbc")
+
+
+def old_provider(source: str, socket_dir: Path) -> str:
+    """The old provider's configuration entry for ``source``."""
+    if source == "identity":
+        return IDENTITY
+    if source == "kms":
+        return kms(socket_dir / "kms-old.sock", "old")
+    return CBC
 
 
 def config(*providers: str) -> str:
@@ -125,6 +153,7 @@ class Rate:
 @dataclass
 class Result:
     store: str
+    source: str
     n: int
     raw: list[Rate] = field(default_factory=list)
     migrate: list[Rate] = field(default_factory=list)
@@ -176,8 +205,19 @@ def raw_rewrite(store: Store) -> int:
         after = entries[-1].key
 
 
+def clear(store: Store, compact: Callable[[], None]) -> None:
+    """Deletes every row under PREFIX (128 per txn) and compacts the history."""
+    while True:
+        entries = store.range(PREFIX, limit=MAX_TXN_OPS).entries
+        if not entries:
+            break
+        assert store.txn([Delete(e.key, expect=e.mod_revision) for e in entries]).succeeded
+    compact()
+
+
 def crypto_alone(store: Store, source: EncryptionConfigSource, n: int = 5000) -> float:
-    """CPU µs per object of what a migration adds per value: open (aescbc) and seal (KMS v2)."""
+    """CPU µs per object of what a migration adds per value: open (old provider) and seal
+    (KMS v2)."""
     chain = source.chain_for("secrets")
     entries = store.range(PREFIX, limit=n).entries
     cpu = time.process_time()
@@ -200,19 +240,24 @@ def bench_store(
     n: int,
     rounds: int,
     folder: Path,
-    socket_path: Path,
+    socket_dir: Path,
     workers: int,
+    from_: str,
 ) -> Result:
-    path = folder / f"encryption-{name}.yaml"
-    path.write_text(config(CBC))
+    path = folder / f"encryption-{name}-{from_}.yaml"
+    old = old_provider(from_, socket_dir)
+    path.write_text(config(old))
     source = EncryptionConfigSource(path)
-    to_kms, to_cbc = config(kms(socket_path), CBC), config(CBC, kms(socket_path))
-    result = Result(name, n)
+    new = kms(socket_dir / "kms.sock")
+    to_kms, to_cbc = config(new, old), config(old, new)
+    result = Result(name, from_, n)
     try:
+        clear(store, compact)
         started = time.perf_counter()
         fill(store, source, n)
         print(
-            f"  ({name}: stored {n:,} Secrets under aescbc in {time.perf_counter() - started:.0f}s)"
+            f"  ({name}: stored {n:,} Secrets under {from_} "
+            f"in {time.perf_counter() - started:.0f}s)"
         )
         migrator = Migrator(store, source, resources=["secrets"])
         pooled = Migrator(store, source, resources=["secrets"], workers=workers or 1)
@@ -268,11 +313,11 @@ def verdict(value: float, target: float, *, below: bool = False) -> str:
 def print_report(results: list[Result], rounds: int, workers: int, child_mb: float) -> None:
     print()
     print(
-        f"aescbc -> KMS v2 (LocalKeyPlugin over gRPC, unix socket), ~1 KiB Secrets, "
+        f"to KMS v2 (LocalKeyPlugin over gRPC, unix socket), ~1 KiB Secrets, "
         f"best of {rounds} round(s); {os.cpu_count()} CPU(s)"
     )
     header = (
-        f"{'store':<8}{'engine':<12}{'objects':>9}{'migrate/s':>12}{'raw/s':>10}"
+        f"{'store':<8}{'from':<10}{'engine':<12}{'objects':>9}{'migrate/s':>12}{'raw/s':>10}"
         f"{'migrate/raw':>13}{'CPU us/obj migrate':>20}{'raw':>6}   targets"
     )
     print(header)
@@ -286,7 +331,7 @@ def print_report(results: list[Result], rounds: int, workers: int, child_mb: flo
             best_m = max(rates, key=lambda x: x.per_second)
             ratio = best_m.per_second / best_r.per_second
             print(
-                f"{r.store:<8}{engine:<12}{r.n:>9,}{best_m.per_second:>12,.0f}"
+                f"{r.store:<8}{r.source:<10}{engine:<12}{r.n:>9,}{best_m.per_second:>12,.0f}"
                 f"{best_r.per_second:>10,.0f}{ratio:>13.2f}{best_m.cpu_us:>20.1f}"
                 f"{best_r.cpu_us:>6.1f}   "
                 f">= {target:,.0f}/s: {verdict(best_m.per_second, target)}; "
@@ -294,18 +339,18 @@ def print_report(results: list[Result], rounds: int, workers: int, child_mb: flo
             )
         rounds_m = ", ".join(f"{x.per_second:,.0f}" for x in r.migrate)
         rounds_r = ", ".join(f"{x.per_second:,.0f}" for x in r.raw)
-        line = f"{'':<8}rounds: migrate [{rounds_m}]  raw [{rounds_r}]"
+        line = f"{'':<18}rounds: migrate [{rounds_m}]  raw [{rounds_r}]"
         if r.pooled:
             line += f"  with workers [{', '.join(f'{x.per_second:,.0f}' for x in r.pooled)}]"
         print(line)
         print(
-            f"{'':<8}of migrate's CPU, open (aescbc) + seal (KMS v2) alone: "
+            f"{'':<18}of migrate's CPU, open ({r.source}) + seal (KMS v2) alone: "
             f"{min(r.crypto_us):.1f} us/obj"
         )
         if r.pooled:
             best_p = max(r.pooled, key=lambda x: x.per_second)
             print(
-                f"{'':<8}with workers, this process's own CPU: {best_p.own_cpu_us:.1f} us/obj "
+                f"{'':<18}with workers, this process's own CPU: {best_p.own_cpu_us:.1f} us/obj "
                 f"(the workers': {best_p.cpu_us - best_p.own_cpu_us:.1f})"
             )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -327,6 +372,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes for the second engine (0: none)"
     )
+    parser.add_argument(
+        "--from",
+        dest="sources",
+        choices=SOURCES,
+        action="append",
+        help="the old provider of a migration to measure (repeatable; default: all three)",
+    )
     args = parser.parse_args()
 
     results: list[Result] = []
@@ -334,10 +386,11 @@ def main() -> None:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
         # A short socket path of its own: unix socket paths are limited to about 100 bytes.
         socket_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kinko-kms-")))
-        socket_path = socket_dir / "kms.sock"
-        server = KmsV2Server(LocalKeyPlugin(os.urandom(32)), f"unix://{socket_path}")
-        server.start()
-        stack.callback(server.stop, 1.0)
+        sources = args.sources or list(SOURCES)
+        for sock in ("kms.sock", "kms-old.sock"):
+            server = KmsV2Server(LocalKeyPlugin(os.urandom(32)), f"unix://{socket_dir / sock}")
+            server.start()
+            stack.callback(server.stop, 1.0)
         if args.only in (None, "sqlite"):
             sqlite = SqliteStore(folder / "cluster.db")
             stack.callback(sqlite.close)
@@ -345,18 +398,20 @@ def main() -> None:
             def compact_sqlite() -> None:
                 sqlite.compact(sqlite.revision)
 
-            results.append(
-                bench_store(
-                    "sqlite",
-                    sqlite,
-                    compact_sqlite,
-                    args.n_sqlite,
-                    args.rounds,
-                    folder,
-                    socket_path,
-                    args.workers,
+            for from_ in sources:
+                results.append(
+                    bench_store(
+                        "sqlite",
+                        sqlite,
+                        compact_sqlite,
+                        args.n_sqlite,
+                        args.rounds,
+                        folder,
+                        socket_dir,
+                        args.workers,
+                        from_,
+                    )
                 )
-            )
         if args.only in (None, "etcd"):
             url = stack.enter_context(local_etcd(folder))
             if url is not None:
@@ -367,18 +422,20 @@ def main() -> None:
                 def compact_etcd() -> None:
                     etcd.compact(etcd.range(PREFIX, limit=1).revision)
 
-                results.append(
-                    bench_store(
-                        "etcd",
-                        etcd,
-                        compact_etcd,
-                        args.n_etcd,
-                        args.rounds,
-                        folder,
-                        socket_path,
-                        args.workers,
+                for from_ in sources:
+                    results.append(
+                        bench_store(
+                            "etcd",
+                            etcd,
+                            compact_etcd,
+                            args.n_etcd,
+                            args.rounds,
+                            folder,
+                            socket_dir,
+                            args.workers,
+                            from_,
+                        )
                     )
-                )
         # Before etcd is stopped and reaped: only the workers are children waited for yet.
         child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print_report(results, args.rounds, args.workers, child_mb)
