@@ -784,3 +784,24 @@ def test_patch_accepts_the_go_clients_field_name(api: Api) -> None:
         )
         assert moved.status_code == 200, moved.text
         assert moved.json()["resources"][0]["keyRingID"] == ring
+
+
+@pytest.mark.parametrize(
+    ("action", "failure"),
+    [
+        ("wrap", "Wrap with key could not be performed"),
+        ("unwrap", "Unwrap with key could not be performed"),
+        ("rewrap", "Rewrap with key could not be performed"),
+    ],
+)
+def test_hot_action_errors_name_their_route(api: Api, action: str, failure: str) -> None:
+    # Wrap, unwrap and rewrap are plain Starlette routes; their errors still carry the
+    # route's own errorMsg, as FastAPI routes' do.
+    key_id = api.create()
+    response = api.client.post(
+        f"/api/v2/keys/{key_id}/actions/{action}",
+        json={"ciphertext": "AAAA", "plaintext": "!!"},
+        headers=api.headers(),
+    )
+    assert response.status_code == 400, response.text
+    assert f": {failure}: " in response.json()["resources"][0]["errorMsg"]

@@ -30,11 +30,13 @@ wrap, unwrap and rewrap, the hot path, which are async and hand their key servic
 millisecond (SQLite store, soft keystore or SoftHSM2, audit log fsynced in the background),
 on the thread pool while they do not (etcd, a network HSM, ``--audit-sync always``). The
 request is parsed, authenticated and checked the same way either way, in the same order.
-These three are also routes of the app itself, not of the included ``/api/v2`` router, and
-read their request with :func:`action_request` (one plain function: body, then
-:func:`call_context`, then the pydantic body model) instead of FastAPI's dependency solving;
-it fails exactly as the declared parameters did. The OpenAPI document describes them through
-documentation twins: routes with the declared parameters, in the schema but never served.
+These three are also plain Starlette routes of the app itself (not FastAPI routes, and not
+of the included ``/api/v2`` router), and read their request with :func:`action_request` (one
+plain function: body, then :func:`call_context`, then the pydantic body model) instead of
+FastAPI's dependency solving and endpoint machinery; they fail exactly as the declared
+parameters did, through the same exception handlers. The OpenAPI document describes them
+through documentation twins: routes with the declared parameters, in the schema but never
+served.
 
 Headers: ``authorization: Bearer <token>`` (401 ``UNAUTHORIZED_ERR`` without a valid one),
 ``bluemix-instance`` (required; 400 ``INVALID_HEADER_ERR`` when missing), ``x-kms-key-ring``,
@@ -65,7 +67,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from kinko import __version__
 from kinko.api import kp_render as render
@@ -452,6 +455,17 @@ def _refuse_query(name: str, value: str | None) -> None:
 # --- the app -------------------------------------------------------------------------------
 
 
+class _HotRoute(Route):
+    """A plain Starlette route that also names itself in the scope, as FastAPI's routes do
+    (the error envelope's ``errorMsg`` is looked up by route name)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
 def create_keyprotect_app(
     service: KeyService,
     *,
@@ -485,9 +499,9 @@ def create_keyprotect_app(
     app.state.calls = calls
 
     # The hot routes read their request with action_request instead of FastAPI's dependency
-    # solving, and are routes of the app itself rather than of the included router (whose
-    # every request first walks all of its routes); each has a twin, never served, whose
-    # signature documents it as before.
+    # solving, and are plain Starlette routes (_HotRoute: no FastAPI endpoint machinery) of
+    # the app itself rather than of the included router (whose every request first walks all
+    # of its routes); each has a twin, never served, whose signature documents it as before.
     twins = APIRouter(prefix="/api/v2", responses=_ERRORS)
 
     def route(
@@ -507,14 +521,14 @@ def create_keyprotect_app(
         twins.api_route(path, methods=[method], name=name, response_model=None, **kwargs)(
             documented_as
         )
-        return app.router.api_route(
-            f"/api/v2{path}",
-            methods=[method],
-            name=name,
-            response_model=None,
-            include_in_schema=False,
-            **kwargs,
-        )
+
+        def register(handler: _Handler) -> _Handler:
+            app.router.routes.append(
+                _HotRoute(f"/api/v2{path}", handler, methods=[method], name=name)
+            )
+            return handler
+
+        return register
 
     # --- actions (first: the hot path, matched before every other route) -------------------
 
