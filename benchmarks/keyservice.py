@@ -8,9 +8,12 @@ keep-alive httpx client calls, one request at a time:
   service): what the HTTP stack alone costs, through a sync route (shown as ``vs sync echo``);
 - ``echo-a``: the same through an async route, which skips the hop to the thread pool that a
   sync route takes. Wrap and unwrap are async routes that run their service call on the event
-  loop while it is quick, so this is the like-for-like baseline of the ratio;
+  loop while it is quick, so this is the like-for-like baseline of the ratio. Both echo
+  routes are FastAPI routes (the body parsed by FastAPI); wrap, unwrap and rewrap are plain
+  Starlette routes of the same app that parse their body themselves (ADR 11);
 - ``wrap``: ``POST /api/v2/keys/{id}/actions/wrap`` of a 32-byte DEK with two AAD strings
-  (token check, key lookup in the store, AES-GCM in the keystore, audit record);
+  (token check, key lookup through the key service's key-record cache, which reads the store
+  at most once a second here (ADR 13), AES-GCM in the keystore, audit record);
 - ``unwrap``: the same ciphertext back.
 
 Rounds are interleaved (echo, wrap, unwrap, …); each line shows ops/s, p50 and p99 of the
