@@ -21,8 +21,9 @@ Routes (all under ``/api/v2``; ``{id}`` is a key id or alias):
 - ``POST|DELETE /keys/{id}/aliases/{alias}``; ``GET /key_rings``, ``POST|DELETE
   /key_rings/{id}``;
 - ``GET /healthz`` (no auth), ``/openapi.json``; with ``echo=True`` also ``POST
-  /api/v2/_echo`` and ``POST /api/v2/_echo_async`` (the benchmark's baselines, a sync and an
-  async route: same stack, no auth, no service; not in the schema).
+  /api/v2/_echo``, ``_echo_async`` and ``_echo_plain`` (the benchmark's baselines: a sync and
+  an async FastAPI route, and a plain Starlette route like wrap's; same stack, no auth, no
+  service; not in the schema).
 
 Where handlers run: every route is a sync route (FastAPI runs it on the thread pool) except
 wrap, unwrap and rewrap, the hot path, which are async and hand their key service call to a
@@ -476,8 +477,9 @@ def create_keyprotect_app(
     """The Key Protect API v2 app on ``service``.
 
     ``max_body``: request bodies over this many bytes get 413. ``echo``: also serve ``POST
-    /api/v2/_echo`` (for the benchmark). ``auth_cache_seconds``: how long a successful
-    authentication is remembered (a revoked token works at most this long; 0: never).
+    /api/v2/_echo``, ``_echo_async`` and ``_echo_plain`` (the benchmark's baselines).
+    ``auth_cache_seconds``: how long a successful authentication is remembered (a revoked
+    token works at most this long; 0: never).
     Raises InvalidArgument (``max_body`` < 1 KiB, a negative ``auth_cache_seconds``).
     """
     if max_body < 1024:
@@ -1577,6 +1579,16 @@ def create_keyprotect_app(
         @app.post("/api/v2/_echo_async", include_in_schema=False)
         async def echo_async_route(body: Annotated[dict[str, Any], Body()]) -> Response:
             return Response(wire.dumps(body), media_type=wire.MEDIA_KEY_ACTION)
+
+        # The same once more as a plain Starlette route of the app itself, as wrap, unwrap
+        # and rewrap are (_HotRoute): the same route kind and body parse, no key service.
+        async def echo_plain_route(request: Request) -> Response:
+            body = json.loads(await request.body())
+            return Response(wire.dumps(body), media_type=wire.MEDIA_KEY_ACTION)
+
+        app.router.routes.append(
+            _HotRoute("/api/v2/_echo_plain", echo_plain_route, methods=["POST"], name="echo")
+        )
 
     app.include_router(router)
     _clean_openapi(app, twins.routes)
