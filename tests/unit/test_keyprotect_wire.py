@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kinko.api.keyprotect import create_keyprotect_app
 from kinko.hsm.memory import MemoryHsm
@@ -805,3 +807,89 @@ def test_hot_action_errors_name_their_route(api: Api, action: str, failure: str)
     )
     assert response.status_code == 400, response.text
     assert f": {failure}: " in response.json()["resources"][0]["errorMsg"]
+
+
+_HEADER_NAMES = [
+    b"authorization",
+    b"bluemix-instance",
+    b"x-kms-key-ring",
+    b"correlation-id",
+    b"prefer",
+    b"content-type",
+    b"x-correlation-id",
+    b"host",
+]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_HEADER_NAMES),
+            st.binary(max_size=12) | st.sampled_from([b"Bearer kinko_a", b"return=minimal"]),
+        ),
+        max_size=10,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_scanned_headers_are_the_ones_starlette_reads(raw: list[tuple[bytes, bytes]]) -> None:
+    from starlette.datastructures import Headers as StarletteHeaders
+
+    from kinko.api.kp_auth import parse_headers, read_headers, scan_headers
+    from kinko.api.kp_wire import FieldError
+
+    scanned = scan_headers(raw)
+    mapping = StarletteHeaders(raw=list(raw))
+    assert scanned.content_type == mapping.get("content-type")
+    try:
+        expected: object = read_headers(mapping)
+    except FieldError as exc:
+        expected = str(exc)
+    try:
+        got: object = parse_headers(scanned)
+    except FieldError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_a_body_sent_in_chunks_is_read_whole(api: Api) -> None:
+    key_id = api.create()
+    body = json.dumps({"plaintext": base64.b64encode(b"k" * 32).decode(), "aad": ["a"]})
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7].encode()
+
+    wrapped = api.client.post(
+        f"/api/v2/keys/{key_id}/actions/wrap",
+        content=chunks(),
+        headers=api.headers(**{"content-type": "application/json"}),
+    )
+    assert wrapped.status_code == 200, wrapped.text
+    unwrapped = api.client.post(
+        f"/api/v2/keys/{key_id}/actions/unwrap",
+        json={"ciphertext": wrapped.json()["ciphertext"], "aad": ["a"]},
+        headers=api.headers(),
+    )
+    assert base64.b64decode(unwrapped.json()["plaintext"]) == b"k" * 32
+
+
+def test_a_client_gone_before_its_body_came_is_bad_body() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from kinko.api.keyprotect import (
+        _WRAP_BODY,
+        action_request,
+    )
+    from kinko.errors import InvalidArgument
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "headers": [], "path": "/", "query_string": b""}
+    request = Request(scope, receive)
+    with pytest.raises(InvalidArgument) as caught:
+        asyncio.run(action_request(request, _WRAP_BODY, required=False))
+    assert caught.value.reason_code == "BAD_BODY_ERR"
+    assert "could not be read" in str(caught.value)

@@ -68,13 +68,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 from kinko import __version__
 from kinko.api import kp_render as render
 from kinko.api import kp_wire as wire
-from kinko.api.kp_auth import DEFAULT_TTL, Authenticator, read_headers
+from kinko.api.kp_auth import (
+    DEFAULT_TTL,
+    Authenticator,
+    RawHeaders,
+    parse_headers,
+    scan_headers,
+)
 from kinko.api.kp_http import FAILURES, CallRunner, WireMiddleware, install_error_handlers
 from kinko.api.kp_models import (
     ErrorOut,
@@ -298,8 +305,12 @@ async def call_context(request: Request) -> Call:
     FieldError (``INVALID_HEADER_ERR``: no ``bluemix-instance``; a ``prefer`` other than
     minimal or representation).
     """
-    headers = read_headers(request.headers)
-    authenticator: Authenticator = request.app.state.authenticator
+    return await _call(request.app.state.authenticator, scan_headers(request.scope["headers"]))
+
+
+async def _call(authenticator: Authenticator, raw: RawHeaders) -> Call:
+    """:func:`call_context` on headers already found (the hot routes find them first)."""
+    headers = parse_headers(raw)
     principal = await authenticator.principal(headers)
     if headers.instance is None:
         raise wire.invalid_header("bluemix-instance", "the instance ID (required)")
@@ -345,6 +356,29 @@ def _is_json_content(content_type: str | None) -> bool:
     return main == "application" and (sub == "json" or sub.endswith("+json"))
 
 
+async def _read_body(request: Request) -> bytes:
+    """The request body, as ``await request.body()`` reads it, without its stream machinery.
+
+    The hot routes read their body once, here and nowhere else. Raises ClientDisconnect
+    (the client went away first) and what the ASGI ``receive`` raises (the body cap's
+    PayloadTooLarge).
+    """
+    receive = request.receive
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            body = message.get("body", b"")
+            if body:
+                chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def action_request(
     request: Request, body_type: TypeAdapter[_Body], *, required: bool
 ) -> tuple[Call, _Body]:
@@ -366,10 +400,11 @@ async def action_request(
     Raises PayloadTooLarge, InvalidArgument, RequestValidationError, and what
     :func:`call_context` raises.
     """
+    headers = scan_headers(request.scope["headers"])
     try:
-        raw = await request.body()
+        raw = await _read_body(request)
         document: object = raw
-        if raw and _is_json_content(request.headers.get("content-type")):
+        if raw and _is_json_content(headers.content_type):
             document = json.loads(raw)
     except json.JSONDecodeError:
         raise wire.bad_body("the body is not valid JSON") from None
@@ -377,7 +412,7 @@ async def action_request(
         raise
     except Exception as exc:
         raise wire.bad_body("the body could not be read") from exc
-    call = await call_context(request)
+    call = await _call(request.app.state.authenticator, headers)
     if not raw:
         if required:
             raise wire.no_body()

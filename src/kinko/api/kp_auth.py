@@ -5,7 +5,9 @@ Job: :class:`Authenticator` turns ``authorization: Bearer <token>`` into a
 <kinko.keys.service.KeyService.authenticate>`, remembering each success for a short time
 (``ttl`` seconds, default 1) so that a client making many calls costs one store read per
 second instead of one per call, and the event loop never waits on the store: a miss runs on
-the thread pool. :func:`read_headers` parses the headers the routes share.
+the thread pool. :func:`read_headers` parses the headers the routes share, from a mapping, and
+:func:`scan_headers` finds them in an ASGI scope's raw header list in one pass, as wrap, unwrap
+and rewrap do (the same values: the first of a repeated header, decoded as Latin-1).
 
 Invariants:
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -55,20 +57,77 @@ def read_headers(headers: Mapping[str, str]) -> Headers:
     Raises FieldError (``INVALID_HEADER_ERR``: a ``prefer`` other than minimal or
     representation).
     """
+    return parse_headers(
+        RawHeaders(
+            authorization=headers.get("authorization"),
+            instance=headers.get("bluemix-instance"),
+            key_ring=headers.get("x-kms-key-ring"),
+            correlation_id=headers.get("correlation-id"),
+            prefer=headers.get("prefer"),
+            content_type=headers.get("content-type"),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RawHeaders:
+    """The values of the headers the routes read, unparsed (None when missing)."""
+
+    authorization: str | None
+    instance: str | None
+    key_ring: str | None
+    correlation_id: str | None
+    prefer: str | None
+    content_type: str | None
+
+
+#: The headers :func:`scan_headers` looks for (ASGI header names are lowercase), each with
+#: its position among :class:`RawHeaders`' fields.
+_SCANNED: Final[Mapping[bytes, int]] = {
+    b"authorization": 0,
+    b"bluemix-instance": 1,
+    b"x-kms-key-ring": 2,
+    b"correlation-id": 3,
+    b"prefer": 4,
+    b"content-type": 5,
+}
+
+
+def scan_headers(raw: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
+    """The routes' headers from an ASGI scope's ``headers``, in one pass over them.
+
+    The values :func:`read_headers` reads from Starlette's ``Headers`` of the same scope: a
+    header name matches byte for byte (ASGI servers give them in lowercase), a repeated
+    header's first value counts, and values are decoded as Latin-1. Raises nothing.
+    """
+    found: list[str | None] = [None] * 6
+    for name, value in raw:
+        index = _SCANNED.get(name)
+        if index is not None and found[index] is None:
+            found[index] = value.decode("latin-1")
+    return RawHeaders(*found)
+
+
+def parse_headers(raw: RawHeaders) -> Headers:
+    """Parses the values :func:`scan_headers` found (what :func:`read_headers` does).
+
+    Raises FieldError (``INVALID_HEADER_ERR``: a ``prefer`` other than minimal or
+    representation).
+    """
     token = None
-    authorization = headers.get("authorization")
+    authorization = raw.authorization
     if authorization:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             token = credentials.strip()
-    instance = (headers.get("bluemix-instance") or "").strip() or None
-    ring = (headers.get("x-kms-key-ring") or "").strip() or None
+    instance = (raw.instance or "").strip() or None
+    ring = (raw.key_ring or "").strip() or None
     return Headers(
         token=token,
         instance=instance,
         key_ring=ring,
-        correlation_id=headers.get("correlation-id"),
-        representation=wire.parse_prefer(headers.get("prefer")),
+        correlation_id=raw.correlation_id,
+        representation=wire.parse_prefer(raw.prefer),
     )
 
 

@@ -34,6 +34,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
+from typing import Final
 
 from kinko.errors import InvalidArgument
 
@@ -203,7 +204,12 @@ def _phrase(status: int) -> str:
 
 def dumps(document: object) -> bytes:
     """Compact UTF-8 JSON, the form every response body takes."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(document).encode()
+
+
+#: ``json.dumps(…, separators=(",", ":"), ensure_ascii=False)``, made once rather than per
+#: response (an encoder keeps no state between calls, so threads may share it).
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def b64decode_field(name: str, value: str, *, expected: str) -> bytes:
