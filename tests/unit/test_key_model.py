@@ -932,6 +932,31 @@ def test_wrap_aad_is_unambiguous_and_binds_the_key() -> None:
     assert "x" * 256 not in str(info.value)
 
 
+@given(
+    st.text(min_size=1, max_size=8),
+    st.lists(st.text(max_size=20), max_size=4),
+)
+@settings(max_examples=200, deadline=None)
+def test_wrap_aad_is_its_documented_encoding(instance: str, items: list[str]) -> None:
+    def lp(text: str) -> bytes:
+        data = text.encode("utf-8")
+        return len(data).to_bytes(4, "big") + data
+
+    expected = (
+        b"kinko/key-service/wrap/v1\x00"
+        + lp(instance)
+        + lp(_uuid(1))
+        + lp(_uuid(2))
+        + len(items).to_bytes(4, "big")
+        + b"".join(lp(item) for item in items)
+    )
+    checked = model.wrap_aad_checked(
+        instance=instance, key_id=_uuid(1), version_id=_uuid(2), items=tuple(items)
+    )
+    aad = model.wrap_aad(instance=instance, key_id=_uuid(1), version_id=_uuid(2), aad=items)
+    assert checked == aad == expected
+
+
 @pytest.mark.parametrize(
     ("payload", "root", "ok"),
     [

@@ -73,22 +73,26 @@ class AuditRecord:
         a record is written on every key service call, and json.dumps of a dict costs several
         times more.
         """
+        # The optional fields are written inline, not through a helper: seven function calls
+        # fewer per record.
+        s = _string
+        reason, token_id, instance = self.reason, self.token_id, self.instance
+        key_id, key_version, resource = self.key_id, self.key_version, self.resource
+        correlation_id = self.correlation_id
         return (
-            f'{{"timestamp":{_string(self.timestamp.astimezone(UTC).isoformat())},'
-            f'"action":{_string(self.action)},"outcome":{_string(self.outcome)},'
-            f'"reason":{_optional(self.reason)},"who":{_string(self.who)},'
-            f'"tokenId":{_optional(self.token_id)},"instance":{_optional(self.instance)},'
-            f'"keyId":{_optional(self.key_id)},"keyVersion":{_optional(self.key_version)},'
-            f'"resource":{_optional(self.resource)},'
-            f'"correlationId":{_optional(self.correlation_id)}}}'
+            f'{{"timestamp":{s(self.timestamp.astimezone(UTC).isoformat())},'
+            f'"action":{s(self.action)},"outcome":{s(self.outcome)},'
+            f'"reason":{"null" if reason is None else s(reason)},"who":{s(self.who)},'
+            f'"tokenId":{"null" if token_id is None else s(token_id)},'
+            f'"instance":{"null" if instance is None else s(instance)},'
+            f'"keyId":{"null" if key_id is None else s(key_id)},'
+            f'"keyVersion":{"null" if key_version is None else s(key_version)},'
+            f'"resource":{"null" if resource is None else s(resource)},'
+            f'"correlationId":{"null" if correlation_id is None else s(correlation_id)}}}'
         )
 
 
 _string: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
-
-
-def _optional(value: str | None) -> str:
-    return "null" if value is None else _string(value)
 
 
 class AuditSink(Protocol):

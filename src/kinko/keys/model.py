@@ -1473,10 +1473,28 @@ def wrap_aad(*, instance: str, key_id: str, version_id: str, aad: Sequence[str])
     A ciphertext of key A therefore never unwraps under key B, even if both versions named
     the same HSM object. Raises InvalidArgument (an aad string over 255 characters).
     """
-    items = check_aad(aad)
-    parts = [_wrap_aad_head(instance, key_id, version_id), struct.pack(">I", len(items))]
-    parts.extend(_lp(item) for item in items)
+    return wrap_aad_checked(
+        instance=instance, key_id=key_id, version_id=version_id, items=check_aad(aad)
+    )
+
+
+def wrap_aad_checked(
+    *, instance: str, key_id: str, version_id: str, items: tuple[str, ...]
+) -> bytes:
+    """:func:`wrap_aad` of strings :func:`check_aad` has already returned (wrap, unwrap and
+    rewrap check the caller's ``aad`` once, before they need the AAD). Raises nothing."""
+    head = _wrap_aad_head(instance, key_id, version_id)
+    if not items:
+        return head + _NO_ITEMS
+    parts = [head, len(items).to_bytes(4, "big")]
+    for item in items:
+        data = item.encode("utf-8")
+        parts.append(len(data).to_bytes(4, "big"))
+        parts.append(data)
     return b"".join(parts)
+
+
+_NO_ITEMS: Final = (0).to_bytes(4, "big")
 
 
 @functools.lru_cache(maxsize=4096)

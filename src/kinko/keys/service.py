@@ -2130,8 +2130,8 @@ class KeyService:
         if version.hsm_handle is None:
             raise CorruptMetadata("a root key version has no HSM handle")
         nonce = self._rng(model.WRAP_NONCE_BYTES)
-        full_aad = model.wrap_aad(
-            instance=key.instance, key_id=key.id, version_id=version.id, aad=aad
+        full_aad = model.wrap_aad_checked(
+            instance=key.instance, key_id=key.id, version_id=version.id, items=aad
         )
         try:
             ciphertext = self._hsm.wrap(version.hsm_handle, plaintext, aad=full_aad, nonce=nonce)
@@ -2147,8 +2147,8 @@ class KeyService:
         version = key.version(wrapped.version_id)
         if version is None or version.hsm_handle is None:
             raise UnprocessableCiphertext()
-        full_aad = model.wrap_aad(
-            instance=key.instance, key_id=key.id, version_id=version.id, aad=aad
+        full_aad = model.wrap_aad_checked(
+            instance=key.instance, key_id=key.id, version_id=version.id, items=aad
         )
         try:
             plaintext = self._hsm.unwrap(
