@@ -583,7 +583,7 @@ def create_keyprotect_app(
             key_ring=call.key_ring,
             correlation_id=call.correlation_id,
         )
-        return _send(KeyActionJson, 200, render.wrap(result))
+        return KeyActionJson(render.wrap_json(result), status_code=200)
 
     def _ciphertext(body: UnwrapBody | RewrapBody | KeyActionBody) -> str:
         if body.ciphertext is None:
@@ -601,7 +601,7 @@ def create_keyprotect_app(
             key_ring=call.key_ring,
             correlation_id=call.correlation_id,
         )
-        return _send(KeyActionJson, 200, render.unwrap(result))
+        return KeyActionJson(render.unwrap_json(result), status_code=200)
 
     def _rewrap(call: Call, key_ref: str, body: RewrapBody | KeyActionBody) -> Response:
         result = service.rewrap(
@@ -613,7 +613,7 @@ def create_keyprotect_app(
             key_ring=call.key_ring,
             correlation_id=call.correlation_id,
         )
-        return _send(KeyActionJson, 200, render.rewrap(result))
+        return KeyActionJson(render.rewrap_json(result), status_code=200)
 
     def _rotate(call: Call, key_ref: str, body: RotateBody | KeyActionBody | None) -> Response:
         payload = nonce = iv = algorithm = None

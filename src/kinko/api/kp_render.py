@@ -4,7 +4,9 @@ Job: turn :mod:`kinko.keys.results` and the model's registrations, key rings and
 the resource objects Key Protect API v2 returns, with its field names (camelCase, and
 ``interval_month`` / ``policy_type`` where Key Protect uses snake case), RFC 3339 times
 (``2020-03-10T20:41:27Z``), standard base64 for bytes, and optional fields left out rather
-than sent as null (as Key Protect, a Go service with ``omitempty``, does).
+than sent as null (as Key Protect, a Go service with ``omitempty``, does). The bodies of wrap,
+unwrap and rewrap, the hot path, also come as JSON bytes (:func:`wrap_json` and its twins),
+byte for byte what ``kp_wire.dumps`` makes of the dicts.
 
 Invariant: secret bytes (a standard key's ``payload``, a wrap's ``plaintext``, an import
 token's nonce) appear only in the dicts of the one response that returns them; nothing here
@@ -13,7 +15,10 @@ logs or keeps them.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import datetime
+from typing import Final
 
 from kinko.api.kp_wire import MEDIA_KEY, MEDIA_POLICY, b64encode, rfc3339
 from kinko.keys.model import (
@@ -187,6 +192,44 @@ def rewrap(result: RewrapResult) -> Json:
         "keyVersion": {"id": result.key_version.id},
         "rewrappedKeyVersion": {"id": result.rewrapped_key_version.id},
     }
+
+
+def wrap_json(result: WrapResult) -> bytes:
+    """``kp_wire.dumps(wrap(result))``, written by hand (see :func:`_string`)."""
+    version = f'"keyVersion":{{"id":{_string(result.key_version.id)}}}}}'
+    ciphertext = f'"ciphertext":{_string(result.ciphertext)},'
+    if result.plaintext is None:
+        return f"{{{ciphertext}{version}".encode()
+    plaintext = f'"plaintext":{_string(b64encode(result.plaintext))},'
+    return f"{{{plaintext}{ciphertext}{version}".encode()
+
+
+def unwrap_json(result: UnwrapResult) -> bytes:
+    """``kp_wire.dumps(unwrap(result))``, written by hand (see :func:`_string`)."""
+    text = (
+        f'{{"plaintext":{_string(b64encode(result.plaintext))},'
+        f'"keyVersion":{{"id":{_string(result.key_version.id)}}}'
+    )
+    if result.ciphertext is not None:
+        text += f',"ciphertext":{_string(result.ciphertext)}'
+    if result.rewrapped_key_version is not None:
+        text += f',"rewrappedKeyVersion":{{"id":{_string(result.rewrapped_key_version.id)}}}'
+    return f"{text}}}".encode()
+
+
+def rewrap_json(result: RewrapResult) -> bytes:
+    """``kp_wire.dumps(rewrap(result))``, written by hand (see :func:`_string`)."""
+    return (
+        f'{{"ciphertext":{_string(result.ciphertext)},'
+        f'"keyVersion":{{"id":{_string(result.key_version.id)}}},'
+        f'"rewrappedKeyVersion":{{"id":{_string(result.rewrapped_key_version.id)}}}}}'
+    ).encode()
+
+
+#: How ``kp_wire.dumps`` (``ensure_ascii=False``) escapes a string: json's own encoder. The
+#: bodies of wrap, unwrap and rewrap, sent on every call, are written by hand with it, byte
+#: for byte what ``kp_wire.dumps`` makes of the dicts above, at a fraction of the cost.
+_string: Final[Callable[[str], str]] = json.encoder.encode_basestring
 
 
 def registration(reg: Registration) -> Json:
