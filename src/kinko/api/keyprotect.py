@@ -1616,9 +1616,10 @@ def create_keyprotect_app(
             return Response(wire.dumps(body), media_type=wire.MEDIA_KEY_ACTION)
 
         # The same once more as a plain Starlette route of the app itself, as wrap, unwrap
-        # and rewrap are (_HotRoute): the same route kind and body parse, no key service.
+        # and rewrap are (_HotRoute): the same route kind, body read and parse, no service.
         async def echo_plain_route(request: Request) -> Response:
-            body = json.loads(await request.body())
+            # The body is read as the hot routes read theirs.
+            body = json.loads(await _read_body(request))
             return Response(wire.dumps(body), media_type=wire.MEDIA_KEY_ACTION)
 
         app.router.routes.append(
