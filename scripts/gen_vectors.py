@@ -88,8 +88,11 @@ class Base64Keys:
     def dek_source(self, obj: EncryptedObject) -> bytes:
         return base64.b64decode(obj.encrypted_dek_source)
 
-    def count_hit(self, obj: EncryptedObject) -> None:
-        pass
+    def seed_epoch(self) -> int:
+        return 0
+
+    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
+        return True
 
     def current_key_id(self) -> str | None:
         return self._state.key_id

@@ -52,6 +52,7 @@ class Base64KmsV2Keys:
         self.unavailable = False
         self.dek_source_calls = 0
         self.hits = 0
+        self.epoch = 0  # bumped by forget(): seeds a transformer kept must be asked for again
 
     def rotate(self, seed: bytes, *, key_id: str) -> None:
         """A new root key version: new key_id, new seed; old key_ids stay readable."""
@@ -66,6 +67,7 @@ class Base64KmsV2Keys:
     def forget(self, key_id: str) -> None:
         """The root key behind ``key_id`` is destroyed: its DEK sources no longer unwrap."""
         self.known_key_ids.discard(key_id)
+        self.epoch += 1
 
     def write_state(self) -> KmsWriteState:
         if self.unavailable:
@@ -80,8 +82,14 @@ class Base64KmsV2Keys:
             raise DecryptionError()
         return _unwrap(obj.encrypted_dek_source)
 
-    def count_hit(self, obj: EncryptedObject) -> None:
+    def seed_epoch(self) -> int:
+        return self.epoch
+
+    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
+        if epoch != self.epoch:
+            return False
         self.hits += 1
+        return True
 
     def current_key_id(self) -> str | None:
         return self._state.key_id

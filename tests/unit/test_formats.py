@@ -555,3 +555,14 @@ def test_seed_kdf_is_derive_dek() -> None:
     assert repr(kmsv2.SeedKdf(SEED)) == "SeedKdf(<seed>)"
     with pytest.raises(InvalidArgument, match="seed: expected at least 32 bytes, got 31"):
         kmsv2.SeedKdf(SEED[:31])
+
+
+def test_kms_v2_a_kept_seed_is_dropped_when_the_keys_let_a_seed_go() -> None:
+    keys = Base64KmsV2Keys(SEED, key_id="1")
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    value = transformer.seal(b"secret", aad=AAD)
+    assert transformer.open(value, aad=AAD).plaintext == b"secret"
+    keys.rotate(bytes(range(32)), key_id="2")
+    keys.forget("1")  # the root key behind key_id 1 is destroyed
+    with pytest.raises(DecryptionError):
+        transformer.open(value, aad=AAD)

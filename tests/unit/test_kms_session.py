@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import struct
 import threading
 import uuid
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from kinko.crypto.formats import KmsV2
 from kinko.crypto.types import DekSourceType, EncryptedObject, KmsWriteState
 from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument, PluginError
 from kinko.kms.envelope import (
@@ -830,3 +832,29 @@ def test_write_state_and_expiry_change_together_on_rotation() -> None:
     assert second.key_id != first.key_id
     assert session.current_key_id() == second.key_id
     assert session.expires_in() == WRITE_STATE_TTL
+
+
+def test_a_seed_the_session_evicted_is_asked_for_again_by_a_transformer_that_kept_it() -> None:
+    # Two writers (other API servers) seal under their own seeds; the reader's session holds
+    # one seed. A transformer keeps a seed only while its session has evicted none since.
+    writers = [
+        KmsV2("kms", KmsV2Session(LocalKeyPlugin(KEY_A), name=f"w{i}"), rng=os.urandom)
+        for i in range(2)
+    ]
+    value_a = writers[0].seal(b"A", aad=b"/k")
+    value_b = writers[1].seal(b"B", aad=b"/k")
+    session, api, _, _ = make(cache_size=1)
+    session.write_state()  # the reader's own first check (Status, Encrypt) comes first
+    reader = KmsV2("kms", session, rng=os.urandom)
+    assert reader.open(value_a, aad=b"/k").plaintext == b"A"
+    assert reader.open(value_a, aad=b"/k").plaintext == b"A"  # kept: no Decrypt
+    assert len(api.decrypt_calls) == 1
+    assert reader.open(value_b, aad=b"/k").plaintext == b"B"  # evicts A's seed
+    api.decrypt_error = DecryptionError()  # the root key is gone: Decrypt is refused
+    with pytest.raises(DecryptionError):
+        reader.open(value_a, aad=b"/k")
+    assert len(api.decrypt_calls) == 3
+    # B's seed is still in the session: read again through it, then kept anew.
+    assert reader.open(value_b, aad=b"/k").plaintext == b"B"
+    assert reader.open(value_b, aad=b"/k").plaintext == b"B"
+    assert len(api.decrypt_calls) == 3

@@ -327,7 +327,7 @@ class KmsV1:
 
 
 #: What :class:`KmsV2` keeps per distinct envelope header (fields 2 to 5).
-_Decoded = tuple[EncryptedObject, bool, "kmsv2.SeedKdf | None"]
+_Decoded = tuple[EncryptedObject, bool, "kmsv2.SeedKdf | None", int]
 
 
 class _HeaderCache:
@@ -350,7 +350,10 @@ class KmsV2:
     Per distinct envelope header (fields 2 to 5, shared by every value written under one
     seed) it keeps the decoded fields and, once a value under that header has opened, the
     seed's :class:`kmsv2.SeedKdf`: later reads under it skip the seed lookup and are only
-    counted by ``keys.count_hit``. At most 1,024 headers are kept; the cache then resets.
+    counted by ``keys.kept_hit``, as long as the session has let no seed go since (its seed
+    epoch): after an eviction every kept seed is asked for again, so the transformer never
+    holds a seed longer than the session would. At most 1,024 headers are kept; the cache
+    then resets.
     """
 
     name: str
@@ -359,7 +362,8 @@ class KmsV2:
     prefix: bytes = field(init=False)
     _header: _HeaderCache = field(init=False, repr=False)
     #: Header bytes (fields 2 to 5) → the decoded fields, whether the type is 1, and for a
-    #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf`.
+    #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf` and the
+    #: session's seed epoch read before the seed was asked for.
     _decoded: dict[bytes, _Decoded] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -417,7 +421,7 @@ class KmsV2:
         obj = kmsv2.decode_canonical_header(header)
         if obj is None:
             return None
-        entry: _Decoded = (obj, obj.dek_source_type == _SEED_TYPE, None)
+        entry: _Decoded = (obj, obj.dek_source_type == _SEED_TYPE, None, 0)
         cache = self._decoded
         if len(cache) >= _DECODED_HEADERS_MAX:
             cache.clear()
@@ -446,12 +450,12 @@ class KmsV2:
         keys = self.keys
         encrypted_data: bytes | memoryview
         if entry is not None:
-            obj, seed_type, kdf = entry
-            if kdf is not None and end - begin <= _KMS_V2_COPY_MAX:
-                # This header has opened a value before, so its seed's KDF is at hand: no
-                # seed lookup. The session still counts the read (hits, the key_id metric).
-                # info, nonce and ct ‖ tag are sliced straight out of the value.
-                keys.count_hit(obj)
+            obj, seed_type, kdf, epoch = entry
+            if kdf is not None and end - begin <= _KMS_V2_COPY_MAX and keys.kept_hit(obj, epoch):
+                # This header has opened a value before and the session has let no seed go
+                # since, so its seed's KDF is at hand: no seed lookup (the session counted the
+                # read: hits, the key_id metric). info, nonce and ct ‖ tag are sliced
+                # straight out of the value.
                 nonce_at = begin + kmsv2.INFO_SIZE
                 body_at = nonce_at + kmsv2.NONCE_SIZE
                 if end - body_at < kmsv2.TAG_SIZE:
@@ -470,8 +474,7 @@ class KmsV2:
                 encrypted_data = value[begin:end]
             else:
                 encrypted_data = memoryview(value)[begin:end]
-            if kdf is not None:
-                keys.count_hit(obj)
+            if kdf is not None and keys.kept_hit(obj, epoch):
                 plaintext = kmsv2.open_seed_type_with(kdf, encrypted_data, aad=aad)
                 key_id = obj.key_id
                 return Opened(
@@ -484,6 +487,8 @@ class KmsV2:
                 raise DecryptionError() from None
             seed_type = obj.dek_source_type == _SEED_TYPE
             encrypted_data = obj.encrypted_data
+        # Read before the seed is asked for: an eviction meanwhile makes the kept seed stale.
+        epoch = keys.seed_epoch()
         dek_source = keys.dek_source(obj)
         if seed_type:
             if len(dek_source) < kmsv2.MIN_SEED_SIZE:
@@ -493,7 +498,7 @@ class KmsV2:
             if entry is not None:
                 # Kept only once the seed has opened a value (its tag vouches for the seed),
                 # and only as long as the header's entry: bounded like the header cache.
-                self._decoded[header] = (obj, True, kdf)
+                self._decoded[header] = (obj, True, kdf, epoch)
         else:
             plaintext = kmsv2.open_encrypted_data(
                 obj.dek_source_type, dek_source, encrypted_data, aad=aad

@@ -310,8 +310,8 @@ class SeedKdf:
     single-block framing of RFC 5869 is written here, and tests hold it equal to
     ``HKDFExpand`` and to Kubernetes' recorded values.
 
-    Holds the seed's keyed HMAC state, i.e. key material: it lives exactly as long as the
-    seed it stands for in the caches of :class:`kinko.crypto.formats.KmsV2`. Thread-safe
+    Holds the seed's keyed HMAC state, i.e. key material: :class:`kinko.crypto.formats.KmsV2`
+    keeps one per envelope header only while its session still holds the seed. Thread-safe
     (copying does not change the keyed state). Raises InvalidArgument for a short seed.
     """
 

@@ -122,9 +122,21 @@ class KmsV2Keys(Protocol):
         """
         ...
 
-    def count_hit(self, obj: EncryptedObject) -> None:
-        """Count a read of ``obj`` whose seed the transformer already held, as
-        :meth:`dek_source` counts a cache hit (statistics, the key_id metric). Raises nothing.
+    def seed_epoch(self) -> int:
+        """How many seeds the session has let go so far (evicted from its cache, forgotten).
+
+        A transformer may keep a seed it got from :meth:`dek_source` and use it again without
+        asking, but only while this number is the one it read *before* that call: once the
+        session lets any seed go, every kept seed goes back through :meth:`dek_source` once.
+        Raises nothing.
+        """
+        ...
+
+    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
+        """A read of ``obj`` with a seed the transformer kept at ``epoch``: if the session's
+        epoch is still ``epoch``, count it as :meth:`dek_source` counts a cache hit
+        (statistics, the key_id metric) and return True; otherwise count nothing and return
+        False (the transformer must ask :meth:`dek_source`). Raises nothing.
         """
         ...
 

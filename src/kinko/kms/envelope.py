@@ -225,6 +225,8 @@ class KmsV2Session:
         self._clock = clock
         self._rng = rng
         self._cache_size = cache_size
+        # Seeds evicted so far: a transformer's kept seeds are valid while it is unchanged.
+        self._epoch = 0
         # Read without the lock: one reference, replaced whole by the setter.
         self._observer = observer
         # Guards every field below; never held during a plugin call.
@@ -442,15 +444,25 @@ class KmsV2Session:
         written = self._written
         return written.state.key_id if written is not None else None
 
-    def count_hit(self, obj: EncryptedObject) -> None:
-        """A read served by a seed the transformer kept itself: counted as a cache hit, and
-        its key_id in the metric, exactly as :meth:`dek_source` counts a hit. Raises nothing.
+    def seed_epoch(self) -> int:
+        """The number of seeds evicted from the cache so far (see ``KmsV2Keys``)."""
+        return self._epoch
+
+    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
+        """A read served by a seed the transformer kept at ``epoch``: while no seed has been
+        evicted since, counted as a cache hit with its key_id in the metric, exactly as
+        :meth:`dek_source` counts a hit, and True. After an eviction, False and nothing
+        counted: the transformer asks :meth:`dek_source`, so an evicted seed needs the
+        plugin's Decrypt again. Raises nothing.
         """
         with self._lock:
+            if epoch != self._epoch:
+                return False
             self._hits += 1
         observer = self._observer
         if observer is not None:
             observer.on_key_id(self._name, _cached_key_id_hash(obj.key_id), FROM_STORAGE)
+        return True
 
     def dek_source(self, obj: EncryptedObject) -> bytes:
         """The plaintext seed (type 1) or DEK (type 0) of ``obj``, from the cache or Decrypt.
@@ -523,6 +535,7 @@ class KmsV2Session:
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+            self._epoch += 1
 
     def cache_stats(self) -> CacheStats:
         with self._lock:
