@@ -4,9 +4,11 @@ Two clocks, both fakes: the service's clock (``now``: states, expiry, purge date
 cache's monotonic clock (``Tick``: how long a record may be used). Covers: every write
 through the same service takes effect on its next call; another service on the same SQLite
 file (another kinko process) is seen within the TTL for changes that refuse a call, and at
-once for changes that allow one (enable, a new version); state and expiry are evaluated
-against ``now`` on every call; a fill racing a write never caches the older record; TTL 0
-turns the cache off.
+once for changes that allow one (enable, a new version for its own ciphertexts); a cached
+record whose HSM material another process purged is read again and the call retried, so
+the caller gets the store's answer (not found) and one audit record; state and expiry are
+evaluated against ``now`` on every call; a fill racing a write never caches the older
+record; TTL 0 turns the cache off.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Two:
     clock: Clock
     tick: Tick
     audit: MemoryAuditSink
+    device: MemoryDevice
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ def two(tmp_path: Path) -> Iterator[Two]:
         for s in stores
     )
     try:
-        yield Two(a, b, clock, tick, audit)
+        yield Two(a, b, clock, tick, audit, device)
     finally:
         for s in stores:
             s.close()
@@ -314,6 +317,82 @@ def test_another_process_rotate_reaches_wrap_within_the_ttl(two: Two) -> None:
     rotated = two.b.rotate(ALICE, INST, key.id)
     two.tick.t += TTL
     assert two.a.wrap(READER, INST, key.id).key_version.id == rotated.key_version.id
+
+
+def _purged_by_b_within_the_ttl(two: Two) -> tuple[str, str, str]:
+    """A root key a wrapped with, rotated (so ``old`` is a ciphertext of a previous version),
+    then deleted and purged by b; a's cached record still names it and the TTL has not passed.
+    Returns the key id and ciphertexts of the old and the latest version."""
+    key = two.a.create_key(ALICE, INST, name="root-1")
+    old = two.a.wrap(READER, INST, key.id).ciphertext
+    two.clock.now += HOUR
+    two.a.rotate(ALICE, INST, key.id)
+    new = two.a.wrap(READER, INST, key.id).ciphertext
+    two.a.unwrap(READER, INST, key.id, ciphertext=old)  # a's cache holds the latest record.
+    two.b.delete_key(ALICE, INST, key.id)
+    two.clock.now += 4 * HOUR
+    two.b.purge_key(PURGER, INST, key.id)
+    two.tick.t += TTL / 2
+    return key.id, old, new
+
+
+@pytest.mark.parametrize("call", ["wrap", "unwrap-old", "unwrap-new", "rewrap"])
+def test_a_purge_by_another_process_is_not_found_not_missing_material_within_the_ttl(
+    two: Two, call: str
+) -> None:
+    # The cached record passes every check but the HSM objects are gone: the call used to
+    # fail with INCOMPLETE_METADATA_ERR. The store's answer is that there is no such key.
+    key_id, old, new = _purged_by_b_within_the_ttl(two)
+    calls: dict[str, Callable[[], object]] = {
+        "wrap": lambda: two.a.wrap(READER, INST, key_id),
+        "unwrap-old": lambda: two.a.unwrap(READER, INST, key_id, ciphertext=old),
+        "unwrap-new": lambda: two.a.unwrap(READER, INST, key_id, ciphertext=new),
+        "rewrap": lambda: two.a.rewrap(READER, INST, key_id, ciphertext=old),
+    }
+    before = len(two.audit.records)
+    assert reason(calls[call]) == "KEY_NOT_FOUND_ERR"
+    # One audit record, of the final outcome, naming no version of the purged key.
+    assert [(r.outcome, r.reason, r.key_version) for r in two.audit.records[before:]] == [
+        ("failure", "KEY_NOT_FOUND_ERR", None)
+    ]
+    # The stale entry is gone: the next call is answered by the store at once.
+    assert reason(calls[call]) == "KEY_NOT_FOUND_ERR"
+
+
+def test_material_missing_under_a_fresh_record_is_still_incomplete_metadata(two: Two) -> None:
+    # The store names the key, the HSM lost its material: retried once on the store's
+    # record, then reported as it was, audited once.
+    key = two.a.create_key(ALICE, INST, name="root-1")
+    ct = two.a.wrap(READER, INST, key.id).ciphertext  # Cached.
+    with two.device.lock:
+        two.device.keys.clear()
+    before = len(two.audit.records)
+    assert reason(lambda: two.a.wrap(READER, INST, key.id)) == "INCOMPLETE_METADATA_ERR"
+    assert reason(lambda: two.a.unwrap(READER, INST, key.id, ciphertext=ct)) == (
+        "INCOMPLETE_METADATA_ERR"
+    )
+    assert [(r.outcome, r.reason, r.key_id) for r in two.audit.records[before:]] == [
+        ("failure", "INCOMPLETE_METADATA_ERR", key.id)
+    ] * 2
+
+
+def test_another_process_rotate_reaches_unwrap_of_an_old_version_within_the_ttl(
+    two: Two,
+) -> None:
+    # The documented bound (ADR 13): a ciphertext of a version a's cached record has is
+    # answered from that record, which does not know the new latest version yet.
+    key = two.a.create_key(ALICE, INST, name="root-1")
+    old = two.a.wrap(READER, INST, key.id).ciphertext
+    two.clock.now += HOUR
+    rotated = two.b.rotate(ALICE, INST, key.id)
+    two.tick.t += TTL / 2
+    assert two.a.unwrap(READER, INST, key.id, ciphertext=old).rewrapped_key_version is None
+    rewrapped = two.a.rewrap(READER, INST, key.id, ciphertext=old)
+    assert rewrapped.rewrapped_key_version.id == key.key_version.id
+    two.tick.t += TTL / 2
+    unwrapped = two.a.unwrap(READER, INST, key.id, ciphertext=old)
+    assert unwrapped.rewrapped_key_version is not None
+    assert unwrapped.rewrapped_key_version.id == rotated.key_version.id
 
 
 def test_a_garbled_ciphertext_is_refused_whatever_the_cache_holds(two: Two) -> None:

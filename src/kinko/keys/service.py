@@ -62,9 +62,11 @@ Invariants:
   made through this process takes effect on its next call. A change made by another process
   on the same store is seen within ``key_cache_ttl``, and sooner whenever it would make a
   call succeed: a cached record that refuses the call (state, expiry, key ring, purge) or
-  lacks the ciphertext's version is read again from the store before the call fails. State
-  and expiry are still evaluated against ``now`` on every call; every other operation, and
-  every read-modify-write, reads the store.
+  lacks the ciphertext's version is read again from the store before the call fails, and so
+  is a cached record whose version's material the HSM no longer has (another process purged
+  the key): the call is tried once more on the fresh record, and only that attempt's answer
+  reaches the caller and the audit log. State and expiry are still evaluated against ``now``
+  on every call; every other operation, and every read-modify-write, reads the store.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -158,6 +160,17 @@ _PARSED_KEYS_MAX = 4096
 DEFAULT_KEY_CACHE_TTL: Final = 1.0
 #: Key references kept in the key-record cache; it starts over when full.
 _KEY_CACHE_MAX = 4096
+
+_T = TypeVar("_T")
+
+
+class _MaterialGone(Exception):
+    """The HSM no longer has a key version's material (its NotFound is the cause).
+
+    Raised by ``_wrap_with`` and ``_unwrap_with`` and never let out of the service:
+    :meth:`KeyService._with_crypto_key` either retries on a fresh record (the cached one may
+    predate a purge by another process) or turns it into CorruptMetadata.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,14 +639,21 @@ class KeyService:
             items = model.check_aad(aad)
             if plaintext is not None:
                 model.check_plaintext(plaintext)
-            key = self._crypto_key(now, instance, key_ref, key_ring, note, model.check_wrap)
-            generated = self._rng(GENERATED_KEY_BYTES) if plaintext is None else None
-            data = generated if generated is not None else plaintext
-            assert data is not None  # One of the two is set, by construction.
-            version = key.latest_version
-            note.key_version = version.id
-            ciphertext = self._wrap_with(key, version, data, items)
-            return WrapResult(ciphertext=ciphertext, key_version=_ref(version), plaintext=generated)
+
+            def attempt(key: Key) -> WrapResult:
+                generated = self._rng(GENERATED_KEY_BYTES) if plaintext is None else None
+                data = generated if generated is not None else plaintext
+                assert data is not None  # One of the two is set, by construction.
+                version = key.latest_version
+                note.key_version = version.id
+                ciphertext = self._wrap_with(key, version, data, items)
+                return WrapResult(
+                    ciphertext=ciphertext, key_version=_ref(version), plaintext=generated
+                )
+
+            return self._with_crypto_key(
+                now, instance, key_ref, key_ring, note, model.check_wrap, None, attempt
+            )
 
     def unwrap(
         self,
@@ -659,20 +679,30 @@ class KeyService:
         with self._audited(now, principal, Action.UNWRAP, instance, correlation_id) as note:
             items = model.check_aad(aad)
             wrapped = model.parse_ciphertext(ciphertext)
-            key = self._crypto_key(
-                now, instance, key_ref, key_ring, note, model.check_unwrap, wrapped.version_id
-            )
-            version, plaintext = self._unwrap_with(key, wrapped, items)
-            note.key_version = version.id
-            latest = key.latest_version
-            if latest.id == version.id:
-                return UnwrapResult(plaintext=plaintext, key_version=_ref(version))
-            rewrapped = self._wrap_with(key, latest, plaintext, items)
-            return UnwrapResult(
-                plaintext=plaintext,
-                key_version=_ref(version),
-                ciphertext=rewrapped,
-                rewrapped_key_version=_ref(latest),
+
+            def attempt(key: Key) -> UnwrapResult:
+                version, plaintext = self._unwrap_with(key, wrapped, items)
+                note.key_version = version.id
+                latest = key.latest_version
+                if latest.id == version.id:
+                    return UnwrapResult(plaintext=plaintext, key_version=_ref(version))
+                rewrapped = self._wrap_with(key, latest, plaintext, items)
+                return UnwrapResult(
+                    plaintext=plaintext,
+                    key_version=_ref(version),
+                    ciphertext=rewrapped,
+                    rewrapped_key_version=_ref(latest),
+                )
+
+            return self._with_crypto_key(
+                now,
+                instance,
+                key_ref,
+                key_ring,
+                note,
+                model.check_unwrap,
+                wrapped.version_id,
+                attempt,
             )
 
     def rewrap(
@@ -695,16 +725,19 @@ class KeyService:
         with self._audited(now, principal, Action.REWRAP, instance, correlation_id) as note:
             items = model.check_aad(aad)
             wrapped = model.parse_ciphertext(ciphertext)
-            key = self._crypto_key(
-                now, instance, key_ref, key_ring, note, _check_rewrap, wrapped.version_id
-            )
-            version, plaintext = self._unwrap_with(key, wrapped, items)
-            latest = key.latest_version
-            note.key_version = latest.id
-            return RewrapResult(
-                ciphertext=self._wrap_with(key, latest, plaintext, items),
-                key_version=_ref(version),
-                rewrapped_key_version=_ref(latest),
+
+            def attempt(key: Key) -> RewrapResult:
+                version, plaintext = self._unwrap_with(key, wrapped, items)
+                latest = key.latest_version
+                note.key_version = latest.id
+                return RewrapResult(
+                    ciphertext=self._wrap_with(key, latest, plaintext, items),
+                    key_version=_ref(version),
+                    rewrapped_key_version=_ref(latest),
+                )
+
+            return self._with_crypto_key(
+                now, instance, key_ref, key_ring, note, _check_rewrap, wrapped.version_id, attempt
             )
 
     # --- lifecycle actions -----------------------------------------------------------------
@@ -1749,6 +1782,48 @@ class KeyService:
             raise _key_missing()
         return key
 
+    def _with_crypto_key(
+        self,
+        now: datetime,
+        instance: str,
+        key_ref: str,
+        key_ring: str | None,
+        note: _Note,
+        check: Callable[[Key, datetime], Key],
+        version_id: str | None,
+        attempt: Callable[[Key], _T],
+    ) -> _T:
+        """``attempt(key)`` on the key for a wrap, unwrap or rewrap (:meth:`_crypto_key`).
+
+        If the key came from the cache and the HSM no longer has the material of a version
+        it names, the record may predate a purge by another process (ADR 13): the entry is
+        dropped, the record read again from the store, checked, and ``attempt`` run once
+        more on it; only that fresh attempt's answer reaches the caller (and the audit
+        record, which is written once, by the caller). Nothing else is retried: a version's
+        HSM handle never changes (handles are random, never reused), so a stale record
+        cannot make a ciphertext fail to open, and a version it lacks is read again already.
+
+        Raises what :meth:`_crypto_key` and ``attempt`` raise; CorruptMetadata when a
+        version's material is missing from the HSM although the store still names it.
+        """
+        key, cached = self._crypto_key(now, instance, key_ref, key_ring, note, check, version_id)
+        try:
+            return attempt(key)
+        except _MaterialGone as exc:
+            if cached is None:
+                raise _material_missing() from exc.__cause__
+        self._drop_key((instance, key_ref), cached)
+        # What the cached attempt named is not what the fresh one finds (a purged key has
+        # no record left to name).
+        note.key_id = note.key_version = None
+        key, _ = self._crypto_key(
+            now, instance, key_ref, key_ring, note, check, version_id, use_cache=False
+        )
+        try:
+            return attempt(key)
+        except _MaterialGone as exc:
+            raise _material_missing() from exc.__cause__
+
     def _crypto_key(
         self,
         now: datetime,
@@ -1758,21 +1833,24 @@ class KeyService:
         note: _Note,
         check: Callable[[Key, datetime], Key],
         version_id: str | None = None,
-    ) -> Key:
-        """The key for a wrap, unwrap or rewrap, as ``check(key, now)`` returns it.
+        *,
+        use_cache: bool = True,
+    ) -> tuple[Key, _CachedKey | None]:
+        """The key for a wrap, unwrap or rewrap, as ``check(key, now)`` returns it, and the
+        cache entry it came from (None: read from the store).
 
-        Uses the cached record while it is younger than ``key_cache_ttl``; the cache only
-        ever delays a change that makes the call fail. A cached record that fails any check
-        or lacks ``version_id`` (a version another process added) is read again from the
-        store, and only that fresh record's errors reach the caller. A record read from the
-        store is remembered only if it passed ``check`` and no write of this service ran
-        meanwhile.
+        Uses the cached record while it is younger than ``key_cache_ttl`` (unless not
+        ``use_cache``); the cache only ever delays a change that makes the call fail. A
+        cached record that fails any check or lacks ``version_id`` (a version another
+        process added) is read again from the store, and only that fresh record's errors
+        reach the caller. A record read from the store is remembered only if it passed
+        ``check`` and no write of this service ran meanwhile.
 
         Raises what :meth:`_find` and ``check`` raise.
         """
         if self._key_cache_ttl > 0:
             ref = (instance, key_ref)
-            cached = self._key_cache.get(ref)
+            cached = self._key_cache.get(ref) if use_cache else None
             if cached is not None and self._monotonic() < cached.expires:
                 try:
                     key = check(self._found(now, instance, cached.key, key_ring, note), now)
@@ -1780,15 +1858,21 @@ class KeyService:
                     pass  # Maybe stale: the store has the last word.
                 else:
                     if version_id is None or key.version(version_id) is not None:
-                        return key
+                        return key, cached
             generation = self._key_cache_generation
             expires = self._monotonic() + self._key_cache_ttl
             stored, _ = self._find(now, instance, key_ref, key_ring, note)
             key = check(stored, now)
             self._remember_key(ref, stored, generation, expires)
-            return key
+            return key, None
         stored, _ = self._find(now, instance, key_ref, key_ring, note)
-        return check(stored, now)
+        return check(stored, now), None
+
+    def _drop_key(self, ref: tuple[str, str], cached: _CachedKey) -> None:
+        """Removes ``cached`` from the cache, unless another call replaced it meanwhile."""
+        with self._key_cache_lock:
+            if self._key_cache.get(ref) is cached:
+                del self._key_cache[ref]
 
     def _remember_key(
         self, ref: tuple[str, str], key: Key, generation: int, expires: float
@@ -2136,7 +2220,7 @@ class KeyService:
         try:
             ciphertext = self._hsm.wrap(version.hsm_handle, plaintext, aad=full_aad, nonce=nonce)
         except NotFound as exc:
-            raise CorruptMetadata("the key version's material is missing from the HSM") from exc
+            raise _MaterialGone() from exc
         return model.encode_ciphertext(
             WrappedDek(ciphertext=ciphertext, iv=nonce, version_id=version.id)
         )
@@ -2157,7 +2241,7 @@ class KeyService:
         except DecryptionError:
             raise UnprocessableCiphertext() from None
         except NotFound as exc:
-            raise CorruptMetadata("the key version's material is missing from the HSM") from exc
+            raise _MaterialGone() from exc
         return version, plaintext
 
     # --- internals: views ------------------------------------------------------------------
@@ -2228,6 +2312,10 @@ def _ref(version: KeyVersion) -> VersionRef:
 
 def _check_rewrap(key: Key, now: datetime) -> Key:
     return model.check_unwrap(key, now, action="rewrap")
+
+
+def _material_missing() -> CorruptMetadata:
+    return CorruptMetadata("the key version's material is missing from the HSM")
 
 
 def _key_missing() -> NotFound:
