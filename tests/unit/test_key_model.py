@@ -8,6 +8,7 @@ exactly that Key Protect reason code and leaves the key as it was.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kinko.errors import KinkoError, UnprocessableCiphertext
+from kinko.errors import InvalidArgument, KinkoError, UnprocessableCiphertext
 from kinko.keys import model
 from kinko.keys.model import (
     InstancePolicies,
@@ -930,6 +931,31 @@ def test_wrap_aad_is_unambiguous_and_binds_the_key() -> None:
         aad("x" * 256)
     assert info.value.reason_code == "BAD_BODY_ERR"
     assert "x" * 256 not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("aad", "message"),
+    [
+        ("abc", "a list of strings, got a single value"),
+        (b"abc", "a list of strings, got a single value"),
+        (["a", 1], "aad[1] to be a string"),
+        (["x" * 256], "aad[0] of at most 255 characters, got 256"),
+        # A lone surrogate (JSON "\ud800") has no UTF-8 encoding for the wrap AAD.
+        (["ok", "x\ud800y"], "aad[1] to be valid Unicode text, got a lone surrogate"),
+        (["\udfff"], "aad[0] to be valid Unicode text, got a lone surrogate"),
+    ],
+)
+def test_check_aad_refuses_bad_aad(aad: object, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(message)) as info:
+        model.check_aad(aad)  # type: ignore[arg-type]
+    assert info.value.reason_code == "BAD_BODY_ERR"
+    assert "\ud800" not in str(info.value)
+    assert "\udfff" not in str(info.value)
+
+
+def test_check_aad_accepts_any_unicode_text_up_to_255_characters() -> None:
+    items = ("", "plain", "\u00e9t\u00e9", "\U0001f511" * 255)
+    assert model.check_aad(list(items)) == items
 
 
 @given(

@@ -51,6 +51,7 @@ class Api:
     store: MemoryStore
     clock: Clock
     tokens: dict[str, str]
+    audit: MemoryAuditSink
 
     def headers(self, who: str = "alice", instance: str = INST, **extra: str) -> dict[str, str]:
         return {
@@ -94,11 +95,11 @@ def envelope(resources: list[dict[str, object]], total: int | None = None) -> di
 
 @pytest.fixture
 def api() -> Iterator[Api]:
-    store, clock = MemoryStore(), Clock()
+    store, clock, audit = MemoryStore(), Clock(), MemoryAuditSink()
     service = KeyService(
         store,
         MemoryHsm(),
-        audit=MemoryAuditSink(),
+        audit=audit,
         clock=clock,
         rng=os.urandom,
         import_key_bits=2048,
@@ -122,7 +123,7 @@ def api() -> Iterator[Api]:
         book.add(issued.record)
         tokens[who] = issued.token
     with TestClient(create_keyprotect_app(service, max_body=16384, echo=True)) as client:
-        yield Api(client, store, clock, tokens)
+        yield Api(client, store, clock, tokens, audit)
 
 
 def reason(response: Any) -> str:
@@ -294,6 +295,28 @@ def test_aad_entry_over_255_characters(api: Api) -> None:
         headers=api.headers(),
     )
     refused(api, unwrap, 400, "BAD_BODY_ERR", before)
+
+
+def test_aad_with_a_lone_surrogate_is_bad_body_not_internal_error(api: Api) -> None:
+    # JSON "\ud800" decodes to a str that has no UTF-8 encoding; it used to reach the wrap
+    # AAD's encoder and come back as 500 INTERNAL_ERR.
+    key_id = api.create()
+    ciphertext = api.wrap(key_id, aad=["a"])["ciphertext"]
+    before, audited = api.revision(), len(api.audit.records)
+    for action, fields in (
+        ("wrap", ""),
+        ("unwrap", f'"ciphertext": "{ciphertext}", '),
+        ("rewrap", f'"ciphertext": "{ciphertext}", '),
+    ):
+        response = api.client.post(
+            f"/api/v2/keys/{key_id}/actions/{action}",
+            content=("{" + fields + r'"aad": ["a", "x\ud800y"]}').encode(),
+            headers=api.headers(**{"content-type": "application/json"}),
+        )
+        refused(api, response, 400, "BAD_BODY_ERR", before)
+        assert "ud800" not in response.text
+    records = api.audit.records[audited:]
+    assert [(r.outcome, r.reason) for r in records] == [("failure", "BAD_BODY_ERR")] * 3
 
 
 def test_wrong_aad_and_tampered_ciphertext(api: Api) -> None:

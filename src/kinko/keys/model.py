@@ -550,7 +550,9 @@ def check_plaintext(plaintext: bytes) -> bytes:
 
 
 def check_aad(aad: Sequence[str]) -> tuple[str, ...]:
-    """Returns the AAD strings as a tuple if each has at most 255 characters.
+    """Returns the AAD strings as a tuple if each has at most 255 characters and is
+    encodable as UTF-8 (the wrap AAD holds their UTF-8 bytes; a JSON body can carry a lone
+    surrogate such as ``"\\ud800"``, which has none).
 
     Raises InvalidArgument (``BAD_BODY_ERR``) naming the position and length, never the text.
     """
@@ -564,6 +566,13 @@ def check_aad(aad: Sequence[str]) -> tuple[str, ...]:
             raise InvalidArgument(
                 f"expected aad[{i}] of at most {MAX_AAD_CHARS} characters, got {len(item)}"
             )
+        if not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(
+                    f"expected aad[{i}] to be valid Unicode text, got a lone surrogate"
+                ) from None
         out.append(item)
     return tuple(out)
 
@@ -1471,7 +1480,8 @@ def wrap_aad(*, instance: str, key_id: str, version_id: str, aad: Sequence[str])
 
     where ``lp(s)`` is the 4-byte big-endian length of UTF-8 ``s`` followed by those bytes.
     A ciphertext of key A therefore never unwraps under key B, even if both versions named
-    the same HSM object. Raises InvalidArgument (an aad string over 255 characters).
+    the same HSM object. Raises InvalidArgument (an aad string over 255 characters, or one
+    that is not encodable as UTF-8).
     """
     return wrap_aad_checked(
         instance=instance, key_id=key_id, version_id=version_id, items=check_aad(aad)
