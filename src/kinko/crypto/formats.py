@@ -398,10 +398,7 @@ class KmsV2:
         drawn = self.rng(_KMS_V2_DRAW)
         if len(drawn) != _KMS_V2_DRAW:
             raise InvalidArgument(f"rng: expected {_KMS_V2_DRAW} bytes, got {len(drawn)}")
-        # kmsv2.seal_drawn_with, inlined: this runs once per write.
-        sealed = AESGCM(entry[2].derive(drawn[: kmsv2.INFO_SIZE])).encrypt(
-            drawn[kmsv2.INFO_SIZE :], plaintext, aad
-        )
+        sealed = kmsv2.seal_drawn_with(entry[2], plaintext, aad=aad, drawn=drawn)
         return b"".join(
             (
                 self.prefix,
@@ -451,30 +448,14 @@ class KmsV2:
         encrypted_data: bytes | memoryview
         if entry is not None:
             obj, seed_type, kdf, epoch = entry
-            if kdf is not None and end - begin <= _KMS_V2_COPY_MAX and keys.kept_hit(obj, epoch):
-                # This header has opened a value before and the session has let no seed go
-                # since, so its seed's KDF is at hand: no seed lookup (the session counted the
-                # read: hits, the key_id metric). info, nonce and ct ‖ tag are sliced
-                # straight out of the value.
-                nonce_at = begin + kmsv2.INFO_SIZE
-                body_at = nonce_at + kmsv2.NONCE_SIZE
-                if end - body_at < kmsv2.TAG_SIZE:
-                    raise DecryptionError()
-                try:
-                    plaintext = AESGCM(kdf.derive(value[begin:nonce_at])).decrypt(
-                        value[nonce_at:body_at], value[body_at:end], aad
-                    )
-                except InvalidTag:
-                    raise DecryptionError() from None
-                key_id = obj.key_id
-                return Opened(
-                    plaintext, key_id != keys.current_key_id(), "kms", self.name, key_id, _SEED_TYPE
-                )
             if end - begin <= _KMS_V2_COPY_MAX:
                 encrypted_data = value[begin:end]
             else:
                 encrypted_data = memoryview(value)[begin:end]
             if kdf is not None and keys.kept_hit(obj, epoch):
+                # This header has opened a value before and the session has let no seed go
+                # since, so its seed's KDF is at hand: no seed lookup (the session counted the
+                # read: hits, the key_id metric).
                 plaintext = kmsv2.open_seed_type_with(kdf, encrypted_data, aad=aad)
                 key_id = obj.key_id
                 return Opened(
