@@ -58,12 +58,10 @@ from starlette.concurrency import run_in_threadpool
 
 from kinko import __version__
 from kinko.api import k8s_wire as wire
-from kinko.api.k8s_auth import ClusterAuthenticator, bearer_token
 from kinko.api.k8s_http import (
     FORCE_OPTION,
-    ClusterMiddleware,
     Target,
-    install_error_handlers,
+    cluster_app,
     json_response,
     success_doc,
 )
@@ -135,19 +133,13 @@ def create_cluster_app(
     """
     if max_body < 1024:
         raise InvalidArgument(f"max_body must be at least 1024 bytes, got {max_body}")
-    app = FastAPI(
-        title="kinko cluster API (Kubernetes core/v1 Secrets and ConfigMaps)",
+    app, caller = cluster_app(
+        "kinko cluster API (Kubernetes core/v1 Secrets and ConfigMaps)",
+        tokens,
         version=version,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        metrics=metrics,
+        clock=clock,
     )
-    install_error_handlers(app)
-    app.add_middleware(ClusterMiddleware, metrics=metrics)
-    authenticator = ClusterAuthenticator(tokens, clock=clock)
-
-    async def caller(request: Request) -> ClusterPrincipal:
-        return await authenticator.principal(bearer_token(request.headers))
 
     # --- health and discovery ---------------------------------------------------------------
 

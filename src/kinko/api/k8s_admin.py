@@ -41,12 +41,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from kinko import __version__
-from kinko.api.k8s_auth import ClusterAuthenticator, bearer_token
-from kinko.api.k8s_http import (
-    ClusterMiddleware,
-    install_error_handlers,
-    json_response,
-)
+from kinko.api.k8s_http import cluster_app, json_response
 from kinko.api.k8s_wire import read_body
 from kinko.cluster.auth import ClusterPrincipal, ClusterTokenBook, Verb, authorize
 from kinko.cluster.lifecycle import ClusterStatus, EnableResult
@@ -138,19 +133,13 @@ def create_admin_app(
     ``metrics``: observe every request (as the cluster API does). ``clock``: the wall clock
     token expiry is checked against.
     """
-    app = FastAPI(
-        title="kinko cluster administration (kinko.io/v1)",
+    app, caller = cluster_app(
+        "kinko cluster administration (kinko.io/v1)",
+        tokens,
         version=version,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        metrics=metrics,
+        clock=clock,
     )
-    install_error_handlers(app)
-    app.add_middleware(ClusterMiddleware, metrics=metrics)
-    authenticator = ClusterAuthenticator(tokens, clock=clock)
-
-    async def caller(request: Request) -> ClusterPrincipal:
-        return await authenticator.principal(bearer_token(request.headers))
 
     async def administrator(request: Request) -> ClusterPrincipal:
         principal = await caller(request)

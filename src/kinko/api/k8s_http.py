@@ -25,8 +25,9 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from fastapi import FastAPI, Request
@@ -36,6 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kinko import errors
+from kinko.api.k8s_auth import ClusterAuthenticator, bearer_token
+from kinko.cluster.auth import ClusterPrincipal, ClusterTokenBook
 from kinko.cluster.metrics import ClusterMetrics
 from kinko.cluster.resources import status_for
 from kinko.cluster.service import RESOURCES
@@ -334,3 +337,32 @@ class ClusterMiddleware:
                     code=code,
                     seconds=time.perf_counter() - started,
                 )
+
+
+#: The principal of a request's bearer token (raises Unauthorized).
+Caller = Callable[[Request], Awaitable[ClusterPrincipal]]
+
+
+def cluster_app(
+    title: str,
+    tokens: ClusterTokenBook,
+    *,
+    version: str,
+    metrics: ClusterMetrics | None,
+    clock: Callable[[], datetime],
+) -> tuple[FastAPI, Caller]:
+    """A FastAPI app of kinko's Kubernetes-style APIs and its request authenticator.
+
+    No docs and no generated schema; every error is a ``Status`` (:func:`install_error_handlers`);
+    every request goes through :class:`ClusterMiddleware`. The caller's principal comes from
+    its bearer token in ``tokens``, expiry checked against ``clock``.
+    """
+    app = FastAPI(title=title, version=version, docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.add_middleware(ClusterMiddleware, metrics=metrics)
+    authenticator = ClusterAuthenticator(tokens, clock=clock)
+
+    async def caller(request: Request) -> ClusterPrincipal:
+        return await authenticator.principal(bearer_token(request.headers))
+
+    return app, caller
