@@ -32,18 +32,9 @@ from kinko.cli.cluster_admin import ClusterAdminHook, master_status_line
 from kinko.cli.cluster_client import ClusterConnection
 from kinko.cli.main import cli
 from kinko.cluster.client import ClusterClient, ClusterStatus
-from kinko.cluster.endpoints import (
-    Endpoints,
-    kubeconfig_yaml,
-    write_admin_token,
-    write_endpoints,
-    write_kubeconfig,
-)
+from tests.unit.datadir import ADMIN, SERVER, write_up_folder
 
-SERVER = "https://127.0.0.1:6443"
-ADMIN = "kinko_" + "A" * 43  # the shape of a real token (read_admin_token checks it)
 READER = "kinko_reader_token"
-CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 API = "/apis/kinko.io/v1"
 IN_PROGRESS = "Key Protect feature enablement in progress."
 ROOT_KEY_ID = "4f1c0b2e-0000-4000-8000-00000000cafe"
@@ -393,25 +384,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     data_dir = tmp_path / "home"
-    ca = data_dir / "tls" / "ca.crt"
-    ca.parent.mkdir(parents=True)
-    ca.write_bytes(CA_PEM)
-    token_file = write_admin_token(data_dir, ADMIN)
-    kubeconfig = write_kubeconfig(
-        data_dir, kubeconfig_yaml(server=SERVER, ca_pem=CA_PEM, token=ADMIN)
-    )
-    write_endpoints(
-        data_dir,
-        Endpoints(
-            cluster_api=SERVER,
-            key_service=SERVER,
-            instance="inst-1",
-            kms_plugin_socket=SOCKET,
-            ca_file=ca,
-            admin_token_file=token_file,
-            kubeconfig=kubeconfig,
-        ),
-    )
+    write_up_folder(data_dir, socket=SOCKET)
     fake = FakeAdmin()
     with TestClient(fake.app()) as http:
         yield Env(fake=fake, http=http, data_dir=data_dir)

@@ -44,22 +44,14 @@ from kinko.cli.cluster_client import (
 from kinko.cli.main import cli
 from kinko.cluster.auth import ClusterTokenBook, issue_cluster_token
 from kinko.cluster.client import UNREADABLE_HEADER, ClusterClient, KubeObject
-from kinko.cluster.endpoints import (
-    Endpoints,
-    kubeconfig_yaml,
-    write_admin_token,
-    write_endpoints,
-    write_kubeconfig,
-)
+from kinko.cluster.endpoints import write_admin_token
 from kinko.cluster.service import ClusterService
 from kinko.crypto.chain import ProviderChain
 from kinko.crypto.config import KmsConfig, build_chains, parse_encryption_config
 from kinko.store.memory import MemoryStore
+from tests.unit.datadir import ADMIN, SERVER, write_up_folder
 
-SERVER = "https://127.0.0.1:6443"
-ADMIN = "kinko_" + "A" * 43  # the shape of a real token (read_admin_token checks it)
 READER = "kinko_reader_token"
-CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 Key = tuple[str, str, str]
@@ -282,25 +274,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     data_dir = tmp_path / "home"
-    ca = data_dir / "tls" / "ca.crt"
-    ca.parent.mkdir(parents=True)
-    ca.write_bytes(CA_PEM)
-    token_file = write_admin_token(data_dir, ADMIN)
-    kubeconfig = write_kubeconfig(
-        data_dir, kubeconfig_yaml(server=SERVER, ca_pem=CA_PEM, token=ADMIN)
-    )
-    write_endpoints(
-        data_dir,
-        Endpoints(
-            cluster_api=SERVER,
-            key_service=SERVER,
-            instance="inst-1",
-            kms_plugin_socket=f"unix://{data_dir}/kms.sock",
-            ca_file=ca,
-            admin_token_file=token_file,
-            kubeconfig=kubeconfig,
-        ),
-    )
+    write_up_folder(data_dir, socket=f"unix://{data_dir}/kms.sock")
     kube = FakeKube()
     with TestClient(kube.app()) as http:
         yield Env(kube=kube, http=http, data_dir=data_dir)
