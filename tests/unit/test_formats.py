@@ -197,6 +197,33 @@ def test_aescbc_wrong_key_gives_the_opaque_error() -> None:
     open_fails(AesCbc("key1", bytes(32), rng=os.urandom), value)
 
 
+def test_aescbc_reads_in_any_order_each_give_their_own_plaintext() -> None:
+    # One decryptor serves every read of a key: what one value leaves in it (a value of
+    # another size, a refused padding, a wrong-length payload) must not reach the next.
+    transformer = AesCbc("key1", KEY32, rng=StreamRng(b"order"))
+    plaintexts = [b"", b"a", b"b" * 15, b"c" * 16, b"d" * 17, os.urandom(1000), b"e" * 5000]
+    values = [transformer.seal(p, aad=AAD) for p in plaintexts]
+    bad_padding = transformer.prefix + cbc_raw(KEY32, bytes(16), b"b" * 16 + b"\x00" * 16)
+    for order in (values, values[::-1], values[1::2] + values[::2]):
+        for value in order:
+            open_fails(transformer, bad_padding)
+            open_fails(transformer, transformer.prefix + b"\x00" * 33)
+            expected = plaintexts[values.index(value)]
+            assert transformer.open(value, aad=AAD).plaintext == expected
+            assert transformer.open(value, aad=AAD).plaintext == expected
+
+
+def test_aescbc_reads_while_its_decryptor_is_busy() -> None:
+    # A reader that finds the kept decryptor in use by another thread decrypts with its own.
+    transformer = AesCbc("key1", KEY32, rng=StreamRng(b"busy"))
+    value = transformer.seal(b"secret" * 100, aad=AAD)
+    kept = transformer._decryptor
+    with kept.lock:
+        assert transformer.open(value, aad=AAD).plaintext == b"secret" * 100
+        open_fails(transformer, transformer.prefix + cbc_raw(KEY32, bytes(16), b"\x00" * 32))
+    assert transformer.open(value, aad=AAD).plaintext == b"secret" * 100
+
+
 # --- aesgcm ----------------------------------------------------------------------------------
 
 
