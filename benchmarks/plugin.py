@@ -8,6 +8,10 @@ plugin ÷ echo shows what kinko's plugin adds on top of gRPC itself (target ≥ 
 
 Backends:
 
+- ``gRPC shell only``: kinko's server and client around a core that answers at once with a
+  fixed answer shaped like a root key plugin's (an 83-character key_id, one annotation), no
+  cryptography and no key service: what parsing and building the KMS v2 messages costs on
+  both sides, i.e. the highest ratio any plugin core can reach here;
 - ``local key file``: a local AES-256 key (``kinko kms serve --key-file``);
 - the same behind the metrics wrapper (``--metrics-listen``), to show what metrics cost;
 - ``root key, soft keystore``: a root key of the key service run in-process on a data folder
@@ -30,7 +34,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +50,7 @@ from kinko.keys.service import KeyService
 from kinko.kms.client import GrpcKmsV2Api
 from kinko.kms.metrics import InstrumentedKmsV2Api, KmsMetrics
 from kinko.kms.plugin import LocalKeyPlugin
-from kinko.kms.port import KmsV2Api
+from kinko.kms.port import EncryptResult, KmsV2Api, StatusResult
 from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
 from kinko.store.sqlite import SqliteStore
@@ -163,9 +167,34 @@ def root_key_on_softhsm(work: Path) -> Iterator[KmsV2Api | None]:
             yield api
 
 
+class FixedAnswers:
+    """A plugin core without work: Encrypt and Decrypt return answers made once, shaped like a
+    root key plugin's (``gRPC shell only``)."""
+
+    def __init__(self) -> None:
+        self._encrypted = EncryptResult(
+            ciphertext=os.urandom(120),
+            key_id="kinko-rk-" + "0" * 36 + "-v" + "1" * 36,
+            annotations={"version.rootkey.kms.kinko.dev": b"1" * 36},
+        )
+
+    def status(self) -> StatusResult:
+        return StatusResult(version="v2", healthz="ok", key_id=self._encrypted.key_id)
+
+    def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptResult:
+        return self._encrypted
+
+    def decrypt(
+        self, ciphertext: bytes, *, uid: str, key_id: str, annotations: Mapping[str, bytes]
+    ) -> bytes:
+        return SEED
+
+
 @contextlib.contextmanager
 def backend(name: str, work: Path) -> Iterator[KmsV2Api | None]:
-    if name == "local key file":
+    if name == "gRPC shell only":
+        yield FixedAnswers()
+    elif name == "local key file":
         yield LocalKeyPlugin(os.urandom(32))
     elif name == "local key file + metrics":
         yield InstrumentedKmsV2Api(LocalKeyPlugin(os.urandom(32)), KmsMetrics())
@@ -183,6 +212,7 @@ def backend(name: str, work: Path) -> Iterator[KmsV2Api | None]:
 
 
 BACKENDS = (
+    "gRPC shell only",
     "local key file",
     "local key file + metrics",
     "root key, soft keystore",
