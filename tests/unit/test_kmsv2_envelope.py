@@ -409,6 +409,40 @@ def test_open_seed_type_reads_bytes_and_views_alike(view: bool) -> None:
     assert kmsv2.open_seed_type(SEED, framed, aad=AAD) == b"hello"
 
 
+@pytest.mark.parametrize("size", [5, 4096 - 60, 4096 - 59, 20_000])
+@pytest.mark.parametrize("view", [False, True])
+def test_open_seed_type_at_opens_encrypted_data_where_it_lies(size: int, view: bool) -> None:
+    # Around the size where the ciphertext stops being copied and is read through a view.
+    plaintext = bytes(range(256)) * (size // 256) + b"p" * (size % 256)
+    data = kmsv2.seal_seed_type(SEED, plaintext, aad=AAD, info=INFO, nonce=NONCE)
+    stored = b"prefix" + data + b"fields 2 to 5"
+    value = memoryview(stored) if view else stored
+    kdf = kmsv2.SeedKdf(SEED)
+    assert kmsv2.open_seed_type_at(kdf, value, 6, 6 + len(data), aad=AAD) == plaintext
+    assert kmsv2.open_seed_type_with(kdf, data, aad=AAD) == plaintext
+    with pytest.raises(DecryptionError):
+        kmsv2.open_seed_type_at(kdf, value, 6, 5 + len(data), aad=AAD)
+    with pytest.raises(DecryptionError):
+        kmsv2.open_seed_type_at(kdf, value, 7, 7 + len(data), aad=AAD)
+
+
+@pytest.mark.parametrize(
+    ("case", "source_type", "source", "make", "aad"),
+    [f for f in FAILURES if f[1] == T1 and len(f[2]) >= kmsv2.MIN_SEED_SIZE],
+    ids=[f[0] for f in FAILURES if f[1] == T1 and len(f[2]) >= kmsv2.MIN_SEED_SIZE],
+)
+def test_open_seed_type_at_failures_are_one_opaque_error(
+    case: str, source_type: DekSourceType, source: bytes, make: Callable[[], bytes], aad: bytes
+) -> None:
+    data = make()
+    with pytest.raises(DecryptionError) as info:
+        kmsv2.open_seed_type_at(
+            kmsv2.SeedKdf(source), b"xx" + data + b"yy", 2, 2 + len(data), aad=aad
+        )
+    assert info.value.reason == DecryptionError.NOT_AUTHENTIC
+    assert_no_cause_shown(info.value)
+
+
 @pytest.mark.parametrize(
     ("case", "source_type", "source", "make", "aad"),
     [f for f in FAILURES if f[1] == T1],

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from kinko.crypto.formats import ENCRYPTED_PREFIX, Identity
-from kinko.crypto.types import Opened, Transformer
+from kinko.crypto.types import Opened, Transformer, new_opened
 from kinko.errors import DecryptionError, InvalidArgument, UnavailableError
 
 
@@ -48,6 +48,7 @@ class ProviderChain:
     __slots__ = (
         "_first_open",
         "_first_prefix",
+        "_later",
         "_read_unprefixed_as_identity",
         "_transformers",
         "seal",
@@ -70,6 +71,10 @@ class ProviderChain:
         # Most reads are of what the first transformer wrote: it is tried before the loop.
         self._first_prefix = self._transformers[0].prefix
         self._first_open: _Open = self._transformers[0].open
+        # The others, in order, as the search reads them: prefix and bound open.
+        self._later: tuple[tuple[bytes, _Open], ...] = tuple(
+            (t.prefix, t.open) for t in self._transformers[1:]
+        )
         self._read_unprefixed_as_identity = read_unprefixed_as_identity
 
     @classmethod
@@ -113,26 +118,22 @@ class ProviderChain:
                 pass
             except UnavailableError as exc:
                 unavailable = exc
-            return self._search(value, aad, 1, bool(prefix), unavailable)
+            return self._search(value, aad, bool(prefix), unavailable)
         # The first transformer cannot open it (another prefix, or identity and encrypted
         # data), so the search starts at the second: a migration's every read comes here.
-        return self._search(value, aad, 1, False, None)
+        return self._search(value, aad, False, None)
 
     def _search(
         self,
         value: bytes,
         aad: bytes,
-        start: int,
         matched: bool,
         unavailable: UnavailableError | None,
     ) -> Opened:
-        """``open`` from the transformer at ``start``. Those before it failed: ``matched``
-        says whether a prefix among them matched, ``unavailable`` is their first
-        environment failure."""
-        transformers = self._transformers
-        for index in range(start, len(transformers)):
-            transformer = transformers[index]
-            prefix = transformer.prefix
+        """``open`` from the second transformer on; the first failed or did not match:
+        ``matched`` says whether its prefix matched, ``unavailable`` is its environment
+        failure. Whatever opens the value here is not the first, so the read is stale."""
+        for prefix, open_ in self._later:
             if not value.startswith(prefix):
                 continue
             if prefix:
@@ -140,25 +141,21 @@ class ProviderChain:
             elif value.startswith(ENCRYPTED_PREFIX):
                 continue
             try:
-                opened = transformer.open(value, aad=aad)
+                opened = open_(value, aad=aad)
             except DecryptionError:
                 continue
             except UnavailableError as exc:
                 if unavailable is None:
                     unavailable = exc
                 continue
-            if index != 0 and not opened.stale:
-                # Built directly: NamedTuple._replace costs twice as much, once per read of
-                # every value a migration rewrites.
-                return Opened(
-                    opened.plaintext,
-                    True,
-                    opened.provider,
-                    opened.key_name,
-                    opened.key_id,
-                    opened.dek_source_type,
-                )
-            return opened
+            if opened.stale:
+                return opened
+            # Built directly (see new_opened): NamedTuple._replace costs several times as
+            # much, once per read of every value a migration rewrites.
+            plaintext, _, provider, key_name, key_id, dek_source_type = opened
+            return new_opened(
+                Opened, (plaintext, True, provider, key_name, key_id, dek_source_type)
+            )
         if unavailable is not None:
             raise unavailable
         if matched:

@@ -7,7 +7,8 @@ kube-apiserver (reference §2): ``identity``, ``aescbc``, ``aesgcm``, ``secretbo
 Invariants:
 
 - Pure: no I/O, no clock. Randomness (IVs, nonces, HKDF ``info``) comes only from the ``Rng``
-  given to the constructor; KMS keys come only from the ``KmsV2Keys`` / ``KmsV1Unwrapper``.
+  given to the constructor (KMS v2 reads ``os.urandom`` through a pool, :class:`_UrandomPool`);
+  KMS keys come only from the ``KmsV2Keys`` / ``KmsV1Unwrapper``.
 - Constructors check key sizes and names and raise ``InvalidArgument`` with sizes, never bytes.
 - Every failure to open (bad tag, wrong key, wrong AAD, truncated or malformed payload, bad
   padding) raises exactly ``DecryptionError()``, raised ``from None`` so that no cause leaks
@@ -20,7 +21,9 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 import nacl.exceptions
@@ -39,6 +42,7 @@ from kinko.crypto.types import (
     KmsWriteState,
     Opened,
     Rng,
+    new_opened,
 )
 from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument
 
@@ -78,6 +82,46 @@ def _draw(rng: Rng, size: int) -> bytes:
     if len(out) != size:
         raise InvalidArgument(f"rng: expected {size} bytes, got {len(out)}")
     return out
+
+
+class _UrandomPool:
+    """``os.urandom`` read about 4 KiB at a time and handed out in pieces of one size, each once.
+
+    For public values only: the KMS v2 ``info ‖ nonce``, which every stored value carries in
+    the clear beside its ciphertext, so bytes waiting here tell nothing that the stored
+    values will not. One ``os.urandom`` call per write cost more than the HMAC they feed.
+    What matters is that no two writes get the same bytes (the same ``info`` and nonce under
+    one seed would reuse a GCM nonce under one DEK): the pieces wait in a deque, whose
+    ``popleft`` hands each one to exactly one caller, from any thread, with no lock of ours;
+    threads that find it empty at once each add fresh pieces of their own. A forked child
+    starts with an empty pool (``os.register_at_fork``), so parent and child never share a
+    piece. Draws of another size go to ``os.urandom`` directly.
+    """
+
+    __slots__ = ("_pieces", "_size")
+
+    #: Pieces made per ``os.urandom`` call.
+    _COUNT = 4096 // _KMS_V2_DRAW
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pieces: deque[bytes] = deque()
+        os.register_at_fork(after_in_child=self._pieces.clear)
+
+    def draw(self, size: int) -> bytes:
+        """``size`` bytes from ``os.urandom`` that no other draw got. Raises nothing."""
+        if size != self._size:
+            return os.urandom(size)
+        pieces = self._pieces
+        while True:
+            try:
+                return pieces.popleft()
+            except IndexError:
+                block = os.urandom(size * self._COUNT)
+                pieces.extend([block[i : i + size] for i in range(0, len(block), size)])
+
+
+_URANDOM_POOL = _UrandomPool(_KMS_V2_DRAW)
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -395,8 +439,9 @@ class _HeaderCache:
 class KmsV2:
     """``k8s:enc:kms:v2:<name>:`` ‖ protobuf ``EncryptedObject``.
 
-    Writes only type 1: per write, ``info = rng(32)``, ``nonce = rng(12)`` and a DEK derived
-    from the current seed (no plugin call). Reads both types through ``keys.dek_source``.
+    Writes only type 1: per write, ``info ‖ nonce`` = 44 bytes from ``rng`` (``os.urandom``
+    through a pool of public random bytes, :class:`_UrandomPool`) and a DEK derived from the
+    current seed (no plugin call). Reads both types through ``keys.dek_source``.
     A read is stale when its key_id is not the current one or its type is not 1.
 
     Per distinct envelope header (fields 2 to 5, shared by every value written under one
@@ -412,6 +457,8 @@ class KmsV2:
     keys: KmsV2Keys = field(repr=False)
     rng: Rng = field(repr=False, kw_only=True)
     prefix: bytes = field(init=False)
+    #: Where a write's ``info ‖ nonce`` comes from: ``rng``, or for ``os.urandom`` the pool.
+    _draw: Rng = field(init=False, repr=False)
     _header: _HeaderCache = field(init=False, repr=False)
     #: Header bytes (fields 2 to 5) → the decoded fields, whether the type is 1, and for a
     #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf` and the
@@ -423,6 +470,10 @@ class KmsV2:
         if ":" in self.name:
             raise InvalidArgument(f"kms v2 provider name {self.name!r}: must not contain ':'")
         object.__setattr__(self, "prefix", KMS_V2_PREFIX + self.name.encode() + b":")
+        # Production's rng, os.urandom, is read through the pool of public random bytes; any
+        # other rng (vectors, tests) is called once per write, as given, so vectors stay exact.
+        draw = _URANDOM_POOL.draw if self.rng is os.urandom else self.rng
+        object.__setattr__(self, "_draw", draw)
         object.__setattr__(self, "_header", _HeaderCache())
         object.__setattr__(self, "_decoded", {})
 
@@ -447,7 +498,7 @@ class KmsV2:
             entry = (state, header, kmsv2.SeedKdf(state.seed))
             self._header.entry = entry
         # One draw for info and nonce: a second rng call costs more than the HMAC it feeds.
-        drawn = self.rng(_KMS_V2_DRAW)
+        drawn = self._draw(_KMS_V2_DRAW)
         if len(drawn) != _KMS_V2_DRAW:
             raise InvalidArgument(f"rng: expected {_KMS_V2_DRAW} bytes, got {len(drawn)}")
         sealed = kmsv2.seal_drawn_with(entry[2], plaintext, aad=aad, drawn=drawn)
@@ -497,29 +548,36 @@ class KmsV2:
                     except EnvelopeError:
                         raise DecryptionError() from None
         keys = self.keys
-        encrypted_data: bytes | memoryview
+        data: bytes | memoryview
         if entry is not None:
             obj, seed_type, kdf, epoch = entry
-            if end - begin <= _COPY_MAX:
-                encrypted_data = value[begin:end]
-            else:
-                encrypted_data = memoryview(value)[begin:end]
             if kdf is not None and keys.kept_hit(obj, epoch):
                 # This header has opened a value before and the session has let no seed go
                 # since, so its seed's KDF is at hand: no seed lookup (the session counted the
-                # read: hits, the key_id metric).
-                plaintext = kmsv2.open_seed_type_with(kdf, encrypted_data, aad=aad)
+                # read: hits, the key_id metric). encryptedData is opened where it lies.
+                plaintext = kmsv2.open_seed_type_at(kdf, value, begin, end, aad=aad)
                 key_id = obj.key_id
-                return Opened(
-                    plaintext, key_id != keys.current_key_id(), "kms", self.name, key_id, _SEED_TYPE
+                return new_opened(
+                    Opened,
+                    (
+                        plaintext,
+                        key_id != keys.current_key_id(),
+                        "kms",
+                        self.name,
+                        key_id,
+                        _SEED_TYPE,
+                    ),
                 )
+            # encryptedData is value[begin:end]; the seed-type open below takes it in place.
+            data = value
         else:
             try:
                 obj = kmsv2.decode_encrypted_object(value[len(prefix) :])
             except EnvelopeError:
                 raise DecryptionError() from None
             seed_type = obj.dek_source_type == _SEED_TYPE
-            encrypted_data = obj.encrypted_data
+            data = obj.encrypted_data
+            begin, end = 0, len(data)
         # Read before the seed is asked for: an eviction meanwhile makes the kept seed stale.
         epoch = keys.seed_epoch()
         dek_source = keys.dek_source(obj)
@@ -527,22 +585,24 @@ class KmsV2:
             if len(dek_source) < kmsv2.MIN_SEED_SIZE:
                 raise DecryptionError()
             kdf = kmsv2.SeedKdf(dek_source)
-            plaintext = kmsv2.open_seed_type_with(kdf, encrypted_data, aad=aad)
+            plaintext = kmsv2.open_seed_type_at(kdf, data, begin, end, aad=aad)
             if entry is not None:
                 # Kept only once the seed has opened a value (its tag vouches for the seed),
                 # and only as long as the header's entry: bounded like the header cache.
                 self._decoded[header] = (obj, True, kdf, epoch)
         else:
             plaintext = kmsv2.open_encrypted_data(
-                obj.dek_source_type, dek_source, encrypted_data, aad=aad
+                obj.dek_source_type, dek_source, memoryview(data)[begin:end], aad=aad
             )
         key_id = obj.key_id
-        # Positional: this runs once per read, and keywords cost more than the tuple.
-        return Opened(
-            plaintext,
-            key_id != keys.current_key_id() or not seed_type,
-            "kms",
-            self.name,
-            key_id,
-            obj.dek_source_type,
+        return new_opened(
+            Opened,
+            (
+                plaintext,
+                key_id != keys.current_key_id() or not seed_type,
+                "kms",
+                self.name,
+                key_id,
+                obj.dek_source_type,
+            ),
         )

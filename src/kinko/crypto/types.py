@@ -51,6 +51,14 @@ class Opened(NamedTuple):
         )
 
 
+#: Builds an :class:`Opened` from a tuple of all six fields in order:
+#: ``new_opened(Opened, (plaintext, stale, provider, key_name, key_id, dek_source_type))``.
+#: The same object as ``Opened(...)`` without the Python-level ``__new__`` NamedTuple
+#: generates, which only forwards its arguments to this; every read returns an Opened, and
+#: that extra frame costs about as much as the tuple itself. Hot paths only.
+new_opened = tuple.__new__
+
+
 class Transformer(Protocol):
     """One (provider, key) with its full prefix. Implementations never log or leak bytes."""
 
