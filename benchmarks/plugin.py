@@ -1,10 +1,13 @@
 """KMS v2 plugin Encrypt/Decrypt rpc/s next to a bare gRPC echo on the same kind of socket.
 
-Two servers on temporary unix sockets in one process run: kinko's plugin
-(``KmsV2Server`` over a plugin backend) and a bare gRPC echo service whose one method returns
-its request bytes unparsed. The client side is the same grpcio channel setup for both. Rounds
-are interleaved (echo, Encrypt, Decrypt, ...) and the best of each kept; the ratio
-plugin ÷ echo shows what kinko's plugin adds on top of gRPC itself (target ≥ 0.9).
+kinko's plugin (``KmsV2Server`` over a plugin backend) runs on a temporary unix socket in
+this process, and the same server also serves a bare echo method, which returns its request
+bytes unparsed (``extra_handlers``): the echo goes through the very server, thread pool and
+socket kind the plugin's calls do, so the ratio plugin ÷ echo shows what kinko's plugin adds
+on top of gRPC itself (target ≥ 0.9). A second echo on a server of its own is shown beside
+(``echo on its own server``), as the baseline was measured before. The client side is the
+same grpcio channel setup for all. Rounds are interleaved (echo, echo on its own server,
+Encrypt, Decrypt, ...) and the best of each kept.
 
 Backends:
 
@@ -68,26 +71,48 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+#: The bare echo: one method that returns its request bytes, unparsed.
+ECHO_HANDLER: grpc.GenericRpcHandler[object, object] = grpc.method_handlers_generic_handler(
+    "kinko.bench.Echo",
+    {
+        "Echo": grpc.unary_unary_rpc_method_handler(
+            _echo, request_deserializer=_identity, response_serializer=_identity
+        )
+    },
+)
+
+
 def echo_server(socket_path: Path, workers: int) -> grpc.Server:
-    """A gRPC server whose only method returns its request bytes, on a thread pool of
-    ``workers`` threads (as the plugin's)."""
-
-    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
-        return request
-
-    handler = grpc.method_handlers_generic_handler(
-        "kinko.bench.Echo",
-        {
-            "Echo": grpc.unary_unary_rpc_method_handler(
-                echo, request_deserializer=_identity, response_serializer=_identity
-            )
-        },
-    )
+    """A gRPC server of its own serving only the echo, on a thread pool of ``workers``
+    threads (as the plugin's)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((ECHO_HANDLER,))
     server.add_insecure_port(f"unix:{socket_path}")
     server.start()
     return server
+
+
+class _EchoCaller:
+    """Calls the echo method on one socket through a channel of its own."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self._channel = grpc.insecure_channel(
+            f"unix:{socket_path}", options=[("grpc.default_authority", "localhost")]
+        )
+        self._method = self._channel.unary_unary(
+            ECHO_METHOD, request_serializer=_identity, response_deserializer=_identity
+        )
+        self._payload = os.urandom(60)  # about the size of a wrapped seed
+
+    def call(self) -> object:
+        return self._method(self._payload, timeout=3.0, wait_for_ready=True)
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def calls_per_second(fn: Callable[[], object], seconds: float) -> float:
@@ -102,10 +127,17 @@ def calls_per_second(fn: Callable[[], object], seconds: float) -> float:
             return n / (now - start)
 
 
-def measure(api: KmsV2Api, echo: Callable[[], object], rounds: int, seconds: float) -> None:
+def measure(
+    api: KmsV2Api,
+    echo: Callable[[], object],
+    echo_apart: Callable[[], object],
+    rounds: int,
+    seconds: float,
+) -> None:
     wrapped = api.encrypt(SEED, uid="bench")
     cases: dict[str, Callable[[], object]] = {
         "echo": echo,
+        "echo apart": echo_apart,
         "Encrypt": lambda: api.encrypt(SEED, uid="bench"),
         "Decrypt": lambda: api.decrypt(
             wrapped.ciphertext,
@@ -121,7 +153,9 @@ def measure(api: KmsV2Api, echo: Callable[[], object], rounds: int, seconds: flo
     for name in ("Encrypt", "Decrypt"):
         print(
             f"  {name:<8} {best[name]:>9,.0f} rpc/s   bare echo {best['echo']:>9,.0f} rpc/s   "
-            f"ratio {best[name] / best['echo']:.2f}"
+            f"ratio {best[name] / best['echo']:.2f}   "
+            f"(echo on its own server {best['echo apart']:>7,.0f} rpc/s, "
+            f"ratio {best[name] / best['echo apart']:.2f})"
         )
 
 
@@ -234,17 +268,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kinko-bench-") as tmp:
         work = Path(tmp)
         echo = echo_server(work / "echo.sock", args.workers)
-        channel = grpc.insecure_channel(
-            f"unix:{work / 'echo.sock'}", options=[("grpc.default_authority", "localhost")]
-        )
-        call = channel.unary_unary(
-            ECHO_METHOD, request_serializer=_identity, response_deserializer=_identity
-        )
-        payload = os.urandom(60)  # about the size of a wrapped seed
-
-        def echo_call() -> object:
-            return call(payload, timeout=3.0, wait_for_ready=True)
-
+        apart = _EchoCaller(work / "echo.sock")
         try:
             for name in args.only or BACKENDS:
                 with backend(name, work) as core:
@@ -252,16 +276,20 @@ def main() -> None:
                         print(f"plugin backend: {name}: skipped (not installed)")
                         continue
                     endpoint = f"unix://{work / 'kms.sock'}"
-                    server = KmsV2Server(core, endpoint, max_workers=args.workers)
+                    server = KmsV2Server(
+                        core, endpoint, max_workers=args.workers, extra_handlers=[ECHO_HANDLER]
+                    )
                     server.start()
+                    same = _EchoCaller(work / "kms.sock")
                     try:
                         with GrpcKmsV2Api(endpoint) as api:
                             print(f"plugin backend: {name}")
-                            measure(api, echo_call, args.rounds, args.seconds)
+                            measure(api, same.call, apart.call, args.rounds, args.seconds)
                     finally:
+                        same.close()
                         server.stop(grace=0)
         finally:
-            channel.close()
+            apart.close()
             echo.stop(0)
     print("ratio = plugin rpc/s / bare gRPC echo rpc/s, same socket kind, same run")
     print("target: >= 0.90")

@@ -421,6 +421,41 @@ def test_a_missing_directory_is_an_unavailable_error(sock_dir: Path) -> None:
         server.start()
 
 
+def test_extra_handlers_are_served_beside_the_kms_service(endpoint: str) -> None:
+    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return request[::-1]
+
+    extra = grpc.method_handlers_generic_handler(
+        "test.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(
+                echo, request_deserializer=bytes, response_serializer=bytes
+            )
+        },
+    )
+    server = KmsV2Server(LocalKeyPlugin(KEY), endpoint, extra_handlers=[extra])
+    server.start()
+    try:
+        with grpc.insecure_channel(parse_endpoint(endpoint)) as channel:
+            method = channel.unary_unary(
+                "/test.Echo/Echo", request_serializer=bytes, response_deserializer=bytes
+            )
+            assert method(b"abc", timeout=DEADLINE, wait_for_ready=True) == b"cba"
+        with GrpcKmsV2Api(endpoint) as api:
+            wrapped = api.encrypt(SEED, uid="u")
+            assert (
+                api.decrypt(
+                    wrapped.ciphertext,
+                    uid="u",
+                    key_id=wrapped.key_id,
+                    annotations=wrapped.annotations,
+                )
+                == SEED
+            )
+    finally:
+        server.stop(0)
+
+
 def test_start_twice_is_refused(plugin_endpoint: str) -> None:
     # A second server object on a live path: refused, the first keeps serving.
     with pytest.raises(UnavailableError):

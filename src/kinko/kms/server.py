@@ -53,7 +53,7 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType, TracebackType
 from typing import TypeVar
@@ -212,11 +212,22 @@ def _remove_stale_socket(path: str) -> None:
 class KmsV2Server:
     """Serves ``api`` as ``v2.KeyManagementService`` on ``endpoint`` (module docstring).
 
+    ``extra_handlers`` are served beside it by the same server (its threads, its socket):
+    ``benchmarks/plugin.py`` puts its bare echo method there. kinko itself adds none.
+
     Raises InvalidArgument at construction: a bad endpoint.
     """
 
-    def __init__(self, api: KmsV2Api, endpoint: str, *, max_workers: int = 4) -> None:
+    def __init__(
+        self,
+        api: KmsV2Api,
+        endpoint: str,
+        *,
+        max_workers: int = 4,
+        extra_handlers: Sequence[grpc.GenericRpcHandler[object, object]] = (),
+    ) -> None:
         self._address = parse_socket_address(endpoint)
+        self._extra_handlers = tuple(extra_handlers)
         self._endpoint = endpoint
         self._handlers = _Handlers(api)
         self._max_workers = max_workers
@@ -242,7 +253,7 @@ class KmsV2Server:
                 _remove_stale_socket(address.name)
             server = grpc.server(
                 ThreadPoolExecutor(self._max_workers, thread_name_prefix="kms-rpc"),
-                handlers=[self._handlers.generic_handler()],
+                handlers=[self._handlers.generic_handler(), *self._extra_handlers],
                 options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_LENGTH)],
             )
             previous_umask = os.umask(_BIND_UMASK)
