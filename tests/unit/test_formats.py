@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
 
 import nacl.secret
 import pytest
@@ -13,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kinko.crypto import kmsv2
-from kinko.crypto.formats import AesCbc, AesGcm, Identity, KmsV1, KmsV2, Secretbox, _UrandomPool
+from kinko.crypto.formats import AesCbc, AesGcm, Identity, KmsV1, KmsV2, Secretbox
 from kinko.crypto.types import DekSourceType, EncryptedObject, Transformer
 from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument, PluginError
 from tests.unit.fakes import Base64KmsV1Unwrapper, Base64KmsV2Keys, ReplayRng, StreamRng
@@ -516,7 +515,7 @@ def test_kms_v2_refuses_an_rng_that_draws_the_wrong_size() -> None:
 
 
 def test_kms_v2_with_os_urandom_writes_fresh_info_and_nonce_every_time() -> None:
-    # os.urandom is read through the pool of public random bytes: never the same twice.
+    # One os.urandom call per write: never the same info and nonce twice.
     transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=os.urandom)
     drawn = set()
     for _ in range(500):
@@ -525,53 +524,6 @@ def test_kms_v2_with_os_urandom_writes_fresh_info_and_nonce_every_time() -> None
         drawn.add(obj.encrypted_data[:44])
         assert transformer.open(value, aad=AAD).plaintext == b"secret"
     assert len(drawn) == 500
-
-
-# --- the pool of public random bytes ---------------------------------------------------------
-
-
-def test_the_pool_hands_every_piece_to_one_caller_across_threads() -> None:
-    pool = _UrandomPool(44)
-    results: list[list[bytes]] = [[] for _ in range(4)]
-
-    def draw(out: list[bytes]) -> None:
-        for _ in range(3000):
-            out.append(pool.draw(44))
-
-    threads = [threading.Thread(target=draw, args=(out,)) for out in results]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    pieces = [piece for out in results for piece in out]
-    assert all(len(piece) == 44 for piece in pieces)
-    assert len(set(pieces)) == len(pieces) == 12_000
-
-
-def test_the_pool_passes_other_sizes_to_os_urandom() -> None:
-    pool = _UrandomPool(44)
-    assert len(pool.draw(12)) == 12
-    assert len(pool.draw(100)) == 100
-    assert len(pool.draw(44)) == 44
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_never_gets_its_parents_pieces() -> None:
-    pool = _UrandomPool(44)
-    pool.draw(44)  # The parent now holds pieces it has not handed out.
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        os.close(read)
-        os.write(write, pool.draw(44))
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as child:
-        child_piece = child.read()
-    os.waitpid(pid, 0)
-    parent_pieces = {pool.draw(44) for _ in range(_UrandomPool._COUNT)}
-    assert len(child_piece) == 44
-    assert child_piece not in parent_pieces
 
 
 # --- KMS v2: the seed's KDF kept per header --------------------------------------------------

@@ -7,7 +7,8 @@ kube-apiserver (reference §2): ``identity``, ``aescbc``, ``aesgcm``, ``secretbo
 Invariants:
 
 - Pure: no I/O, no clock. Randomness (IVs, nonces, HKDF ``info``) comes only from the ``Rng``
-  given to the constructor (KMS v2 reads ``os.urandom`` through a pool, :class:`_UrandomPool`);
+  given to the constructor, called once per write (never buffered: a buffer of random bytes
+  would be replayed by every copy of a snapshotted or forked process);
   KMS keys come only from the ``KmsV2Keys`` / ``KmsV1Unwrapper``.
 - Constructors check key sizes and names and raise ``InvalidArgument`` with sizes, never bytes.
 - Every failure to open (bad tag, wrong key, wrong AAD, truncated or malformed payload, bad
@@ -21,9 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 
 import nacl.exceptions
@@ -82,46 +81,6 @@ def _draw(rng: Rng, size: int) -> bytes:
     if len(out) != size:
         raise InvalidArgument(f"rng: expected {size} bytes, got {len(out)}")
     return out
-
-
-class _UrandomPool:
-    """``os.urandom`` read about 4 KiB at a time and handed out in pieces of one size, each once.
-
-    For public values only: the KMS v2 ``info ‖ nonce``, which every stored value carries in
-    the clear beside its ciphertext, so bytes waiting here tell nothing that the stored
-    values will not. One ``os.urandom`` call per write cost more than the HMAC they feed.
-    What matters is that no two writes get the same bytes (the same ``info`` and nonce under
-    one seed would reuse a GCM nonce under one DEK): the pieces wait in a deque, whose
-    ``popleft`` hands each one to exactly one caller, from any thread, with no lock of ours;
-    threads that find it empty at once each add fresh pieces of their own. A forked child
-    starts with an empty pool (``os.register_at_fork``), so parent and child never share a
-    piece. Draws of another size go to ``os.urandom`` directly.
-    """
-
-    __slots__ = ("_pieces", "_size")
-
-    #: Pieces made per ``os.urandom`` call.
-    _COUNT = 4096 // _KMS_V2_DRAW
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._pieces: deque[bytes] = deque()
-        os.register_at_fork(after_in_child=self._pieces.clear)
-
-    def draw(self, size: int) -> bytes:
-        """``size`` bytes from ``os.urandom`` that no other draw got. Raises nothing."""
-        if size != self._size:
-            return os.urandom(size)
-        pieces = self._pieces
-        while True:
-            try:
-                return pieces.popleft()
-            except IndexError:
-                block = os.urandom(size * self._COUNT)
-                pieces.extend([block[i : i + size] for i in range(0, len(block), size)])
-
-
-_URANDOM_POOL = _UrandomPool(_KMS_V2_DRAW)
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -439,9 +398,8 @@ class _HeaderCache:
 class KmsV2:
     """``k8s:enc:kms:v2:<name>:`` ‖ protobuf ``EncryptedObject``.
 
-    Writes only type 1: per write, ``info ‖ nonce`` = 44 bytes from ``rng`` (``os.urandom``
-    through a pool of public random bytes, :class:`_UrandomPool`) and a DEK derived from the
-    current seed (no plugin call). Reads both types through ``keys.dek_source``.
+    Writes only type 1: per write, ``info ‖ nonce`` = 44 bytes from one ``rng`` call and a DEK
+    derived from the current seed (no plugin call). Reads both types through ``keys.dek_source``.
     A read is stale when its key_id is not the current one or its type is not 1.
 
     Per distinct envelope header (fields 2 to 5, shared by every value written under one
@@ -457,8 +415,6 @@ class KmsV2:
     keys: KmsV2Keys = field(repr=False)
     rng: Rng = field(repr=False, kw_only=True)
     prefix: bytes = field(init=False)
-    #: Where a write's ``info ‖ nonce`` comes from: ``rng``, or for ``os.urandom`` the pool.
-    _draw: Rng = field(init=False, repr=False)
     _header: _HeaderCache = field(init=False, repr=False)
     #: Header bytes (fields 2 to 5) → the decoded fields, whether the type is 1, and for a
     #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf` and the
@@ -470,10 +426,6 @@ class KmsV2:
         if ":" in self.name:
             raise InvalidArgument(f"kms v2 provider name {self.name!r}: must not contain ':'")
         object.__setattr__(self, "prefix", KMS_V2_PREFIX + self.name.encode() + b":")
-        # Production's rng, os.urandom, is read through the pool of public random bytes; any
-        # other rng (vectors, tests) is called once per write, as given, so vectors stay exact.
-        draw = _URANDOM_POOL.draw if self.rng is os.urandom else self.rng
-        object.__setattr__(self, "_draw", draw)
         object.__setattr__(self, "_header", _HeaderCache())
         object.__setattr__(self, "_decoded", {})
 
@@ -498,7 +450,7 @@ class KmsV2:
             entry = (state, header, kmsv2.SeedKdf(state.seed))
             self._header.entry = entry
         # One draw for info and nonce: a second rng call costs more than the HMAC it feeds.
-        drawn = self._draw(_KMS_V2_DRAW)
+        drawn = self.rng(_KMS_V2_DRAW)
         if len(drawn) != _KMS_V2_DRAW:
             raise InvalidArgument(f"rng: expected {_KMS_V2_DRAW} bytes, got {len(drawn)}")
         sealed = kmsv2.seal_drawn_with(entry[2], plaintext, aad=aad, drawn=drawn)
