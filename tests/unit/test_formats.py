@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kinko.crypto import kmsv2
+from kinko.crypto.chain import ProviderChain
 from kinko.crypto.formats import AesCbc, AesGcm, Identity, KmsV1, KmsV2, Secretbox
-from kinko.crypto.types import DekSourceType, EncryptedObject, Transformer
+from kinko.crypto.types import DekSourceType, EncryptedObject, Opened, Transformer
 from kinko.errors import DecryptionError, EnvelopeError, InvalidArgument, PluginError
 from tests.unit.fakes import Base64KmsV1Unwrapper, Base64KmsV2Keys, ReplayRng, StreamRng
 
@@ -605,3 +606,35 @@ def test_kms_v2_a_kept_seed_is_dropped_when_the_keys_let_a_seed_go() -> None:
     keys.forget("1")  # the root key behind key_id 1 is destroyed
     with pytest.raises(DecryptionError):
         transformer.open(value, aad=AAD)
+
+
+# --- Opened built without NamedTuple.__new__ ------------------------------------------------
+
+
+def _is_whole_opened(opened: Opened) -> bool:
+    rebuilt = Opened(
+        opened.plaintext,
+        opened.stale,
+        opened.provider,
+        opened.key_name,
+        opened.key_id,
+        opened.dek_source_type,
+    )
+    return type(opened) is Opened and len(opened) == len(Opened._fields) and opened == rebuilt
+
+
+def test_every_fast_path_builds_a_whole_opened() -> None:
+    kms = KmsV2("kms", Base64KmsV2Keys(SEED), rng=os.urandom)
+    value = kms.seal(b"secret", aad=AAD)
+    first = kms.open(value, aad=AAD)  # the seed is looked up
+    kept = kms.open(value, aad=AAD)  # the header's kept KDF
+    cbc = AesCbc("cbc", bytes(32), rng=os.urandom)
+    read = cbc.open(cbc.seal(b"secret", aad=AAD), aad=AAD)
+    chain = ProviderChain([AesGcm("gcm", bytes(32), rng=os.urandom), kms])
+    later = chain.open(value, aad=AAD)  # a later provider's read, rebuilt as stale
+    for opened in (first, kept, read, later):
+        assert _is_whole_opened(opened)
+    assert later.stale
+    assert later.provider == "kms"
+    assert not first.stale
+    assert not kept.stale

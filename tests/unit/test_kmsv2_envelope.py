@@ -426,6 +426,15 @@ def test_open_seed_type_at_opens_encrypted_data_where_it_lies(size: int, view: b
         kmsv2.open_seed_type_at(kdf, value, 7, 7 + len(data), aad=AAD)
 
 
+@pytest.mark.parametrize(("begin", "end"), [(-1, 80), (0, 101), (10, 200), (-5, 120)])
+def test_open_seed_type_at_refuses_bounds_outside_the_value(begin: int, end: int) -> None:
+    data = kmsv2.seal_seed_type(SEED, b"x" * 40, aad=AAD, info=INFO, nonce=NONCE)
+    value = data[:100]
+    with pytest.raises(DecryptionError) as info:
+        kmsv2.open_seed_type_at(kmsv2.SeedKdf(SEED), value, begin, end, aad=AAD)
+    assert_no_cause_shown(info.value)
+
+
 @pytest.mark.parametrize(
     ("case", "source_type", "source", "make", "aad"),
     [f for f in FAILURES if f[1] == T1 and len(f[2]) >= kmsv2.MIN_SEED_SIZE],

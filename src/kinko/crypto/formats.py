@@ -146,7 +146,10 @@ class _CbcDecryptor:
     only ever feeds the dropped first block.
 
     The decryptor is stateful, so it is used under ``lock``; a reader that finds the lock
-    taken uses a fresh decryptor instead of waiting.
+    taken uses a fresh decryptor instead of waiting. A child forked while another thread held
+    the lock inherits it held: its reads then all take that fresh-decryptor path (correct,
+    only slower; kinko's own worker processes are spawned, not forked). Holding a lock and a
+    pyca context, an :class:`AesCbc` cannot be pickled.
     """
 
     __slots__ = ("decryptor", "lock")

@@ -369,7 +369,9 @@ def seal_drawn_with(kdf: SeedKdf, plaintext: bytes, *, aad: bytes, drawn: bytes)
         raise InvalidArgument(
             f"info and nonce: expected {INFO_SIZE + NONCE_SIZE} bytes, got {len(drawn)}"
         )
-    # SeedKdf.derive, inlined: one call less per write.
+    # SeedKdf.derive, inlined (as in open_seed_type_at): one call less per write. Keep the
+    # three in step; Kubernetes' recorded vectors and a property test against HKDFExpand
+    # hold them to the derivation.
     mac = kdf._keyed.copy()
     mac.update(drawn[:INFO_SIZE] + _FIRST_BLOCK)
     return AESGCM(mac.finalize()).encrypt(drawn[INFO_SIZE:], plaintext, aad)
@@ -402,14 +404,15 @@ def open_seed_type_at(
     A reader that has located ``encryptedData`` in a stored value (:func:`locate_encrypted_data`)
     opens it in place: only the nonce and the ciphertext are sliced out, once, instead of the
     whole field first and the ciphertext again from that copy. Raises DecryptionError (opaque):
-    truncated data, a wrong AAD or a bad tag.
+    bounds outside ``value``, truncated data, a wrong AAD or a bad tag.
     """
     info_end = begin + INFO_SIZE
     nonce_end = info_end + NONCE_SIZE
-    if end - nonce_end < TAG_SIZE:
+    if begin < 0 or end > len(value) or end - nonce_end < TAG_SIZE:
         raise DecryptionError()
     # HMAC.update takes bytes; a slice of bytes already is one, a view's is copied (32 bytes).
     info = value[begin:info_end]
+    # SeedKdf.derive, inlined (as in seal_drawn_with): keep the three in step.
     mac = kdf._keyed.copy()
     mac.update((info if type(info) is bytes else bytes(info)) + _FIRST_BLOCK)
     # A large ciphertext is read through a view: copying it first would cost more than
