@@ -107,7 +107,7 @@ def _payload(prefix: bytes, value: bytes) -> bytes:
     return value[len(prefix) :]
 
 
-def _cbc_decrypt(algorithm: algorithms.AES, data: bytes) -> bytes:
+def _cbc_decrypt(algorithm: algorithms.AES, data: bytes | memoryview) -> bytes:
     """``IV(16) ‖ AES-CBC(PKCS#7)``, strictly checked. Raises DecryptionError.
 
     Padding must be 1..16 bytes, each equal to the pad length. Go's reader would also take
@@ -117,7 +117,11 @@ def _cbc_decrypt(algorithm: algorithms.AES, data: bytes) -> bytes:
     if size < 2 * CBC_BLOCK_SIZE or size % CBC_BLOCK_SIZE:
         raise DecryptionError()
     decryptor = Cipher(algorithm, modes.CBC(data[:CBC_BLOCK_SIZE])).decryptor()
-    padded = decryptor.update(data[CBC_BLOCK_SIZE:]) + decryptor.finalize()
+    return _unpad(decryptor.update(data[CBC_BLOCK_SIZE:]) + decryptor.finalize())
+
+
+def _unpad(padded: bytes) -> bytes:
+    """``padded`` without its PKCS#7 padding, checked by pyca. Raises DecryptionError."""
     unpadder = _PKCS7.unpadder()
     try:
         return unpadder.update(padded) + unpadder.finalize()
@@ -234,15 +238,10 @@ class AesCbc:
                 padded = kept.decryptor.update(payload)[CBC_BLOCK_SIZE:]
             finally:
                 kept.lock.release()
+            plaintext = _unpad(padded)
         else:
             # Another thread holds the kept decryptor: a fresh one for this value.
-            decryptor = Cipher(self._algorithm, modes.CBC(payload[:CBC_BLOCK_SIZE])).decryptor()
-            padded = decryptor.update(payload[CBC_BLOCK_SIZE:]) + decryptor.finalize()
-        unpadder = _PKCS7.unpadder()
-        try:
-            plaintext = unpadder.update(padded) + unpadder.finalize()
-        except ValueError:
-            raise DecryptionError() from None
+            plaintext = _cbc_decrypt(self._algorithm, payload)
         # Positional: this runs once per read, and keywords cost more than the tuple.
         return Opened(plaintext, False, "aescbc", self.name)
 

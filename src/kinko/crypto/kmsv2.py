@@ -369,12 +369,7 @@ def seal_drawn_with(kdf: SeedKdf, plaintext: bytes, *, aad: bytes, drawn: bytes)
         raise InvalidArgument(
             f"info and nonce: expected {INFO_SIZE + NONCE_SIZE} bytes, got {len(drawn)}"
         )
-    # SeedKdf.derive, inlined (as in open_seed_type_at): one call less per write. Keep the
-    # three in step; Kubernetes' recorded vectors and a property test against HKDFExpand
-    # hold them to the derivation.
-    mac = kdf._keyed.copy()
-    mac.update(drawn[:INFO_SIZE] + _FIRST_BLOCK)
-    return AESGCM(mac.finalize()).encrypt(drawn[INFO_SIZE:], plaintext, aad)
+    return AESGCM(kdf.derive(drawn[:INFO_SIZE])).encrypt(drawn[INFO_SIZE:], plaintext, aad)
 
 
 def open_seed_type(seed: bytes, encrypted_data: bytes | memoryview, *, aad: bytes) -> bytes:
@@ -412,15 +407,13 @@ def open_seed_type_at(
         raise DecryptionError()
     # HMAC.update takes bytes; a slice of bytes already is one, a view's is copied (32 bytes).
     info = value[begin:info_end]
-    # SeedKdf.derive, inlined (as in seal_drawn_with): keep the three in step.
-    mac = kdf._keyed.copy()
-    mac.update((info if type(info) is bytes else bytes(info)) + _FIRST_BLOCK)
+    dek = kdf.derive(info if type(info) is bytes else bytes(info))
     # A large ciphertext is read through a view: copying it first would cost more than
     # the view. Up to a few KiB (every Secret) the copy is the cheaper of the two.
     if end - nonce_end > _COPY_MAX and type(value) is bytes:
         value = memoryview(value)
     try:
-        return AESGCM(mac.finalize()).decrypt(value[info_end:nonce_end], value[nonce_end:end], aad)
+        return AESGCM(dek).decrypt(value[info_end:nonce_end], value[nonce_end:end], aad)
     except InvalidTag:
         raise DecryptionError() from None
 
