@@ -1496,15 +1496,10 @@ def wrap_aad_checked(
     head = _wrap_aad_head(instance, key_id, version_id)
     if not items:
         return head + _NO_ITEMS
-    parts = [head, len(items).to_bytes(4, "big")]
-    for item in items:
-        data = item.encode("utf-8")
-        parts.append(len(data).to_bytes(4, "big"))
-        parts.append(data)
-    return b"".join(parts)
+    return head + struct.pack(">I", len(items)) + b"".join([_lp(item) for item in items])
 
 
-_NO_ITEMS: Final = (0).to_bytes(4, "big")
+_NO_ITEMS: Final = struct.pack(">I", 0)
 
 
 @functools.lru_cache(maxsize=4096)
