@@ -170,3 +170,24 @@ def test_a_record_is_not_held_up_by_the_background_fsync(
     finally:
         release.set()
         sink.close()
+
+
+def test_a_close_that_races_the_flushers_clear_still_stops_it(tmp_path: Path) -> None:
+    sink = FileAuditSink(tmp_path / "audit.log", interval=0.001)
+    flusher = sink._flusher
+    assert flusher is not None
+    old_pending = sink._pending
+
+    class RacingEvent(threading.Event):
+        def clear(self) -> None:
+            # close() sets stop and pending just before the flusher clears pending.
+            sink._stop.set()
+            super().set()
+            super().clear()
+
+    sink._pending = RacingEvent()
+    old_pending.set()  # wake the flusher, which then clears the racing event
+    flusher.join(timeout=10)
+    assert not flusher.is_alive(), "the flusher missed the close and waits forever"
+    sink._flusher = None
+    sink.close()

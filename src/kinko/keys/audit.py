@@ -204,10 +204,13 @@ class FileAuditSink:
         while True:
             self._pending.wait()
             # Gather what arrives within one interval into a single fsync.
-            stopping = self._stop.wait(self._interval)
+            self._stop.wait(self._interval)
             self._pending.clear()
             self._fsync()
-            if stopping:
+            # Checked after the clear: close() sets stop before it sets pending, so a close
+            # whose pending this clear may have swallowed is seen here, and a later one wakes
+            # the wait above.
+            if self._stop.is_set():
                 return
 
     def _fsync(self) -> None:
