@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 
 import nacl.secret
@@ -362,16 +363,55 @@ def test_kms_v2_writes_type1_with_the_write_state() -> None:
     assert value.endswith(b"\x28\x01")
 
 
-def test_kms_v2_derives_a_new_dek_for_every_write() -> None:
+def test_kms_v2_writes_under_one_info_with_a_new_nonce_each_time() -> None:
     transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=StreamRng(b"kms"))
-    values = [transformer.seal(b"same", aad=AAD) for _ in range(2)]
+    values = [transformer.seal(b"same", aad=AAD) for _ in range(3)]
     objs = [kmsv2.decode_encrypted_object(v[len(transformer.prefix) :]) for v in values]
-    infos = [obj.encrypted_data[:32] for obj in objs]
+    # One info (one derived DEK), a fresh nonce and so a fresh ciphertext for every write.
+    assert len({obj.encrypted_data[:32] for obj in objs}) == 1
+    assert len({obj.encrypted_data[32:44] for obj in objs}) == 3
+    assert len({obj.encrypted_data[44:] for obj in objs}) == 3
+    # Everything but encryptedData is the write state, identical for all writes.
+    assert len({obj.encrypted_dek_source for obj in objs}) == 1
+    # Each value opens with the DEK kube-apiserver derives from its own info.
+    for obj in objs:
+        assert kmsv2.open_seed_type(SEED, obj.encrypted_data, aad=AAD) == b"same"
+
+
+def test_kms_v2_draws_a_new_info_after_writes_per_info_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kmsv2, "WRITES_PER_INFO", 3)
+    info_a, info_b = bytes(range(32)), bytes(range(100, 132))
+    nonces = [bytes([i]) * 12 for i in range(1, 6)]
+    # The draws in order: info, three nonces, then the next info and two nonces.
+    rng = ReplayRng(info_a + b"".join(nonces[:3]) + info_b + b"".join(nonces[3:]))
+    transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=rng)
+    values = [transformer.seal(b"v%d" % i, aad=AAD) for i in range(5)]
+    assert rng.remaining == 0
+    datas = [
+        kmsv2.decode_encrypted_object(v[len(transformer.prefix) :]).encrypted_data for v in values
+    ]
+    assert [d[:32] for d in datas] == [info_a] * 3 + [info_b] * 2
+    assert [d[32:44] for d in datas] == nonces
+    for i, data in enumerate(datas):
+        info, nonce = data[:32], data[32:44]
+        expected = kmsv2.seal_seed_type(SEED, b"v%d" % i, aad=AAD, info=info, nonce=nonce)
+        assert data == expected
+
+
+def test_kms_v2_a_new_write_state_draws_a_new_info_at_once() -> None:
+    keys = Base64KmsV2Keys(SEED, key_id="1")
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    first = transformer.seal(b"a", aad=AAD)
+    keys.rotate(bytes(range(32)), key_id="2")
+    second = transformer.seal(b"b", aad=AAD)
+    infos = [
+        kmsv2.decode_encrypted_object(v[len(transformer.prefix) :]).encrypted_data[:32]
+        for v in (first, second)
+    ]
     assert infos[0] != infos[1]
-    assert kmsv2.derive_dek(SEED, info=infos[0]) != kmsv2.derive_dek(SEED, info=infos[1])
-    # Everything but encryptedData is the write state, identical for both writes.
-    assert objs[0].encrypted_dek_source == objs[1].encrypted_dek_source
-    assert objs[0].key_id == objs[1].key_id
+    assert transformer.open(second, aad=AAD).key_id == "2"
 
 
 def test_kms_v2_round_trip_is_current() -> None:
@@ -509,14 +549,17 @@ def test_kms_v2_every_flipped_byte_of_encrypted_data_is_detected(size: int) -> N
         open_fails(transformer, bytes(tampered))
 
 
-def test_kms_v2_refuses_an_rng_that_draws_the_wrong_size() -> None:
-    transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=lambda n: bytes(n - 1))
-    with pytest.raises(InvalidArgument, match="rng: expected 44 bytes, got 43"):
+@pytest.mark.parametrize(("short", "message"), [(32, "32 bytes, got 31"), (12, "12 bytes, got 11")])
+def test_kms_v2_refuses_an_rng_that_draws_the_wrong_size(short: int, message: str) -> None:
+    def rng(n: int) -> bytes:
+        return bytes(n - 1 if n == short else n)
+
+    transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=rng)
+    with pytest.raises(InvalidArgument, match=f"rng: expected {message}"):
         transformer.seal(b"secret", aad=AAD)
 
 
-def test_kms_v2_with_os_urandom_writes_fresh_info_and_nonce_every_time() -> None:
-    # One os.urandom call per write: never the same info and nonce twice.
+def test_kms_v2_with_os_urandom_never_writes_the_same_info_and_nonce_twice() -> None:
     transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=os.urandom)
     drawn = set()
     for _ in range(500):
@@ -525,6 +568,20 @@ def test_kms_v2_with_os_urandom_writes_fresh_info_and_nonce_every_time() -> None
         drawn.add(obj.encrypted_data[:44])
         assert transformer.open(value, aad=AAD).plaintext == b"secret"
     assert len(drawn) == 500
+
+
+def test_kms_v2_reads_values_written_with_a_fresh_info_each() -> None:
+    # kube-apiserver draws a new info for every write: every read then misses the DEK cache.
+    transformer = KmsV2("kms", Base64KmsV2Keys(SEED), rng=os.urandom)
+    header = transformer.seal(b"x", aad=AAD)
+    obj = kmsv2.decode_encrypted_object(header[len(transformer.prefix) :])
+    for i in range(300):
+        info, nonce = os.urandom(32), os.urandom(12)
+        data = kmsv2.seal_seed_type(SEED, b"v%d" % i, aad=AAD, info=info, nonce=nonce)
+        value = transformer.prefix + kmsv2.encode_encrypted_object(
+            dataclasses.replace(obj, encrypted_data=data)
+        )
+        assert transformer.open(value, aad=AAD).plaintext == b"v%d" % i
 
 
 # --- KMS v2: the seed's KDF kept per header --------------------------------------------------

@@ -389,17 +389,30 @@ def test_a_varint_longer_than_ten_bytes_is_refused() -> None:
     assert kmsv2.locate_encrypted_data(b"\x0a" + b"\x80" * 10 + b"\x00") is None
 
 
-def test_seal_drawn_is_seal_seed_type_without_info_and_nonce() -> None:
-    sealed = kmsv2.seal_drawn(SEED, b"hello", aad=AAD, drawn=INFO + NONCE)
-    assert INFO + NONCE + sealed == kmsv2.seal_seed_type(
-        SEED, b"hello", aad=AAD, info=INFO, nonce=NONCE
-    )
+def test_dek_cache_derives_once_per_info_and_seed() -> None:
+    deks = kmsv2.DekCache(max_entries=2)
+    kdf, other = kmsv2.SeedKdf(SEED), kmsv2.SeedKdf(bytes(range(32)))
+    first = deks.aead(kdf, INFO)
+    assert deks.aead(kdf, INFO) is first
+    # The same info under another seed is another DEK.
+    assert deks.aead(other, INFO) is not first
+    sealed = kmsv2.seal_seed_type(SEED, b"hello", aad=AAD, info=INFO, nonce=NONCE)
+    assert deks.aead(kdf, INFO).decrypt(NONCE, sealed[44:], AAD) == b"hello"
+    # Full, it resets instead of growing past its bound.
+    for i in range(10):
+        deks.aead(kdf, bytes([i]) * 32)
+        assert repr(deks) in {"DekCache(<1 DEKs>)", "DekCache(<2 DEKs>)"}
 
 
-@pytest.mark.parametrize(("seed", "drawn"), [(SEED[:31], INFO + NONCE), (SEED, INFO + NONCE[:-1])])
-def test_seal_drawn_refuses_bad_sizes(seed: bytes, drawn: bytes) -> None:
-    with pytest.raises(InvalidArgument):
-        kmsv2.seal_drawn(seed, b"x", aad=AAD, drawn=drawn)
+def test_open_seed_type_at_with_a_dek_cache_opens_the_same() -> None:
+    deks = kmsv2.DekCache()
+    kdf = kmsv2.SeedKdf(SEED)
+    for i in range(3):
+        data = kmsv2.seal_seed_type(SEED, b"v%d" % i, aad=AAD, info=INFO, nonce=bytes([i]) * 12)
+        value = b"xx" + data
+        assert kmsv2.open_seed_type_at(kdf, value, 2, len(value), aad=AAD, deks=deks) == b"v%d" % i
+        with pytest.raises(DecryptionError):
+            kmsv2.open_seed_type_at(kdf, value, 2, len(value), aad=b"other", deks=deks)
 
 
 @pytest.mark.parametrize("view", [False, True])

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass, field
 
@@ -55,8 +56,8 @@ _COPY_MAX = 4096
 #: pyca's PKCS#7 scheme for AES blocks, made once: its unpadder and padder are per value.
 _PKCS7 = padding.PKCS7(algorithms.AES.block_size)
 _SEED_TYPE = DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED
-#: What a KMS v2 write draws from its rng at once: ``info ‖ nonce``.
-_KMS_V2_DRAW = kmsv2.INFO_SIZE + kmsv2.NONCE_SIZE
+#: A KMS v2 write's ``info ‖ nonce`` size, framed in front of its ciphertext.
+_KMS_V2_INFO_NONCE = kmsv2.INFO_SIZE + kmsv2.NONCE_SIZE
 
 #: Every encrypted value starts with this; identity refuses to read it.
 ENCRYPTED_PREFIX = b"k8s:enc:"
@@ -387,22 +388,33 @@ class KmsV1:
 _Decoded = tuple[EncryptedObject, bool, "kmsv2.SeedKdf | None", int]
 
 
-class _HeaderCache:
-    """The last write state and its serialized header; replaced whole, so reads see a pair."""
+#: What :class:`KmsV2` writes under: the write state, its serialized header (fields 2 to 5),
+#: the current ``info``, the AES-GCM object of its DEK, and a counter of the writes made under
+#: that ``info`` after the first.
+_WriteKey = tuple[KmsWriteState, bytes, bytes, AESGCM, "itertools.count[int]"]
+
+
+class _WriteKeySlot:
+    """The current :data:`_WriteKey`; replaced whole, so a writer always sees one consistent
+    set."""
 
     __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        self.entry: tuple[KmsWriteState, bytes, kmsv2.SeedKdf] | None = None
+        self.entry: _WriteKey | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class KmsV2:
     """``k8s:enc:kms:v2:<name>:`` ‖ protobuf ``EncryptedObject``.
 
-    Writes only type 1: per write, ``info ‖ nonce`` = 44 bytes from one ``rng`` call and a DEK
-    derived from the current seed (no plugin call). Reads both types through ``keys.dek_source``.
-    A read is stale when its key_id is not the current one or its type is not 1.
+    Writes only type 1, with the current seed (no plugin call): a fresh 12-byte nonce from one
+    ``rng`` call per write, under a DEK derived from the seed and a 32-byte ``info`` drawn
+    once per :data:`kmsv2.WRITES_PER_INFO` writes and again whenever the write state changes
+    (docs/format.md). Reads both types through ``keys.dek_source``; a type-1 read takes its
+    DEK from a bounded :class:`kmsv2.DekCache`, so the values written under one ``info``
+    derive it once. A read is stale when its key_id is not the current one or its type is
+    not 1.
 
     Per distinct envelope header (fields 2 to 5, shared by every value written under one
     seed) it keeps the decoded fields and, once a value under that header has opened, the
@@ -417,7 +429,8 @@ class KmsV2:
     keys: KmsV2Keys = field(repr=False)
     rng: Rng = field(repr=False, kw_only=True)
     prefix: bytes = field(init=False)
-    _header: _HeaderCache = field(init=False, repr=False)
+    _write_key: _WriteKeySlot = field(init=False, repr=False)
+    _deks: kmsv2.DekCache = field(init=False, repr=False)
     #: Header bytes (fields 2 to 5) → the decoded fields, whether the type is 1, and for a
     #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf` and the
     #: session's seed epoch read before the seed was asked for.
@@ -428,7 +441,8 @@ class KmsV2:
         if ":" in self.name:
             raise InvalidArgument(f"kms v2 provider name {self.name!r}: must not contain ':'")
         object.__setattr__(self, "prefix", KMS_V2_PREFIX + self.name.encode() + b":")
-        object.__setattr__(self, "_header", _HeaderCache())
+        object.__setattr__(self, "_write_key", _WriteKeySlot())
+        object.__setattr__(self, "_deks", kmsv2.DekCache())
         object.__setattr__(self, "_decoded", {})
 
     @property
@@ -439,8 +453,34 @@ class KmsV2:
         """Raises PluginError (no usable write state), InvalidArgument (short seed, bad rng),
         EnvelopeError (the write state breaks a field rule)."""
         state = self.keys.write_state()
-        entry = self._header.entry
-        if entry is None or entry[0] is not state:
+        entry = self._write_key.entry
+        if entry is None or entry[0] is not state or next(entry[4]) >= kmsv2.WRITES_PER_INFO:
+            entry = self._next_write_key(state, entry)
+        nonce = self.rng(kmsv2.NONCE_SIZE)
+        if len(nonce) != kmsv2.NONCE_SIZE:
+            raise InvalidArgument(f"rng: expected {kmsv2.NONCE_SIZE} bytes, got {len(nonce)}")
+        sealed = entry[3].encrypt(nonce, plaintext, aad)
+        return b"".join(
+            (
+                self.prefix,
+                kmsv2.encrypted_data_field_header(_KMS_V2_INFO_NONCE + len(sealed)),
+                entry[2],
+                nonce,
+                sealed,
+                entry[1],
+            )
+        )
+
+    def _next_write_key(self, state: KmsWriteState, last: _WriteKey | None) -> _WriteKey:
+        """A new ``info`` and its DEK under ``state``, made the current write key.
+
+        Concurrent writers that all find the last key used up each make one; every one of
+        them is a fresh ``info``, and the last stored stays current. Raises InvalidArgument
+        (short seed, bad rng), EnvelopeError (the write state breaks a field rule).
+        """
+        if last is not None and last[0] is state:
+            header = last[1]
+        else:
             # Fields 2..5 are the same for every write under one state: validate and
             # serialize them once per state, not once per write.
             header = kmsv2.encode_header(
@@ -449,22 +489,11 @@ class KmsV2:
                 annotations=state.annotations,
                 dek_source_type=_SEED_TYPE,
             )
-            entry = (state, header, kmsv2.SeedKdf(state.seed))
-            self._header.entry = entry
-        # One draw for info and nonce: a second rng call costs more than the HMAC it feeds.
-        drawn = self.rng(_KMS_V2_DRAW)
-        if len(drawn) != _KMS_V2_DRAW:
-            raise InvalidArgument(f"rng: expected {_KMS_V2_DRAW} bytes, got {len(drawn)}")
-        sealed = kmsv2.seal_drawn_with(entry[2], plaintext, aad=aad, drawn=drawn)
-        return b"".join(
-            (
-                self.prefix,
-                kmsv2.encrypted_data_field_header(_KMS_V2_DRAW + len(sealed)),
-                drawn,
-                sealed,
-                entry[1],
-            )
-        )
+        info = _draw(self.rng, kmsv2.INFO_SIZE)
+        dek = kmsv2.SeedKdf(state.seed).derive(info)
+        entry: _WriteKey = (state, header, info, AESGCM(dek), itertools.count(1))
+        self._write_key.entry = entry
+        return entry
 
     def _remember(self, header: bytes) -> _Decoded | None:
         """Decode and validate fields 2 to 5 once per distinct header (a bounded cache).
@@ -509,7 +538,9 @@ class KmsV2:
                 # This header has opened a value before and the session has let no seed go
                 # since, so its seed's KDF is at hand: no seed lookup (the session counted the
                 # read: hits, the key_id metric). encryptedData is opened where it lies.
-                plaintext = kmsv2.open_seed_type_at(kdf, value, begin, end, aad=aad)
+                plaintext = kmsv2.open_seed_type_at(
+                    kdf, value, begin, end, aad=aad, deks=self._deks
+                )
                 key_id = obj.key_id
                 return new_opened(
                     Opened,
@@ -539,7 +570,7 @@ class KmsV2:
             if len(dek_source) < kmsv2.MIN_SEED_SIZE:
                 raise DecryptionError()
             kdf = kmsv2.SeedKdf(dek_source)
-            plaintext = kmsv2.open_seed_type_at(kdf, data, begin, end, aad=aad)
+            plaintext = kmsv2.open_seed_type_at(kdf, data, begin, end, aad=aad, deks=self._deks)
             if entry is not None:
                 # Kept only once the seed has opened a value (its tag vouches for the seed),
                 # and only as long as the header's entry: bounded like the header cache.

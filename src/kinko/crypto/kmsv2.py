@@ -59,6 +59,8 @@ _KNOWN_TYPES = frozenset(int(t) for t in DekSourceType)
 _SHA256 = hashes.SHA256()
 #: The HKDF-Expand block counter of the first (and, for L = 32, only) output block.
 _FIRST_BLOCK = b"\x01"
+#: DEKs a :class:`DekCache` keeps at most (about 2.5 KB of AES-GCM state each); then it resets.
+_DEK_CACHE_MAX = 256
 #: Ciphertexts up to this size are sliced (copied) out of a stored value to be opened; larger
 #: ones are read through a memoryview.
 _COPY_MAX = 4096
@@ -335,6 +337,46 @@ class SeedKdf:
         return mac.finalize()
 
 
+#: The most type-1 values one writer seals under one ``info``, i.e. one derived DEK, each with
+#: its own random 12-byte nonce, before it draws the next ``info`` (see docs/format.md).
+WRITES_PER_INFO = 1 << 16
+
+
+class DekCache:
+    """Recently used type-1 DEKs as ready AES-GCM objects, keyed by ``info``.
+
+    A value's DEK depends on its seed and its ``info``; kinko's writer seals up to
+    :data:`WRITES_PER_INFO` values under one ``info``, so a reader meets the same DEK many
+    times and derives it, and keys an AES-GCM object with it, only once. An entry remembers
+    the :class:`SeedKdf` it came from and serves only that one, so a value that carries a
+    known ``info`` under another seed derives its own DEK. Values written with a fresh
+    ``info`` each (kube-apiserver does that) all miss, at the cost of one lookup. Holds key
+    material, like the SeedKdfs it serves; at most ``max_entries`` DEKs, then it resets.
+    Thread-safe (single dict operations).
+    """
+
+    __slots__ = ("_aeads", "_max")
+
+    def __init__(self, max_entries: int = _DEK_CACHE_MAX) -> None:
+        self._aeads: dict[bytes, tuple[SeedKdf, AESGCM]] = {}
+        self._max = max_entries
+
+    def __repr__(self) -> str:
+        return f"DekCache(<{len(self._aeads)} DEKs>)"
+
+    def aead(self, kdf: SeedKdf, info: bytes) -> AESGCM:
+        """The AES-GCM object of ``kdf``'s DEK for ``info`` (32 bytes, not checked)."""
+        aeads = self._aeads
+        hit = aeads.get(info)
+        if hit is not None and hit[0] is kdf:
+            return hit[1]
+        aead = AESGCM(kdf.derive(info))
+        if len(aeads) >= self._max:
+            aeads.clear()
+        aeads[info] = (kdf, aead)
+        return aead
+
+
 def seal_seed_type(
     seed: bytes, plaintext: bytes, *, aad: bytes, info: bytes, nonce: bytes
 ) -> bytes:
@@ -347,29 +389,6 @@ def seal_seed_type(
         raise InvalidArgument(f"nonce: expected {NONCE_SIZE} bytes, got {len(nonce)}")
     dek = derive_dek(seed, info=info)
     return info + nonce + AESGCM(dek).encrypt(nonce, plaintext, aad)
-
-
-def seal_drawn(seed: bytes, plaintext: bytes, *, aad: bytes, drawn: bytes) -> bytes:
-    """``ct ‖ tag`` of a type-1 value whose ``info ‖ nonce`` is ``drawn`` (44 bytes).
-
-    The writer's form of :func:`seal_seed_type`: it draws ``info`` and ``nonce`` in one call
-    and frames them itself, so here they are neither split by the caller nor copied into the
-    result. Raises InvalidArgument if the seed is shorter than 32 bytes or ``drawn`` is not
-    44 bytes.
-    """
-    return seal_drawn_with(SeedKdf(seed), plaintext, aad=aad, drawn=drawn)
-
-
-def seal_drawn_with(kdf: SeedKdf, plaintext: bytes, *, aad: bytes, drawn: bytes) -> bytes:
-    """:func:`seal_drawn` with the seed's :class:`SeedKdf`, as a writer keeps it per seed.
-
-    Raises InvalidArgument if ``drawn`` is not 44 bytes.
-    """
-    if len(drawn) != INFO_SIZE + NONCE_SIZE:
-        raise InvalidArgument(
-            f"info and nonce: expected {INFO_SIZE + NONCE_SIZE} bytes, got {len(drawn)}"
-        )
-    return AESGCM(kdf.derive(drawn[:INFO_SIZE])).encrypt(drawn[INFO_SIZE:], plaintext, aad)
 
 
 def open_seed_type(seed: bytes, encrypted_data: bytes | memoryview, *, aad: bytes) -> bytes:
@@ -392,28 +411,37 @@ def open_seed_type_with(kdf: SeedKdf, encrypted_data: bytes | memoryview, *, aad
 
 
 def open_seed_type_at(
-    kdf: SeedKdf, value: bytes | memoryview, begin: int, end: int, *, aad: bytes
+    kdf: SeedKdf,
+    value: bytes | memoryview,
+    begin: int,
+    end: int,
+    *,
+    aad: bytes,
+    deks: DekCache | None = None,
 ) -> bytes:
     """:func:`open_seed_type_with` of the type-1 ``encryptedData`` at ``value[begin:end]``.
 
     A reader that has located ``encryptedData`` in a stored value (:func:`locate_encrypted_data`)
     opens it in place: only the nonce and the ciphertext are sliced out, once, instead of the
-    whole field first and the ciphertext again from that copy. Raises DecryptionError (opaque):
-    bounds outside ``value``, truncated data, a wrong AAD or a bad tag.
+    whole field first and the ciphertext again from that copy. With ``deks``, the DEK comes
+    from that cache (derived on a miss). Raises DecryptionError (opaque): bounds outside
+    ``value``, truncated data, a wrong AAD or a bad tag.
     """
     info_end = begin + INFO_SIZE
     nonce_end = info_end + NONCE_SIZE
     if begin < 0 or end > len(value) or end - nonce_end < TAG_SIZE:
         raise DecryptionError()
-    # HMAC.update takes bytes; a slice of bytes already is one, a view's is copied (32 bytes).
+    # HMAC.update and the cache take bytes; a slice of bytes already is, a view's is copied.
     info = value[begin:info_end]
-    dek = kdf.derive(info if type(info) is bytes else bytes(info))
+    if type(info) is not bytes:
+        info = bytes(info)
+    aead = AESGCM(kdf.derive(info)) if deks is None else deks.aead(kdf, info)
     # A large ciphertext is read through a view: copying it first would cost more than
     # the view. Up to a few KiB (every Secret) the copy is the cheaper of the two.
     if end - nonce_end > _COPY_MAX and type(value) is bytes:
         value = memoryview(value)
     try:
-        return AESGCM(dek).decrypt(value[info_end:nonce_end], value[nonce_end:end], aad)
+        return aead.decrypt(value[info_end:nonce_end], value[nonce_end:end], aad)
     except InvalidTag:
         raise DecryptionError() from None
 
