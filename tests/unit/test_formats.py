@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import threading
 
 import nacl.secret
 import pytest
@@ -658,11 +659,48 @@ def test_kms_v2_a_kept_seed_is_dropped_when_the_keys_let_a_seed_go() -> None:
     keys = Base64KmsV2Keys(SEED, key_id="1")
     transformer = KmsV2("kms", keys, rng=os.urandom)
     value = transformer.seal(b"secret", aad=AAD)
-    assert transformer.open(value, aad=AAD).plaintext == b"secret"
+    for _ in range(3):  # the second read under one info keeps its DEK
+        assert transformer.open(value, aad=AAD).plaintext == b"secret"
+    assert repr(transformer._deks) == "DekCache(<1 DEKs>)"
     keys.rotate(bytes(range(32)), key_id="2")
     keys.forget("1")  # the root key behind key_id 1 is destroyed
     with pytest.raises(DecryptionError):
         transformer.open(value, aad=AAD)
+    # That read dropped every KDF and DEK kept from the forgotten seed.
+    assert repr(transformer._deks) == "DekCache(<0 DEKs>)"
+    assert all(entry[2] is None for entry in transformer._decoded.values())
+
+
+def test_kms_v2_writers_on_many_threads_keep_the_bound_and_their_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kmsv2, "WRITES_PER_INFO", 20)
+    keys = Base64KmsV2Keys(SEED, key_id="1")
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    seeds = {"1": SEED, "2": bytes(range(32))}
+    values: list[bytes] = []
+
+    def write(n: int) -> None:
+        for i in range(300):
+            if n == 0 and i == 150:
+                keys.rotate(seeds["2"], key_id="2")
+            values.append(transformer.seal(b"v", aad=AAD))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    per_info: dict[bytes, int] = {}
+    for value in values:
+        obj = kmsv2.decode_encrypted_object(value[len(transformer.prefix) :])
+        info = obj.encrypted_data[:32]
+        per_info[info] = per_info.get(info, 0) + 1
+        # Every value opens with the DEK of its own info under its own header's seed.
+        seed = seeds[obj.key_id]
+        assert kmsv2.open_seed_type(seed, obj.encrypted_data, aad=AAD) == b"v"
+    assert len(values) == 1200
+    assert max(per_info.values()) <= 20
 
 
 # --- Opened built without NamedTuple.__new__ ------------------------------------------------

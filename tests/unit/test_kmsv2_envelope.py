@@ -389,10 +389,13 @@ def test_a_varint_longer_than_ten_bytes_is_refused() -> None:
     assert kmsv2.locate_encrypted_data(b"\x0a" + b"\x80" * 10 + b"\x00") is None
 
 
-def test_dek_cache_derives_once_per_info_and_seed() -> None:
+def test_dek_cache_keeps_a_dek_met_twice_for_its_seed_only() -> None:
     deks = kmsv2.DekCache(max_entries=2)
     kdf, other = kmsv2.SeedKdf(SEED), kmsv2.SeedKdf(bytes(range(32)))
+    once = deks.aead(kdf, INFO)
+    assert repr(deks) == "DekCache(<0 DEKs>)"  # seen once: nothing kept
     first = deks.aead(kdf, INFO)
+    assert first is not once
     assert deks.aead(kdf, INFO) is first
     # The same info under another seed is another DEK.
     assert deks.aead(other, INFO) is not first
@@ -401,7 +404,18 @@ def test_dek_cache_derives_once_per_info_and_seed() -> None:
     # Full, it resets instead of growing past its bound.
     for i in range(10):
         deks.aead(kdf, bytes([i]) * 32)
+        deks.aead(kdf, bytes([i]) * 32)
         assert repr(deks) in {"DekCache(<1 DEKs>)", "DekCache(<2 DEKs>)"}
+    deks.clear()
+    assert repr(deks) == "DekCache(<0 DEKs>)"
+
+
+def test_dek_cache_never_keeps_infos_met_once() -> None:
+    deks = kmsv2.DekCache()
+    kdf = kmsv2.SeedKdf(SEED)
+    for i in range(5000):
+        deks.aead(kdf, i.to_bytes(32, "big"))
+    assert repr(deks) == "DekCache(<0 DEKs>)"
 
 
 def test_open_seed_type_at_with_a_dek_cache_opens_the_same() -> None:

@@ -7,9 +7,10 @@ kube-apiserver (reference §2): ``identity``, ``aescbc``, ``aesgcm``, ``secretbo
 Invariants:
 
 - Pure: no I/O, no clock. Randomness (IVs, nonces, HKDF ``info``) comes only from the ``Rng``
-  given to the constructor, called once per write (never buffered: a buffer of random bytes
-  would be replayed by every copy of a snapshotted or forked process);
-  KMS keys come only from the ``KmsV2Keys`` / ``KmsV1Unwrapper``.
+  given to the constructor: one call per write for its IV or nonce, plus one per KMS v2
+  ``info`` (every 65,536 writes). Never buffered: a buffer of random bytes would be replayed
+  by every copy of a snapshotted or forked process. KMS keys come only from the
+  ``KmsV2Keys`` / ``KmsV1Unwrapper``.
 - Constructors check key sizes and names and raise ``InvalidArgument`` with sizes, never bytes.
 - Every failure to open (bad tag, wrong key, wrong AAD, truncated or malformed payload, bad
   padding) raises exactly ``DecryptionError()``, raised ``from None`` so that no cause leaks
@@ -394,6 +395,15 @@ _Decoded = tuple[EncryptedObject, bool, "kmsv2.SeedKdf | None", int]
 _WriteKey = tuple[KmsWriteState, bytes, bytes, AESGCM, "itertools.count[int]"]
 
 
+class _ReadEpoch:
+    """The session's seed epoch the kept read state (KDFs, DEKs) belongs to."""
+
+    __slots__ = ("epoch",)
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+
 class _WriteKeySlot:
     """The current :data:`_WriteKey`; replaced whole, so a writer always sees one consistent
     set."""
@@ -411,18 +421,19 @@ class KmsV2:
     Writes only type 1, with the current seed (no plugin call): a fresh 12-byte nonce from one
     ``rng`` call per write, under a DEK derived from the seed and a 32-byte ``info`` drawn
     once per :data:`kmsv2.WRITES_PER_INFO` writes and again whenever the write state changes
-    (docs/format.md). Reads both types through ``keys.dek_source``; a type-1 read takes its
-    DEK from a bounded :class:`kmsv2.DekCache`, so the values written under one ``info``
-    derive it once. A read is stale when its key_id is not the current one or its type is
-    not 1.
+    (docs/format.md, ADR 14). Reads both types through ``keys.dek_source``; a type-1 read
+    takes its DEK from a bounded :class:`kmsv2.DekCache`, so the values written under one
+    ``info`` derive it at most twice. A read is stale when its key_id is not the current one
+    or its type is not 1.
 
     Per distinct envelope header (fields 2 to 5, shared by every value written under one
     seed) it keeps the decoded fields and, once a value under that header has opened, the
     seed's :class:`kmsv2.SeedKdf`: later reads under it skip the seed lookup and are only
     counted by ``keys.kept_hit``, as long as the session has let no seed go since (its seed
-    epoch): after an eviction every kept seed is asked for again, so the transformer never
-    holds a seed longer than the session would. At most 1,024 headers are kept; the cache
-    then resets.
+    epoch). The first read after an eviction drops every kept header, KDF and DEK, and every
+    seed is asked for again: key state derived from a seed outlives the session's copy by at
+    most that one read (the writer's current DEK stays until the next write). At most 1,024
+    headers are kept; the cache then resets.
     """
 
     name: str
@@ -431,6 +442,7 @@ class KmsV2:
     prefix: bytes = field(init=False)
     _write_key: _WriteKeySlot = field(init=False, repr=False)
     _deks: kmsv2.DekCache = field(init=False, repr=False)
+    _read_epoch: _ReadEpoch = field(init=False, repr=False)
     #: Header bytes (fields 2 to 5) → the decoded fields, whether the type is 1, and for a
     #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf` and the
     #: session's seed epoch read before the seed was asked for.
@@ -443,6 +455,7 @@ class KmsV2:
         object.__setattr__(self, "prefix", KMS_V2_PREFIX + self.name.encode() + b":")
         object.__setattr__(self, "_write_key", _WriteKeySlot())
         object.__setattr__(self, "_deks", kmsv2.DekCache())
+        object.__setattr__(self, "_read_epoch", _ReadEpoch())
         object.__setattr__(self, "_decoded", {})
 
     @property
@@ -511,6 +524,13 @@ class KmsV2:
         cache[header] = entry
         return entry
 
+    def _forget_kept(self, epoch: int) -> None:
+        """The session has let a seed go since the kept KDFs and DEKs were made: drop them
+        all, so none outlives its seed by more than this one read. Raises nothing."""
+        self._read_epoch.epoch = epoch
+        self._decoded.clear()
+        self._deks.clear()
+
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Raises DecryptionError (opaque; also for a malformed envelope), PluginError."""
         prefix = self.prefix
@@ -565,12 +585,16 @@ class KmsV2:
             begin, end = 0, len(data)
         # Read before the seed is asked for: an eviction meanwhile makes the kept seed stale.
         epoch = keys.seed_epoch()
+        if epoch != self._read_epoch.epoch:
+            self._forget_kept(epoch)
         dek_source = keys.dek_source(obj)
         if seed_type:
             if len(dek_source) < kmsv2.MIN_SEED_SIZE:
                 raise DecryptionError()
             kdf = kmsv2.SeedKdf(dek_source)
-            plaintext = kmsv2.open_seed_type_at(kdf, data, begin, end, aad=aad, deks=self._deks)
+            # A header that is not kept (not in Go's canonical form) keeps no DEK either.
+            deks = self._deks if entry is not None else None
+            plaintext = kmsv2.open_seed_type_at(kdf, data, begin, end, aad=aad, deks=deks)
             if entry is not None:
                 # Kept only once the seed has opened a value (its tag vouches for the seed),
                 # and only as long as the header's entry: bounded like the header cache.

@@ -2,8 +2,9 @@
 
 Job: turn an ``EncryptedObject`` into the exact bytes kube-apiserver writes after the
 ``k8s:enc:kms:v2:<name>:`` prefix and back, and seal/open ``encryptedData`` for both
-``encryptedDEKSourceType`` values (reference §2.2). Everything here is pure: the seed, the
-``info`` and the nonce come in as arguments, so golden vectors are exact.
+``encryptedDEKSourceType`` values (reference §2.2). Everything here is pure, except the
+caches of derived key state a reader passes in (:class:`SeedKdf`, :class:`DekCache`): the
+seed, the ``info`` and the nonce come in as arguments, so golden vectors are exact.
 
 Invariants:
 
@@ -61,6 +62,8 @@ _SHA256 = hashes.SHA256()
 _FIRST_BLOCK = b"\x01"
 #: DEKs a :class:`DekCache` keeps at most (about 2.5 KB of AES-GCM state each); then it resets.
 _DEK_CACHE_MAX = 256
+#: ``info`` values a :class:`DekCache` remembers having seen once; then it forgets them all.
+_SEEN_INFOS_MAX = 4096
 #: Ciphertexts up to this size are sliced (copied) out of a stored value to be opened; larger
 #: ones are read through a memoryview.
 _COPY_MAX = 4096
@@ -316,7 +319,8 @@ class SeedKdf:
     ``HKDFExpand`` and to Kubernetes' recorded values.
 
     Holds the seed's keyed HMAC state, i.e. key material: :class:`kinko.crypto.formats.KmsV2`
-    keeps one per envelope header only while its session still holds the seed. Thread-safe
+    keeps one per envelope header (and its :class:`DekCache` refers to them) and drops them
+    all on its first read after its session let a seed go. Thread-safe
     (copying does not change the keyed state). Raises InvalidArgument for a short seed.
     """
 
@@ -343,22 +347,26 @@ WRITES_PER_INFO = 1 << 16
 
 
 class DekCache:
-    """Recently used type-1 DEKs as ready AES-GCM objects, keyed by ``info``.
+    """Type-1 DEKs met more than once, as ready AES-GCM objects, keyed by ``info``.
 
     A value's DEK depends on its seed and its ``info``; kinko's writer seals up to
     :data:`WRITES_PER_INFO` values under one ``info``, so a reader meets the same DEK many
-    times and derives it, and keys an AES-GCM object with it, only once. An entry remembers
-    the :class:`SeedKdf` it came from and serves only that one, so a value that carries a
-    known ``info`` under another seed derives its own DEK. Values written with a fresh
-    ``info`` each (kube-apiserver does that) all miss, at the cost of one lookup. Holds key
-    material, like the SeedKdfs it serves; at most ``max_entries`` DEKs, then it resets.
-    Thread-safe (single dict operations).
+    times, and derives it and keys an AES-GCM object with it only twice: an ``info`` is first
+    noted as seen (32 public bytes, no key material), and its DEK is kept when it comes again.
+    Values written with a fresh ``info`` each (kube-apiserver does that) are therefore never
+    kept; each costs a set lookup and insert on top of its derivation. An entry remembers the
+    :class:`SeedKdf` it came from and serves only that one, so a value that carries a known
+    ``info`` under another seed derives its own DEK. Holds key material, like the SeedKdfs it
+    serves: at most ``max_entries`` DEKs (about 2.5 KB each) and 4,096 seen infos, each
+    reset when full, and :meth:`clear` drops everything. Thread-safe (single dict and set
+    operations).
     """
 
-    __slots__ = ("_aeads", "_max")
+    __slots__ = ("_aeads", "_max", "_seen")
 
     def __init__(self, max_entries: int = _DEK_CACHE_MAX) -> None:
         self._aeads: dict[bytes, tuple[SeedKdf, AESGCM]] = {}
+        self._seen: set[bytes] = set()
         self._max = max_entries
 
     def __repr__(self) -> str:
@@ -371,10 +379,21 @@ class DekCache:
         if hit is not None and hit[0] is kdf:
             return hit[1]
         aead = AESGCM(kdf.derive(info))
-        if len(aeads) >= self._max:
-            aeads.clear()
-        aeads[info] = (kdf, aead)
+        seen = self._seen
+        if info in seen:
+            if len(aeads) >= self._max:
+                aeads.clear()
+            aeads[info] = (kdf, aead)
+        else:
+            if len(seen) >= _SEEN_INFOS_MAX:
+                seen.clear()
+            seen.add(info)
         return aead
+
+    def clear(self) -> None:
+        """Drop every DEK and every seen ``info``."""
+        self._aeads.clear()
+        self._seen.clear()
 
 
 def seal_seed_type(
