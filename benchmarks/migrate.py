@@ -327,6 +327,8 @@ def print_report(results: list[Result], rounds: int, workers: int, child_mb: flo
         engines = [("1 thread", r.migrate)]
         if r.pooled:
             engines.append((f"{workers} worker(s)", r.pooled))
+        # "1 thread" is what `kinko cluster migrate` and the lifecycle controller run;
+        # worker processes are an option of the Migrator API only (Migrator(workers=N)).
         for engine, rates in engines:
             best_m = max(rates, key=lambda x: x.per_second)
             ratio = best_m.per_second / best_r.per_second
@@ -353,6 +355,10 @@ def print_report(results: list[Result], rounds: int, workers: int, child_mb: flo
                 f"{'':<18}with workers, this process's own CPU: {best_p.own_cpu_us:.1f} us/obj "
                 f"(the workers': {best_p.cpu_us - best_p.own_cpu_us:.1f})"
             )
+    print(
+        "engines: '1 thread' is what `kinko cluster migrate` and the lifecycle controller run; "
+        "worker processes are an option of the Migrator API only"
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"peak RSS of this process: {peak_mb:.0f} MB "
