@@ -469,9 +469,7 @@ class KmsV2:
         entry = self._write_key.entry
         if entry is None or entry[0] is not state or next(entry[4]) >= kmsv2.WRITES_PER_INFO:
             entry = self._next_write_key(state, entry)
-        nonce = self.rng(kmsv2.NONCE_SIZE)
-        if len(nonce) != kmsv2.NONCE_SIZE:
-            raise InvalidArgument(f"rng: expected {kmsv2.NONCE_SIZE} bytes, got {len(nonce)}")
+        nonce = _draw(self.rng, kmsv2.NONCE_SIZE)
         sealed = entry[3].encrypt(nonce, plaintext, aad)
         return b"".join(
             (
