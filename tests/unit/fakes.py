@@ -85,10 +85,10 @@ class Base64KmsV2Keys:
     def seed_epoch(self) -> int:
         return self.epoch
 
-    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
+    def kept_hit(self, obj: EncryptedObject, epoch: int, count: int = 1) -> bool:
         if epoch != self.epoch:
             return False
-        self.hits += 1
+        self.hits += count
         return True
 
     def current_key_id(self) -> str | None:

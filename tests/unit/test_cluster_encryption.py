@@ -422,6 +422,41 @@ def test_kms_v2_unavailable_for_an_unseen_seed_fails_the_list(cfg: Path) -> None
     assert store.get(key("a")) is not None
 
 
+def test_a_kms_v2_page_mixing_seeds_providers_and_unreadable_values_lists_in_order(
+    cfg: Path,
+) -> None:
+    # A page a LIST opens at once where it can (values under a seed already used) and one by
+    # one elsewhere: the answer is the same, in key order, whichever way each value opened.
+    api = CountingApi(LocalKeyPlugin(KEY_A))
+    store = MemoryStore()
+    source = make_source(cfg, config(GCM_1), api)
+    objects = EncryptedObjects(store, source)
+    objects.write("secrets", key("a"), b"A", expect=0)  # aesgcm, from before KMS v2
+    cfg.write_text(config(KMS, GCM_1))
+    assert source.reload_if_changed().changed
+    for name in "bcdef":
+        objects.write("secrets", key(name), name.upper().encode(), expect=0)
+    stored = store.get(key("c"))
+    assert stored is not None
+    flipped = bytearray(stored.value)
+    flipped[len(b"k8s:enc:kms:v2:plug:") + 40] ^= 0x01  # in the nonce: a bad tag
+    store.txn([Put(key("c"), bytes(flipped))])
+    store.txn([Put(key("g"), b"k8s:enc:kms:v2:plug:" + b"\x0a\x02no")])
+    for _ in range(2):  # the second LIST finds the seed kept from the first
+        page = objects.list("secrets", PREFIX)
+        assert [(i.key, i.value.plaintext) for i in page.items] == [
+            (key("a"), b"A"),
+            (key("b"), b"B"),
+            (key("d"), b"D"),
+            (key("e"), b"E"),
+            (key("f"), b"F"),
+        ]
+        assert [i.value.provider for i in page.items] == ["aesgcm"] + ["kms"] * 4
+        assert [i.value.stale for i in page.items] == [True] + [False] * 4
+        assert page.unreadable == (key("c"), key("g"))
+    assert api.decrypt_calls == 0  # the writer's own seed
+
+
 def test_reload_keeps_unchanged_kms_sessions_and_closes_removed_ones(cfg: Path) -> None:
     api = CountingApi(LocalKeyPlugin(KEY_A))
     source = make_source(cfg, config(KMS, GCM_1), api)

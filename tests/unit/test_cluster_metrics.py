@@ -666,3 +666,31 @@ def test_a_scrape_carries_no_secret_value_object_name_or_key(rig: Rig) -> None:
     for entry in rig.store.range(b"/registry/").entries:
         assert entry.value not in body
         assert entry.key not in body
+
+
+def test_a_list_records_every_value_once_whether_opened_alone_or_with_its_page(
+    rig: Rig,
+) -> None:
+    for i in range(5):
+        rig.service.create("secrets", "default", secret(f"db-{i}"))
+    # The first LIST opens its values one by one (the seed is not kept yet); the second
+    # opens the whole page at once with the kept seed.
+    for _ in range(2):
+        assert len(rig.service.list("secrets", "default").items) == 5
+    assert rig.sample(
+        "apiserver_envelope_encryption_key_id_hash_total",
+        key_id_hash=key_id_hash(KEK_ID),
+        provider_name="plug",
+        transformation_type="from_storage",
+    ) == pytest.approx(10)
+    assert rig.sample(
+        "apiserver_storage_transformation_operations_total",
+        transformation_type="from_storage",
+        transformer_prefix=KMS_PREFIX,
+        status="OK",
+    ) == pytest.approx(10)
+    assert rig.sample(
+        "apiserver_storage_transformation_duration_seconds_count",
+        transformation_type="from_storage",
+        transformer_prefix=KMS_PREFIX,
+    ) == pytest.approx(10)

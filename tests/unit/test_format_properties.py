@@ -365,3 +365,41 @@ def test_seed_kdf_equals_hkdf_expand(seed: bytes, infos: list[bytes]) -> None:
     kdf = kmsv2.SeedKdf(seed)
     for info in infos:
         assert kdf.derive(info) == HKDFExpand(hashes.SHA256(), 32, info).derive(seed)
+
+
+# --- KMS v2: a page opened at once -----------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    page=st.lists(
+        st.tuples(plaintexts, st.integers(min_value=0), st.integers(0, 255), st.booleans()),
+        min_size=1,
+        max_size=8,
+    ),
+    label=labels,
+)
+def test_kms_v2_open_kept_serves_only_what_open_reads_and_never_a_tampered_value(
+    page: list[tuple[bytes, int, int, bool]], label: bytes
+) -> None:
+    transformer = _warm_kms_v2(label)
+    assert isinstance(transformer, KmsV2)
+    values: list[bytes] = []
+    aads: list[bytes] = []
+    changed: list[bool] = []
+    for i, (written, where, mask, other_key) in enumerate(page):
+        aad = b"/registry/secrets/ns/%d" % i
+        value = transformer.seal(written, aad=aad)
+        position = where % len(value)
+        value = value[:position] + bytes([value[position] ^ mask]) + value[position + 1 :]
+        values.append(value)
+        aads.append(aad + b"x" if other_key else aad)
+        changed.append(mask != 0 or other_key)
+    opened, shapes = transformer.open_kept(values, aads)
+    for value, aad, was_changed, plaintext, shape in zip(
+        values, aads, changed, opened, shapes, strict=True
+    ):
+        # An intact value under the kept seed is served, a changed one never.
+        assert (plaintext is not None) is (shape is not None) is (not was_changed)
+        if plaintext is not None and shape is not None:
+            assert shape._replace(plaintext=plaintext) == transformer.open(value, aad=aad)

@@ -733,3 +733,125 @@ def test_every_fast_path_builds_a_whole_opened() -> None:
     assert later.provider == "kms"
     assert not first.stale
     assert not kept.stale
+
+
+# --- KMS v2: a page opened at once -----------------------------------------------------------
+
+
+def _served(transformer: KmsV2, values: list[bytes], aads: list[bytes]) -> list[Opened | None]:
+    """``open_kept``'s answer as one Opened (or None) per value."""
+    plaintexts, shapes = transformer.open_kept(values, aads)
+    assert len(plaintexts) == len(shapes) == len(values)
+    out: list[Opened | None] = []
+    for plaintext, shape in zip(plaintexts, shapes, strict=True):
+        assert (plaintext is None) == (shape is None)
+        if plaintext is None or shape is None:
+            out.append(None)
+        else:
+            assert shape.plaintext == b""
+            out.append(shape._replace(plaintext=plaintext))
+    return out
+
+
+def test_kms_v2_open_kept_reads_each_value_as_open_does() -> None:
+    keys = Base64KmsV2Keys(SEED, key_id="1")
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    # Sizes around the one- and two-byte length framings and the in-place view (> 4 KiB).
+    sizes = [0, 1, 67, 68, 200, 4096, 5000, 16_000]
+    old = [transformer.seal(os.urandom(size), aad=b"/k%d" % size) for size in sizes]
+    transformer.open(old[0], aad=b"/k0")  # keeps the seed of key_id 1
+    keys.rotate(bytes(range(32)), key_id="2")
+    new = [transformer.seal(b"new %d" % i, aad=b"/n%d" % i) for i in range(3)]
+    big = transformer.seal(os.urandom(20_000), aad=b"/big")  # a three-byte length
+    other = AesGcm("key1", KEY32, rng=os.urandom).seal(b"aesgcm", aad=b"/g")
+    values = [*old, *new, big, other]
+    aads = [*(b"/k%d" % s for s in sizes), *(b"/n%d" % i for i in range(3)), b"/big", b"/g"]
+    hits, calls = keys.hits, keys.dek_source_calls
+
+    served = _served(transformer, values, aads)
+
+    # Only values under the kept seed, framed in one or two length bytes, are served here,
+    # each exactly as open() reads it: the old key_id stale now, its plaintext intact.
+    assert [s is not None for s in served] == [True] * len(old) + [False] * 5
+    assert (keys.hits, keys.dek_source_calls) == (hits + len(old), calls)
+    for value, aad, opened in zip(values, aads, served, strict=True):
+        if opened is not None:
+            assert opened == transformer.open(value, aad=aad)
+            assert (opened.stale, opened.key_id) == (True, "1")
+    # The rest open one by one, as the caller does; then their seed is kept too.
+    for value, aad in zip(values[len(old) :], aads[len(old) :], strict=True):
+        if value is other:
+            open_fails(transformer, value, aad=aad)
+        else:
+            transformer.open(value, aad=aad)
+    served = _served(transformer, values, aads)
+    assert [s is not None for s in served] == [True] * (len(old) + 3) + [False, False]
+    assert [s.stale for s in served[len(old) : len(old) + 3] if s is not None] == [False] * 3
+
+
+def test_kms_v2_open_kept_leaves_every_tampered_or_misplaced_value_to_open() -> None:
+    keys = Base64KmsV2Keys(SEED)
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    value = transformer.seal(os.urandom(300), aad=AAD)
+    transformer.open(value, aad=AAD)
+    found = kmsv2.locate_encrypted_data(value, len(transformer.prefix))
+    assert found is not None
+    begin, end = found
+    bad: list[bytes] = []
+    for index in {len(transformer.prefix), begin - 1, begin, begin + 32, begin + 44, end - 1}:
+        flipped = bytearray(value)
+        flipped[index] ^= 0x01
+        bad.append(bytes(flipped))
+    # Field 1 one byte longer, that byte taken from the header: the header still ends it.
+    longer = bytearray(value)
+    longer[begin - 2 : begin] = kmsv2.encrypted_data_field_header(end - begin + 1)[-2:]
+    bad.append(bytes(longer[:end]) + b"\x00" + bytes(longer[end:]))
+    bad.append(value[: begin + 40])  # truncated
+    # An unknown field between encryptedData and the header: not the canonical framing, so
+    # left to open(), which parses it in full and, as protobuf does, skips the field.
+    odd = value[:end] + b"\x38\x01" + value[end:]
+    values = [value, *bad, odd, value]
+    served = _served(transformer, values, [AAD] * (len(values) - 1) + [OTHER_AAD])
+    assert served[0] == transformer.open(value, aad=AAD)
+    assert served[1:] == [None] * (len(values) - 1)
+    for tampered in bad:
+        with pytest.raises(DecryptionError):
+            transformer.open(tampered, aad=AAD)
+    assert transformer.open(odd, aad=AAD) == served[0]
+
+
+def test_kms_v2_open_kept_serves_nothing_once_the_keys_let_a_seed_go() -> None:
+    keys = Base64KmsV2Keys(SEED, key_id="1")
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    values = [transformer.seal(b"v%d" % i, aad=AAD) for i in range(3)]
+    transformer.open(values[0], aad=AAD)
+    assert all(_served(transformer, values, [AAD] * 3))
+    hits, calls = keys.hits, keys.dek_source_calls
+    keys.rotate(bytes(range(32)), key_id="2")
+    keys.forget("2")  # any seed let go: every kept seed must be asked for again
+    assert _served(transformer, values, [AAD] * 3) == [None] * 3
+    assert (keys.hits, keys.dek_source_calls) == (hits, calls)
+    assert transformer.open(values[1], aad=AAD).plaintext == b"v1"
+    assert keys.dek_source_calls == calls + 1
+
+
+def test_kms_v2_open_kept_serves_nothing_before_a_seed_opened_a_value() -> None:
+    keys = Base64KmsV2Keys(SEED)
+    transformer = KmsV2("kms", keys, rng=os.urandom)
+    values = [transformer.seal(b"v", aad=AAD), b"", b"k8s:enc:kms:v2:kms:", b"plain"]
+    assert _served(transformer, values, [AAD] * 4) == [None] * 4
+    assert (keys.hits, keys.dek_source_calls) == (0, 0)
+
+
+def test_chain_open_kept_is_the_first_transformers_and_only_kms_v2s() -> None:
+    keys = Base64KmsV2Keys(SEED)
+    kms = KmsV2("kms", keys, rng=os.urandom)
+    gcm = AesGcm("key1", KEY32, rng=os.urandom)
+    assert ProviderChain([gcm, kms]).open_kept([gcm.seal(b"x", aad=AAD)], [AAD]) is None
+    assert ProviderChain.identity().open_kept([b"x"], [AAD]) is None
+    chain = ProviderChain([kms, gcm])
+    values = [kms.seal(b"a", aad=AAD), gcm.seal(b"b", aad=AAD)]
+    chain.open(values[0], aad=AAD)
+    kept = chain.open_kept(values, [AAD, AAD])
+    assert kept is not None
+    assert kept.plaintexts == [b"a", None]

@@ -355,7 +355,9 @@ class ClusterMetrics:
     ) -> None:
         self.kms_seconds.labels(provider, method, _grpc_code(error)).observe(seconds)
 
-    def on_key_id(self, provider: str, key_id_hash: str, transformation: str) -> None:
+    def on_key_id(
+        self, provider: str, key_id_hash: str, transformation: str, count: int = 1
+    ) -> None:
         labels = (key_id_hash, provider, transformation)
         with self._lock:
             child = self._key_id_children.get(labels)
@@ -367,7 +369,7 @@ class ClusterMetrics:
                     self.key_ids.remove(*evicted)
             else:
                 self._key_id_children.move_to_end(labels)
-            child.inc()
+            child.inc(count)
 
     def on_invalid_key_id(self, provider: str, error: str) -> None:
         self.invalid_key_ids.labels(provider, error).inc()

@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from kinko.crypto.formats import ENCRYPTED_PREFIX, Identity
-from kinko.crypto.types import Opened, Transformer, new_opened
+from kinko.crypto.formats import ENCRYPTED_PREFIX, Identity, KmsV2
+from kinko.crypto.types import KeptOpened, Opened, Transformer, new_opened
 from kinko.errors import DecryptionError, InvalidArgument, UnavailableError
 
 
@@ -42,11 +42,16 @@ class _Open(Protocol):
     def __call__(self, value: bytes, *, aad: bytes) -> Opened: ...
 
 
+class _OpenKept(Protocol):
+    def __call__(self, values: Sequence[bytes], aads: Sequence[bytes]) -> KeptOpened: ...
+
+
 class ProviderChain:
     """The transformers of one resource in EncryptionConfiguration order (never empty)."""
 
     __slots__ = (
         "_first_open",
+        "_first_open_kept",
         "_first_prefix",
         "_later",
         "_read_unprefixed_as_identity",
@@ -71,6 +76,10 @@ class ProviderChain:
         # Most reads are of what the first transformer wrote: it is tried before the loop.
         self._first_prefix = self._transformers[0].prefix
         self._first_open: _Open = self._transformers[0].open
+        first = self._transformers[0]
+        self._first_open_kept: _OpenKept | None = (
+            first.open_kept if isinstance(first, KmsV2) else None
+        )
         # The others, in order, as the search reads them: prefix and bound open.
         self._later: tuple[tuple[bytes, _Open], ...] = tuple(
             (t.prefix, t.open) for t in self._transformers[1:]
@@ -122,6 +131,22 @@ class ProviderChain:
         # The first transformer cannot open it (another prefix, or identity and encrypted
         # data), so the search starts at the second: a migration's every read comes here.
         return self._search(value, aad, False, None)
+
+    def open_kept(self, values: Sequence[bytes], aads: Sequence[bytes]) -> KeptOpened | None:
+        """What the first transformer opens of ``values`` at once (``aads`` holds each one's
+        AAD, in the same order), from key state it already holds: a KMS v2 seed it has used.
+        The values it leaves out, the caller opens one by one with :meth:`open`; each value it
+        opens reads as :meth:`open` would read it, since the first transformer is tried first
+        on whatever matches its prefix. None when the first transformer is not KMS v2: open
+        every value with :meth:`open`.
+
+        For a LIST page: the work per value shrinks to a lookup and a decryption, and no
+        object but the plaintext is made per value. Raises nothing.
+        """
+        open_kept = self._first_open_kept
+        if open_kept is None:
+            return None
+        return open_kept(values, aads)
 
     def _search(
         self,

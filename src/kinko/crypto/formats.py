@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import nacl.exceptions
@@ -38,6 +39,7 @@ from kinko.crypto import kmsv2
 from kinko.crypto.types import (
     DekSourceType,
     EncryptedObject,
+    KeptOpened,
     KmsV1Unwrapper,
     KmsV2Keys,
     KmsWriteState,
@@ -528,6 +530,98 @@ class KmsV2:
         self._read_epoch.epoch = epoch
         self._decoded.clear()
         self._deks.clear()
+
+    def open_kept(self, values: Sequence[bytes], aads: Sequence[bytes]) -> KeptOpened:
+        """:meth:`open` of each of ``values`` (with the AAD at the same place in ``aads``) that
+        opens with a seed already kept; the others are left to the caller's :meth:`open`.
+
+        For a page of a LIST, whose values share the headers of a few seeds and, from one
+        writer, the ``info`` of a few DEKs: one ``keys.kept_hit`` per distinct header counts
+        all of its values (the same statistics and key_id metric as one call per value), the
+        current key_id is read once, and a DEK is looked up once per run of values under one
+        ``info``. A value is served only if its header has opened a value before and the
+        session has let no seed go since, exactly as :meth:`open` decides it, and only if it
+        has the canonical framing ``prefix ‖ field 1 ‖ header``. A value that does not open
+        here (no prefix match, a header not kept, other framing, a bad tag) is left out, never
+        an error: :meth:`open` then gives it its full treatment and its error. Raises nothing.
+        """
+        prefix = self.prefix
+        start = len(prefix)
+        decoded = self._decoded
+        plaintexts: list[bytes | None] = [None] * len(values)
+        shapes: list[Opened | None] = [None] * len(values)
+        # Pass 1: the values under each kept header, found by their suffix while it repeats.
+        groups: dict[bytes, tuple[EncryptedObject, kmsv2.SeedKdf, int, list[int]]] = {}
+        header = b""
+        members: list[int] = []
+        for index, value in enumerate(values):
+            if not value.startswith(prefix):
+                continue
+            if not header or not value.endswith(header):
+                where = kmsv2.locate_encrypted_data(value, start)
+                if where is None or where[1] <= where[0]:
+                    header = b""
+                    continue
+                header = value[where[1] :]
+                group = groups.get(header)
+                if group is None:
+                    entry = decoded.get(header)
+                    if entry is None or entry[2] is None:
+                        header = b""
+                        continue
+                    # The entry as read now: another thread may drop the cache meanwhile.
+                    group = groups[header] = (entry[0], entry[2], entry[3], [])
+                members = group[3]
+            members.append(index)
+        if not groups:
+            return KeptOpened(plaintexts, shapes)
+        # Pass 2: per header whose seed is still the session's, open its values in place.
+        keys = self.keys
+        current = keys.current_key_id()
+        deks = self._deks
+        framed = start + 2
+        for size, (obj, kdf, epoch, indices) in ((len(h), g) for h, g in groups.items()):
+            if not keys.kept_hit(obj, epoch, len(indices)):
+                continue
+            key_id = obj.key_id
+            shape = new_opened(
+                Opened, (b"", key_id != current, "kms", self.name, key_id, _SEED_TYPE)
+            )
+            info = b""
+            aead: AESGCM | None = None
+            for index in indices:
+                value = values[index]
+                end = len(value) - size
+                # Field 1's length, one or two varint bytes (any Secret); else full treatment.
+                if end < framed or value[start] != 0x0A:
+                    continue
+                first = value[start + 1]
+                if first < 0x80:
+                    begin = framed
+                    length = first
+                elif value[framed] < 0x80:
+                    begin = framed + 1
+                    length = (first & 0x7F) | (value[framed] << 7)
+                else:
+                    continue
+                nonce_at = begin + kmsv2.INFO_SIZE
+                sealed_at = nonce_at + kmsv2.NONCE_SIZE
+                if begin + length != end or end - sealed_at < kmsv2.TAG_SIZE:
+                    continue
+                if aead is None or not value.startswith(info, begin):
+                    info = value[begin:nonce_at]
+                    aead = deks.aead(kdf, info)
+                data: bytes | memoryview = value
+                if end - sealed_at > _COPY_MAX:
+                    data = memoryview(value)
+                try:
+                    plaintexts[index] = aead.decrypt(
+                        data[nonce_at:sealed_at], data[sealed_at:end], aads[index]
+                    )
+                except InvalidTag:
+                    continue
+                shapes[index] = shape
+        return KeptOpened(plaintexts, shapes)
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
         """Raises DecryptionError (opaque; also for a malformed envelope), PluginError."""

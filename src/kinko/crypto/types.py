@@ -59,6 +59,20 @@ class Opened(NamedTuple):
 new_opened = tuple.__new__
 
 
+class KeptOpened(NamedTuple):
+    """What a provider chain opened of a page of values at once (``ProviderChain.open_kept``).
+
+    ``plaintexts[i]`` is value i's plaintext, or None if it was not opened here (open it one
+    by one). ``opened[i]`` is how it opened: an :class:`Opened` with an empty plaintext,
+    shared by every value opened under the same key, or None with a None plaintext. No
+    object is made per value but its plaintext: a LIST that keeps a page alive makes the
+    garbage collector trace nothing more than an identity read would.
+    """
+
+    plaintexts: list[bytes | None]
+    opened: list[Opened | None]
+
+
 class Transformer(Protocol):
     """One (provider, key) with its full prefix. Implementations never log or leak bytes."""
 
@@ -140,9 +154,9 @@ class KmsV2Keys(Protocol):
         """
         ...
 
-    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
-        """A read of ``obj`` with a seed the transformer kept at ``epoch``: if the session's
-        epoch is still ``epoch``, count it as :meth:`dek_source` counts a cache hit
+    def kept_hit(self, obj: EncryptedObject, epoch: int, count: int = 1) -> bool:
+        """``count`` reads of ``obj`` with a seed the transformer kept at ``epoch``: if the
+        session's epoch is still ``epoch``, count them as :meth:`dek_source` counts cache hits
         (statistics, the key_id metric) and return True; otherwise count nothing and return
         False (the transformer must ask :meth:`dek_source`). Raises nothing.
         """

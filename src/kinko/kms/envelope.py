@@ -102,8 +102,11 @@ class KmsObserver(Protocol):
         """One plugin call finished: ``error`` is what it raised (None: it answered)."""
         ...
 
-    def on_key_id(self, provider: str, key_id_hash: str, transformation: str) -> None:
-        """A value is about to be written with, or read under, the key_id of this hash."""
+    def on_key_id(
+        self, provider: str, key_id_hash: str, transformation: str, count: int = 1
+    ) -> None:
+        """``count`` values are about to be written with, or were read under, the key_id of
+        this hash."""
         ...
 
     def on_invalid_key_id(self, provider: str, error: str) -> None:
@@ -448,20 +451,20 @@ class KmsV2Session:
         """The number of seeds evicted from the cache so far (see ``KmsV2Keys``)."""
         return self._epoch
 
-    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
-        """A read served by a seed the transformer kept at ``epoch``: while no seed has been
-        evicted since, counted as a cache hit with its key_id in the metric, exactly as
-        :meth:`dek_source` counts a hit, and True. After an eviction, False and nothing
-        counted: the transformer asks :meth:`dek_source`, so an evicted seed needs the
+    def kept_hit(self, obj: EncryptedObject, epoch: int, count: int = 1) -> bool:
+        """``count`` reads served by a seed the transformer kept at ``epoch``: while no seed
+        has been evicted since, counted as cache hits with their key_id in the metric, exactly
+        as :meth:`dek_source` counts ``count`` hits, and True. After an eviction, False and
+        nothing counted: the transformer asks :meth:`dek_source`, so an evicted seed needs the
         plugin's Decrypt again. Raises nothing.
         """
         with self._lock:
             if epoch != self._epoch:
                 return False
-            self._hits += 1
+            self._hits += count
         observer = self._observer
         if observer is not None:
-            observer.on_key_id(self._name, _cached_key_id_hash(obj.key_id), FROM_STORAGE)
+            observer.on_key_id(self._name, _cached_key_id_hash(obj.key_id), FROM_STORAGE, count)
         return True
 
     def dek_source(self, obj: EncryptedObject) -> bytes:
