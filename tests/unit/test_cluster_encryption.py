@@ -17,7 +17,8 @@ import pytest
 
 from kinko.cluster.encryption import EncryptedObjects, EncryptionConfigSource
 from kinko.crypto.config import KmsConfig
-from kinko.crypto.types import KmsV1Unwrapper
+from kinko.crypto.formats import KmsV2
+from kinko.crypto.types import KmsV1Unwrapper, Opened
 from kinko.errors import (
     Conflict,
     DecryptionError,
@@ -404,6 +405,44 @@ def test_kms_v2_reads_decrypt_each_seed_once(cfg: Path) -> None:
     assert reader_api.decrypt_calls == 2
     stale = {i.key for i in page.items if i.value.stale}
     assert stale == {key(f"a{i}") for i in range(4)}
+
+
+def test_a_fresh_reader_opens_one_value_per_seed_alone_and_the_rest_with_its_page(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = CountingApi(LocalKeyPlugin(KEY_A))
+    store = MemoryStore()
+    writer = make_source(cfg, config(KMS), api)
+    objects = EncryptedObjects(store, writer)
+    for i in range(5):
+        objects.write("secrets", key(f"a{i}"), b"a%d" % i, expect=0)
+    api.plugin = LocalKeyPlugin(KEY_B, retired_keys=[KEY_A])
+    session = writer.kms_v2_session("plug")
+    assert session is not None
+    session.check()  # a new key_id: a fresh seed
+    for i in range(5):
+        objects.write("secrets", key(f"b{i}"), b"b%d" % i, expect=0)
+    store.txn([Put(key("c"), b"k8s:enc:kms:v2:plug:garbage")])
+
+    alone: list[bytes] = []
+    one_by_one = KmsV2.open
+
+    def counted(self: KmsV2, value: bytes, *, aad: bytes) -> Opened:
+        alone.append(aad)
+        return one_by_one(self, value, aad=aad)
+
+    monkeypatch.setattr(KmsV2, "open", counted)
+    reader_api = CountingApi(api.plugin)
+    reader = EncryptedObjects(store, make_source(cfg, config(KMS), reader_api))
+    page = reader.list("secrets", PREFIX)
+    assert [(i.key, i.value.plaintext) for i in page.items] == [
+        *((key(f"a{i}"), b"a%d" % i) for i in range(5)),
+        *((key(f"b{i}"), b"b%d" % i) for i in range(5)),
+    ]
+    assert page.unreadable == (key("c"),)
+    # The first value of each seed asked for it; the pass after it opened the others.
+    assert alone == [key("a0"), key("b0"), key("c")]
+    assert reader_api.decrypt_calls == 2
 
 
 def test_kms_v2_unavailable_for_an_unseen_seed_fails_the_list(cfg: Path) -> None:

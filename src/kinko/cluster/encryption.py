@@ -46,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn, Protocol
@@ -59,7 +59,14 @@ from kinko.crypto.config import (
     config_hash,
     parse_encryption_config,
 )
-from kinko.crypto.types import KeptOpened, KmsV1Unwrapper, KmsV2Keys, Opened, Rng
+from kinko.crypto.types import (
+    DekSourceType,
+    KeptOpened,
+    KmsV1Unwrapper,
+    KmsV2Keys,
+    Opened,
+    Rng,
+)
 from kinko.errors import (
     ConfigError,
     Conflict,
@@ -79,7 +86,7 @@ from kinko.kms.envelope import (
     KmsV2Session,
 )
 from kinko.kms.port import KmsV2Api
-from kinko.store.port import Delete, Put, Store
+from kinko.store.port import Delete, Entry, Put, Store
 
 __all__ = [
     "IDENTITY_PREFIX",
@@ -522,30 +529,7 @@ class EncryptedObjects:
         """
         page = self._store.range(prefix, start_after=start_after, limit=limit, revision=revision)
         chain = self._source.chain_for(resource)
-        observer = self._observer()
-        entries = page.entries
-        # Values under a seed the chain already holds open in one pass; the rest one by one.
-        started = time.perf_counter()
-        kept = chain.open_kept([e.value for e in entries], [e.key for e in entries])
-        if kept is None:
-            kept = KeptOpened([None] * len(entries), [None] * len(entries))
-        elif observer is not None:
-            _observe_kept(observer, chain, kept.opened, time.perf_counter() - started)
-        items: list[ListItem] = []
-        unreadable: list[bytes] = []
-        for entry, plaintext, shape in zip(entries, *kept, strict=True):
-            if plaintext is None or shape is None:
-                try:
-                    opened = _open(chain, entry.key, entry.value, observer)
-                except UnreadableValue:
-                    unreadable.append(entry.key)
-                    continue
-                items.append(ListItem(entry.key, _read_value(opened, entry.mod_revision)))
-            else:
-                value = ReadValue(
-                    plaintext, entry.mod_revision, shape.stale, shape.provider, shape.key_id
-                )
-                items.append(ListItem(entry.key, value))
+        items, unreadable = _open_page(chain, page.entries, self._observer())
         if unreadable:
             log.warning(
                 "LIST %s under %s: %d unreadable value(s), first %s",
@@ -589,6 +573,62 @@ class EncryptedObjects:
             f"{_show(key)} decrypts with the current configuration; "
             "expected an unreadable value for a forced delete, delete it normally"
         )
+
+
+def _open_page(
+    chain: ProviderChain, entries: Sequence[Entry], observer: EnvelopeObserver | None
+) -> tuple[list[ListItem], list[bytes]]:
+    """The readable items and the unreadable keys of one page, in order.
+
+    Values under a seed the chain already holds open in one pass (:meth:`ProviderChain.open_kept`),
+    the others one by one. A value opened one by one under KMS v2 may have made its seed
+    held, so the pass runs again over the values still left after it; once such a pass opens
+    nothing, the rest of the page goes one by one. Raises PluginError, as :func:`_open`.
+    """
+    values = [entry.value for entry in entries]
+    aads = [entry.key for entry in entries]
+    kept = _open_kept(chain, values, aads, observer)
+    again = kept is not None
+    plaintexts, shapes = kept or KeptOpened([None] * len(entries), [None] * len(entries))
+    items: list[ListItem] = []
+    unreadable: list[bytes] = []
+    for index, entry in enumerate(entries):
+        plaintext, shape = plaintexts[index], shapes[index]
+        if plaintext is not None and shape is not None:
+            value = ReadValue(
+                plaintext, entry.mod_revision, shape.stale, shape.provider, shape.key_id
+            )
+            items.append(ListItem(entry.key, value))
+            continue
+        try:
+            opened = _open(chain, entry.key, entry.value, observer)
+        except UnreadableValue:
+            unreadable.append(entry.key)
+            continue
+        items.append(ListItem(entry.key, _read_value(opened, entry.mod_revision)))
+        if again and opened.dek_source_type == DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED:
+            left = [j for j in range(index + 1, len(entries)) if plaintexts[j] is None]
+            more = _open_kept(chain, [values[j] for j in left], [aads[j] for j in left], observer)
+            again = False
+            if more is not None:
+                for j, plaintext, shape in zip(left, *more, strict=True):
+                    if plaintext is not None:
+                        plaintexts[j], shapes[j] = plaintext, shape
+                        again = True
+    return items, unreadable
+
+
+def _open_kept(
+    chain: ProviderChain,
+    values: list[bytes],
+    aads: list[bytes],
+    observer: EnvelopeObserver | None,
+) -> KeptOpened | None:
+    started = time.perf_counter()
+    kept = chain.open_kept(values, aads)
+    if kept is not None and observer is not None:
+        _observe_kept(observer, chain, kept.opened, time.perf_counter() - started)
+    return kept
 
 
 def _open(
