@@ -91,7 +91,7 @@ class Base64Keys:
     def seed_epoch(self) -> int:
         return 0
 
-    def kept_hit(self, obj: EncryptedObject, epoch: int) -> bool:
+    def kept_hit(self, obj: EncryptedObject, epoch: int, count: int = 1) -> bool:
         return True
 
     def current_key_id(self) -> str | None:
