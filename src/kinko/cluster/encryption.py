@@ -118,9 +118,15 @@ class EnvelopeObserver(KmsObserver, Protocol):
     """
 
     def on_transform(
-        self, transformation: str, prefix: str, error: BaseException | None, seconds: float
+        self,
+        transformation: str,
+        prefix: str,
+        error: BaseException | None,
+        seconds: float,
+        count: int = 1,
     ) -> None:
-        """One seal (``to_storage``) or open (``from_storage``) through a chain finished.
+        """``count`` seals (``to_storage``) or opens (``from_storage``) through a chain
+        finished, each in ``seconds``.
 
         ``prefix`` is the transformer's value prefix (``k8s:enc:aescbc:v1:key1:``) or
         :data:`IDENTITY_PREFIX`; ``error`` is what it raised (None: it succeeded).
@@ -655,9 +661,7 @@ def _observe_kept(
     served = len(kept) - kept.count(None)
     if served:
         prefix = _label(chain.first.prefix)
-        each = seconds / served
-        for _ in range(served):
-            observer.on_transform(FROM_STORAGE, prefix, None, each)
+        observer.on_transform(FROM_STORAGE, prefix, None, seconds / served, served)
 
 
 def _observed_seal(

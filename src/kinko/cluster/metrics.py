@@ -375,11 +375,18 @@ class ClusterMetrics:
         self.invalid_key_ids.labels(provider, error).inc()
 
     def on_transform(
-        self, transformation: str, prefix: str, error: BaseException | None, seconds: float
+        self,
+        transformation: str,
+        prefix: str,
+        error: BaseException | None,
+        seconds: float,
+        count: int = 1,
     ) -> None:
-        self.transformations.labels(transformation, prefix, _transform_status(error)).inc()
+        self.transformations.labels(transformation, prefix, _transform_status(error)).inc(count)
         if error is None:
-            self.transformation_seconds.labels(transformation, prefix).observe(seconds)
+            timer = self.transformation_seconds.labels(transformation, prefix)
+            for _ in range(count):
+                timer.observe(seconds)
 
     def on_reload(self, ok: bool) -> None:
         if ok:
