@@ -264,6 +264,11 @@ class ClusterMetrics:
             buckets=TRANSFORM_BUCKETS,
             registry=r,
         )
+        # The series of every value read or written, looked up once per label set: labels()
+        # validates and locks on every call, and a LIST reports each value it opens. Prefixes
+        # come from the configuration, so these hold what the registry holds already.
+        self._transform_counts: dict[tuple[str, str, str], Counter] = {}
+        self._transform_timers: dict[tuple[str, str], Histogram] = {}
         self.reload_success = Counter(
             "apiserver_encryption_config_controller_automatic_reload_success",
             "EncryptionConfiguration reloads that loaded a changed file.",
@@ -382,9 +387,16 @@ class ClusterMetrics:
         seconds: float,
         count: int = 1,
     ) -> None:
-        self.transformations.labels(transformation, prefix, _transform_status(error)).inc(count)
+        labels = (transformation, prefix, _transform_status(error))
+        counter = self._transform_counts.get(labels)
+        if counter is None:
+            counter = self._transform_counts[labels] = self.transformations.labels(*labels)
+        counter.inc(count)
         if error is None:
-            timer = self.transformation_seconds.labels(transformation, prefix)
+            timed = (transformation, prefix)
+            timer = self._transform_timers.get(timed)
+            if timer is None:
+                timer = self._transform_timers[timed] = self.transformation_seconds.labels(*timed)
             for _ in range(count):
                 timer.observe(seconds)
 
