@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kinko.cluster import encryption
 from kinko.cluster.encryption import EncryptedObjects, EncryptionConfigSource
 from kinko.crypto.config import KmsConfig
 from kinko.crypto.formats import KmsV2
@@ -310,6 +311,24 @@ def test_list_pages_report_unreadable_values(cfg: Path) -> None:
     assert not second.more
 
 
+def test_a_scan_opens_its_page_a_few_values_at_a_time(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encryption, "OPEN_ROWS", 2)
+    store = MemoryStore()
+    objects = EncryptedObjects(store, make_source(cfg, config(GCM_1)))
+    for name in "abcde":
+        objects.write("secrets", key(name), name.upper().encode(), expect=0)
+    store.txn([Put(key("d"), b"k8s:enc:aesgcm:v1:g1:garbage")])
+    scan = objects.scan("secrets", PREFIX, limit=4)
+    assert (scan.more, scan.last_key) == (True, key("d"))
+    items = iter(scan)
+    assert next(items).key == key("a")
+    assert scan.unreadable == []  # c and d are not opened yet
+    assert [i.value.plaintext for i in items] == [b"B", b"C"]
+    assert scan.unreadable == [key("d")]
+
+
 def test_force_delete_only_removes_unreadable_values(cfg: Path) -> None:
     source = make_source(cfg, config(GCM_1, BOX_3))
     store = MemoryStore()
@@ -461,11 +480,14 @@ def test_kms_v2_unavailable_for_an_unseen_seed_fails_the_list(cfg: Path) -> None
     assert store.get(key("a")) is not None
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 500])
 def test_a_kms_v2_page_mixing_seeds_providers_and_unreadable_values_lists_in_order(
-    cfg: Path,
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, rows: int
 ) -> None:
     # A page a LIST opens at once where it can (values under a seed already used) and one by
-    # one elsewhere: the answer is the same, in key order, whichever way each value opened.
+    # one elsewhere: the answer is the same, in key order, whichever way each value opened
+    # and however many values are opened at a time.
+    monkeypatch.setattr(encryption, "OPEN_ROWS", rows)
     api = CountingApi(LocalKeyPlugin(KEY_A))
     store = MemoryStore()
     source = make_source(cfg, config(GCM_1), api)

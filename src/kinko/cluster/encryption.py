@@ -46,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn, Protocol
@@ -86,7 +86,7 @@ from kinko.kms.envelope import (
     KmsV2Session,
 )
 from kinko.kms.port import KmsV2Api
-from kinko.store.port import Delete, Entry, Put, Store
+from kinko.store.port import Delete, Entry, Page, Put, Store
 
 __all__ = [
     "IDENTITY_PREFIX",
@@ -98,6 +98,7 @@ __all__ = [
     "ListResult",
     "ReadValue",
     "ReloadResult",
+    "Scan",
     "UnreadableValue",
 ]
 
@@ -109,6 +110,10 @@ KmsV2ApiFactory = Callable[[KmsConfig], KmsV2Api]
 KmsV1Factory = Callable[[KmsConfig], KmsV1Unwrapper]
 #: The ``transformer_prefix`` of the identity transformer (its prefix is empty), as upstream.
 IDENTITY_PREFIX: Final = "identity"
+#: A page of the store is opened this many values at a time as it is iterated (:class:`Scan`),
+#: so each value is decoded while its plaintext is still in the CPU's cache: a whole page of
+#: 500 values, ciphertext and plaintext, is larger than a core's L2 cache.
+OPEN_ROWS: Final = 64
 
 
 class EnvelopeObserver(KmsObserver, Protocol):
@@ -533,19 +538,28 @@ class EncryptedObjects:
         the module docstring), InvalidArgument (limit < 1), Conflict (revision compacted),
         StoreUnavailable.
         """
+        scan = self.scan(resource, prefix, limit=limit, start_after=start_after, revision=revision)
+        items = tuple(scan)
+        return ListResult(items, tuple(scan.unreadable), scan.more, scan.revision, scan.last_key)
+
+    def scan(
+        self,
+        resource: str,
+        prefix: bytes,
+        *,
+        limit: int = 500,
+        start_after: bytes = b"",
+        revision: int = 0,
+    ) -> Scan:
+        """One page of objects under ``prefix``, read now and opened as it is iterated.
+
+        :meth:`list` without holding every plaintext of the page at once: iterate the scan
+        and use each item before the next ones are opened. Raises what :meth:`list` raises:
+        InvalidArgument, Conflict (revision compacted), StoreUnavailable here, PluginError
+        while iterating.
+        """
         page = self._store.range(prefix, start_after=start_after, limit=limit, revision=revision)
-        chain = self._source.chain_for(resource)
-        items, unreadable = _open_page(chain, page.entries, self._observer())
-        if unreadable:
-            log.warning(
-                "LIST %s under %s: %d unreadable value(s), first %s",
-                resource,
-                _show(prefix),
-                len(unreadable),
-                _show(unreadable[0]),
-            )
-        last = page.entries[-1].key if page.entries else b""
-        return ListResult(tuple(items), tuple(unreadable), page.more, page.revision, last)
+        return Scan(resource, prefix, page, self._source.chain_for(resource), self._observer())
 
     def delete(self, key: bytes, *, expect: int) -> int:
         """Delete ``key`` if its revision is ``expect``; returns the new revision.
@@ -579,6 +593,64 @@ class EncryptedObjects:
             f"{_show(key)} decrypts with the current configuration; "
             "expected an unreadable value for a forced delete, delete it normally"
         )
+
+
+class Scan:
+    """One page of the store under a prefix, opened :data:`OPEN_ROWS` values at a time as it
+    is iterated (:meth:`EncryptedObjects.scan`). Iterate it once.
+
+    ``more``, ``revision`` and ``last_key`` are the page's, as in :class:`ListResult`;
+    ``unreadable`` lists the storage keys of the values met so far that do not open (a
+    warning names their number once the iteration ends). Iterating raises PluginError (a KMS
+    plugin needed for a seed not cached yet is unavailable).
+    """
+
+    __slots__ = (
+        "_chain",
+        "_entries",
+        "_observer",
+        "_prefix",
+        "_resource",
+        "last_key",
+        "more",
+        "revision",
+        "unreadable",
+    )
+
+    def __init__(
+        self,
+        resource: str,
+        prefix: bytes,
+        page: Page,
+        chain: ProviderChain,
+        observer: EnvelopeObserver | None,
+    ) -> None:
+        self._resource = resource
+        self._prefix = prefix
+        self._entries = page.entries
+        self._chain = chain
+        self._observer = observer
+        self.more = page.more
+        self.revision = page.revision
+        self.last_key = page.entries[-1].key if page.entries else b""
+        self.unreadable: list[bytes] = []
+
+    def __iter__(self) -> Iterator[ListItem]:
+        entries = self._entries
+        for start in range(0, len(entries), OPEN_ROWS):
+            items, unreadable = _open_page(
+                self._chain, entries[start : start + OPEN_ROWS], self._observer
+            )
+            self.unreadable.extend(unreadable)
+            yield from items
+        if self.unreadable:
+            log.warning(
+                "LIST %s under %s: %d unreadable value(s), first %s",
+                self._resource,
+                _show(self._prefix),
+                len(self.unreadable),
+                _show(self.unreadable[0]),
+            )
 
 
 def _open_page(

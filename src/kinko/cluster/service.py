@@ -204,7 +204,7 @@ class ClusterService:
         while True:
             rows = PAGE_ROWS if want is None else max(1, min(PAGE_ROWS, want - len(items)))
             try:
-                page = self._objects.list(
+                page = self._objects.scan(
                     res, prefix, limit=rows, start_after=start, revision=revision
                 )
             except Conflict:
@@ -212,7 +212,9 @@ class ClusterService:
                     "the continue token's snapshot is too old (compacted); list again without it"
                 ) from None
             revision = page.revision
-            for item in page.items:
+            # Each object is decoded as soon as its value is opened (the scan opens a few at
+            # a time), while its plaintext is still in the CPU's cache.
+            for item in page:
                 try:
                     obj = _decode(res, item.value, item.key)
                 except UnreadableValue as exc:
