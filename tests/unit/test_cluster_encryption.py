@@ -327,6 +327,8 @@ def test_a_scan_opens_its_page_a_few_values_at_a_time(
     assert scan.unreadable == []  # c and d are not opened yet
     assert [i.value.plaintext for i in items] == [b"B", b"C"]
     assert scan.unreadable == [key("d")]
+    with pytest.raises(InvalidArgument, match="iterated once"):
+        iter(scan)
 
 
 def test_force_delete_only_removes_unreadable_values(cfg: Path) -> None:
@@ -462,6 +464,36 @@ def test_a_fresh_reader_opens_one_value_per_seed_alone_and_the_rest_with_its_pag
     # The first value of each seed asked for it; the pass after it opened the others.
     assert alone == [key("a0"), key("b0"), key("c")]
     assert reader_api.decrypt_calls == 2
+
+
+def test_a_value_opened_alone_for_its_size_does_not_stop_the_page_pass_for_later_seeds(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = CountingApi(LocalKeyPlugin(KEY_A))
+    store = MemoryStore()
+    writer = make_source(cfg, config(KMS), api)
+    objects = EncryptedObjects(store, writer)
+    big = bytes(20_000)  # its encryptedData length takes three bytes: opened alone
+    objects.write("secrets", key("a0"), big, expect=0)
+    api.plugin = LocalKeyPlugin(KEY_B, retired_keys=[KEY_A])
+    session = writer.kms_v2_session("plug")
+    assert session is not None
+    session.check()
+    for i in range(5):
+        objects.write("secrets", key(f"b{i}"), b"b%d" % i, expect=0)
+
+    alone: list[bytes] = []
+    one_by_one = KmsV2.open
+
+    def counted(self: KmsV2, value: bytes, *, aad: bytes) -> Opened:
+        alone.append(aad)
+        return one_by_one(self, value, aad=aad)
+
+    monkeypatch.setattr(KmsV2, "open", counted)
+    reader = EncryptedObjects(store, make_source(cfg, config(KMS), CountingApi(api.plugin)))
+    page = reader.list("secrets", PREFIX)
+    assert [i.value.plaintext for i in page.items] == [big, *(b"b%d" % i for i in range(5))]
+    assert alone == [key("a0"), key("b0")]
 
 
 def test_kms_v2_unavailable_for_an_unseen_seed_fails_the_list(cfg: Path) -> None:

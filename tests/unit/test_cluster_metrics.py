@@ -668,11 +668,13 @@ def test_a_scrape_carries_no_secret_value_object_name_or_key(rig: Rig) -> None:
         assert entry.key not in body
 
 
+@pytest.mark.parametrize("size", [7, 20_000])
 def test_a_list_records_every_value_once_whether_opened_alone_or_with_its_page(
-    rig: Rig,
+    rig: Rig, size: int
 ) -> None:
+    # 20,000 bytes: a value whose encryptedData length takes three bytes is opened alone.
     for i in range(5):
-        rig.service.create("secrets", "default", secret(f"db-{i}"))
+        rig.service.create("secrets", "default", secret(f"db-{i}", bytes([i]) * size))
     # The first LIST opens its values one by one (the seed is not kept yet); the second
     # opens the whole page at once with the kept seed.
     for _ in range(2):

@@ -739,18 +739,23 @@ def test_every_fast_path_builds_a_whole_opened() -> None:
 
 
 def _served(transformer: KmsV2, values: list[bytes], aads: list[bytes]) -> list[Opened | None]:
-    """``open_kept``'s answer as one Opened (or None) per value."""
+    """``open_kept``'s answer as one Opened per value it opened, None for every other."""
     plaintexts, shapes = transformer.open_kept(values, aads)
     assert len(plaintexts) == len(shapes) == len(values)
     out: list[Opened | None] = []
     for plaintext, shape in zip(plaintexts, shapes, strict=True):
-        assert (plaintext is None) == (shape is None)
-        if plaintext is None or shape is None:
+        if plaintext is None:
             out.append(None)
         else:
+            assert shape is not None
             assert shape.plaintext == b""
             out.append(shape._replace(plaintext=plaintext))
     return out
+
+
+def _tried(transformer: KmsV2, values: list[bytes], aads: list[bytes]) -> list[bool]:
+    """Which values ``open_kept`` tried under a kept seed (opened or not)."""
+    return [shape is not None for shape in transformer.open_kept(values, aads).opened]
 
 
 def test_kms_v2_open_kept_reads_each_value_as_open_does() -> None:
@@ -798,7 +803,7 @@ def test_kms_v2_open_kept_leaves_every_tampered_or_misplaced_value_to_open() -> 
     assert found is not None
     begin, end = found
     bad: list[bytes] = []
-    for index in {len(transformer.prefix), begin - 1, begin, begin + 32, begin + 44, end - 1}:
+    for index in (len(transformer.prefix), begin - 1, begin, begin + 32, begin + 44, end - 1):
         flipped = bytearray(value)
         flipped[index] ^= 0x01
         bad.append(bytes(flipped))
@@ -811,9 +816,18 @@ def test_kms_v2_open_kept_leaves_every_tampered_or_misplaced_value_to_open() -> 
     # left to open(), which parses it in full and, as protobuf does, skips the field.
     odd = value[:end] + b"\x38\x01" + value[end:]
     values = [value, *bad, odd, value]
-    served = _served(transformer, values, [AAD] * (len(values) - 1) + [OTHER_AAD])
+    aads = [AAD] * (len(values) - 1) + [OTHER_AAD]
+    hits = keys.hits
+    served = _served(transformer, values, aads)
     assert served[0] == transformer.open(value, aad=AAD)
     assert served[1:] == [None] * (len(values) - 1)
+    # Tried (and counted as reads) are the values framed as the kept header's: a change in
+    # encryptedData's info, nonce, ciphertext or tag, field 1 made one byte longer, and the
+    # value under another AAD. Not tried: a changed field tag or length, a truncated value,
+    # an unknown field before the header.
+    tried = _tried(transformer, values, aads)
+    assert tried == [True, False, False, True, True, True, True, True, False, False, True]
+    assert keys.hits == hits + 1 + 2 * sum(tried)
     for tampered in bad:
         with pytest.raises(DecryptionError):
             transformer.open(tampered, aad=AAD)

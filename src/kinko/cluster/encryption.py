@@ -60,7 +60,6 @@ from kinko.crypto.config import (
     parse_encryption_config,
 )
 from kinko.crypto.types import (
-    DekSourceType,
     KeptOpened,
     KmsV1Unwrapper,
     KmsV2Keys,
@@ -602,7 +601,8 @@ class Scan:
     ``more``, ``revision`` and ``last_key`` are the page's, as in :class:`ListResult`;
     ``unreadable`` lists the storage keys of the values met so far that do not open (a
     warning names their number once the iteration ends). Iterating raises PluginError (a KMS
-    plugin needed for a seed not cached yet is unavailable).
+    plugin needed for a seed not cached yet is unavailable); iterating a second time raises
+    InvalidArgument.
     """
 
     __slots__ = (
@@ -611,6 +611,7 @@ class Scan:
         "_observer",
         "_prefix",
         "_resource",
+        "_started",
         "last_key",
         "more",
         "revision",
@@ -634,8 +635,15 @@ class Scan:
         self.revision = page.revision
         self.last_key = page.entries[-1].key if page.entries else b""
         self.unreadable: list[bytes] = []
+        self._started = False
 
     def __iter__(self) -> Iterator[ListItem]:
+        if self._started:
+            raise InvalidArgument("a scan is iterated once; scan the page again")
+        self._started = True
+        return self._opened()
+
+    def _opened(self) -> Iterator[ListItem]:
         entries = self._entries
         for start in range(0, len(entries), OPEN_ROWS):
             items, unreadable = _open_page(
@@ -656,17 +664,17 @@ class Scan:
 def _open_page(
     chain: ProviderChain, entries: Sequence[Entry], observer: EnvelopeObserver | None
 ) -> tuple[list[ListItem], list[bytes]]:
-    """The readable items and the unreadable keys of one page, in order.
+    """The readable items and the unreadable keys of some entries of a page, in order.
 
     Values under a seed the chain already holds open in one pass (:meth:`ProviderChain.open_kept`),
-    the others one by one. A value opened one by one under KMS v2 may have made its seed
-    held, so the pass runs again over the values still left after it; once such a pass opens
-    nothing, the rest of the page goes one by one. Raises PluginError, as :func:`_open`.
+    the others one by one. When a value opened one by one made the chain keep a new seed
+    (:meth:`ProviderChain.kept_mark` moved), the pass runs again over the values after it
+    that it has not tried yet. Raises PluginError, as :func:`_open`.
     """
     values = [entry.value for entry in entries]
     aads = [entry.key for entry in entries]
     kept = _open_kept(chain, values, aads, observer)
-    again = kept is not None
+    mark = chain.kept_mark() if kept is not None else None
     plaintexts, shapes = kept or KeptOpened([None] * len(entries), [None] * len(entries))
     items: list[ListItem] = []
     unreadable: list[bytes] = []
@@ -684,15 +692,15 @@ def _open_page(
             unreadable.append(entry.key)
             continue
         items.append(ListItem(entry.key, _read_value(opened, entry.mod_revision)))
-        if again and opened.dek_source_type == DekSourceType.HKDF_SHA256_XNONCE_AES_GCM_SEED:
-            left = [j for j in range(index + 1, len(entries)) if plaintexts[j] is None]
-            more = _open_kept(chain, [values[j] for j in left], [aads[j] for j in left], observer)
-            again = False
-            if more is not None:
-                for j, plaintext, shape in zip(left, *more, strict=True):
-                    if plaintext is not None:
-                        plaintexts[j], shapes[j] = plaintext, shape
-                        again = True
+        if mark is None or chain.kept_mark() == mark:
+            continue
+        mark = chain.kept_mark()
+        # Not yet tried: neither opened nor tried and failed (those go one by one).
+        left = [j for j in range(index + 1, len(entries)) if shapes[j] is None]
+        more = _open_kept(chain, [values[j] for j in left], [aads[j] for j in left], observer)
+        if more is not None:
+            for j, plaintext, shape in zip(left, *more, strict=True):
+                plaintexts[j], shapes[j] = plaintext, shape
     return items, unreadable
 
 
@@ -705,7 +713,7 @@ def _open_kept(
     started = time.perf_counter()
     kept = chain.open_kept(values, aads)
     if kept is not None and observer is not None:
-        _observe_kept(observer, chain, kept.opened, time.perf_counter() - started)
+        _observe_kept(observer, chain, kept.plaintexts, time.perf_counter() - started)
     return kept
 
 
@@ -726,11 +734,13 @@ def _open(
 
 
 def _observe_kept(
-    observer: EnvelopeObserver, chain: ProviderChain, kept: list[Opened | None], seconds: float
+    observer: EnvelopeObserver, chain: ProviderChain, opened: list[bytes | None], seconds: float
 ) -> None:
-    """Report the values :meth:`ProviderChain.open_kept` opened, each under the first
-    transformer's prefix and with the pass's mean time per value (its only measure)."""
-    served = len(kept) - kept.count(None)
+    """Report the values :meth:`ProviderChain.open_kept` opened (``opened``: their
+    plaintexts), each under the first transformer's prefix and with the pass's mean time per
+    value (its only measure). Values it tried and could not open are reported when they are
+    opened alone."""
+    served = len(opened) - opened.count(None)
     if served:
         prefix = _label(chain.first.prefix)
         observer.on_transform(FROM_STORAGE, prefix, None, seconds / served, served)

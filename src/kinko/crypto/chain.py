@@ -137,8 +137,9 @@ class ProviderChain:
         AAD, in the same order), from key state it already holds: a KMS v2 seed it has used.
         The values it leaves out, the caller opens one by one with :meth:`open`; each value it
         opens reads as :meth:`open` would read it, since the first transformer is tried first
-        on whatever matches its prefix. None when the first transformer is not KMS v2: open
-        every value with :meth:`open`.
+        on whatever matches its prefix (see :meth:`KmsV2.open_kept` for a value tried that did
+        not open). None when the first transformer is not KMS v2: open every value with
+        :meth:`open`.
 
         For a LIST page: the work per value shrinks to a lookup and a decryption, and no
         object but the plaintext is made per value. Raises nothing.
@@ -147,6 +148,13 @@ class ProviderChain:
         if open_kept is None:
             return None
         return open_kept(values, aads)
+
+    def kept_mark(self) -> int | None:
+        """The first transformer's :attr:`KmsV2.kept_mark` (None: not KMS v2). It changes
+        when an :meth:`open` keeps a new seed, after which :meth:`open_kept` may open more of
+        a page. Raises nothing."""
+        first = self._transformers[0]
+        return first.kept_mark if isinstance(first, KmsV2) else None
 
     def _search(
         self,

@@ -406,6 +406,15 @@ class _ReadEpoch:
         self.epoch = 0
 
 
+class _KeptCount:
+    """How many times :class:`KmsV2` has kept a seed's KDF for a header (a hint)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class _WriteKeySlot:
     """The current :data:`_WriteKey`; replaced whole, so a writer always sees one consistent
     set."""
@@ -434,7 +443,8 @@ class KmsV2:
     counted by ``keys.kept_hit``, as long as the session has let no seed go since (its seed
     epoch). The first read after an eviction drops every kept header, KDF and DEK, and every
     seed is asked for again: key state derived from a seed outlives the session's copy by at
-    most that one read (the writer's current DEK stays until the next write). At most 1,024
+    most that one read, or one :meth:`open_kept` pass, whose values under one header are
+    checked together (the writer's current DEK stays until the next write). At most 1,024
     headers are kept; the cache then resets.
     """
 
@@ -445,6 +455,7 @@ class KmsV2:
     _write_key: _WriteKeySlot = field(init=False, repr=False)
     _deks: kmsv2.DekCache = field(init=False, repr=False)
     _read_epoch: _ReadEpoch = field(init=False, repr=False)
+    _kept_count: _KeptCount = field(init=False, repr=False)
     #: Header bytes (fields 2 to 5) → the decoded fields, whether the type is 1, and for a
     #: type-1 header that has opened a value, its seed's :class:`kmsv2.SeedKdf` and the
     #: session's seed epoch read before the seed was asked for.
@@ -458,6 +469,7 @@ class KmsV2:
         object.__setattr__(self, "_write_key", _WriteKeySlot())
         object.__setattr__(self, "_deks", kmsv2.DekCache())
         object.__setattr__(self, "_read_epoch", _ReadEpoch())
+        object.__setattr__(self, "_kept_count", _KeptCount())
         object.__setattr__(self, "_decoded", {})
 
     @property
@@ -531,26 +543,42 @@ class KmsV2:
         self._decoded.clear()
         self._deks.clear()
 
+    @property
+    def kept_mark(self) -> int:
+        """Grows whenever a header gets its seed's KDF kept (a read opened a value under it):
+        a page reader that sees it change after opening a value alone can open the rest of
+        its page with :meth:`open_kept`. A hint only; raises nothing."""
+        return self._kept_count.n
+
     def open_kept(self, values: Sequence[bytes], aads: Sequence[bytes]) -> KeptOpened:
         """:meth:`open` of each of ``values`` (with the AAD at the same place in ``aads``) that
         opens with a seed already kept; the others are left to the caller's :meth:`open`.
 
-        For a page of a LIST, whose values share the headers of a few seeds and, from one
+        For a chunk of a LIST, whose values share the headers of a few seeds and, from one
         writer, the ``info`` of a few DEKs: one ``keys.kept_hit`` per distinct header counts
-        all of its values (the same statistics and key_id metric as one call per value), the
+        all of its values tried (the statistics and key_id metric of one call per value), the
         current key_id is read once, and a DEK is looked up once per run of values under one
-        ``info``. A value is served only if its header has opened a value before and the
-        session has let no seed go since, exactly as :meth:`open` decides it, and only if it
-        has the canonical framing ``prefix ‖ field 1 ‖ header``. A value that does not open
-        here (no prefix match, a header not kept, other framing, a bad tag) is left out, never
-        an error: :meth:`open` then gives it its full treatment and its error. Raises nothing.
+        ``info``. A value is tried only if its header has opened a value before and the
+        session has let no seed go since, exactly as :meth:`open` decides it, and only if
+        field 1 comes right after the prefix with a length of one or two bytes and ends where
+        the header begins (any Secret or ConfigMap a writer in Go's field order stores).
+
+        In the answer, a value with a plaintext opened here. A value with an Opened but no
+        plaintext was tried and did not open (a bad tag, a wrong AAD): counted once here, it
+        is to be opened alone for its error, and not tried again. A value with neither was
+        not tried: another prefix, a header not kept, other framing, a length of three or
+        more bytes (16 KiB or more). Raises nothing.
         """
         prefix = self.prefix
         start = len(prefix)
+        framed = start + 2
         decoded = self._decoded
-        plaintexts: list[bytes | None] = [None] * len(values)
-        shapes: list[Opened | None] = [None] * len(values)
-        # Pass 1: the values under each kept header, found by their suffix while it repeats.
+        size = len(values)
+        plaintexts: list[bytes | None] = [None] * size
+        shapes: list[Opened | None] = [None] * size
+        begins = [0] * size
+        # Pass 1: the values to try under each kept header, found by their suffix while it
+        # repeats, with where their encryptedData begins.
         groups: dict[bytes, tuple[EncryptedObject, kmsv2.SeedKdf, int, list[int]]] = {}
         header = b""
         members: list[int] = []
@@ -572,6 +600,23 @@ class KmsV2:
                     # The entry as read now: another thread may drop the cache meanwhile.
                     group = groups[header] = (entry[0], entry[2], entry[3], [])
                 members = group[3]
+            # Field 1 right after the prefix, its length in one or two bytes, ending where
+            # the header begins: exactly where locate_encrypted_data finds it.
+            end = len(value) - len(header)
+            if end < framed or value[start] != 0x0A:
+                continue
+            first = value[start + 1]
+            if first < 0x80:
+                begin = framed
+                length = first
+            elif value[framed] < 0x80:
+                begin = framed + 1
+                length = (first & 0x7F) | (value[framed] << 7)
+            else:
+                continue
+            if begin + length != end or length < _KMS_V2_INFO_NONCE + kmsv2.TAG_SIZE:
+                continue
+            begins[index] = begin
             members.append(index)
         if not groups:
             return KeptOpened(plaintexts, shapes)
@@ -579,48 +624,35 @@ class KmsV2:
         keys = self.keys
         current = keys.current_key_id()
         deks = self._deks
-        framed = start + 2
-        for size, (obj, kdf, epoch, indices) in ((len(h), g) for h, g in groups.items()):
-            if not keys.kept_hit(obj, epoch, len(indices)):
+        for header, (obj, kdf, epoch, indices) in groups.items():
+            if not indices or not keys.kept_hit(obj, epoch, len(indices)):
                 continue
             key_id = obj.key_id
             shape = new_opened(
                 Opened, (b"", key_id != current, "kms", self.name, key_id, _SEED_TYPE)
             )
+            tail = len(header)
             info = b""
             aead: AESGCM | None = None
             for index in indices:
                 value = values[index]
-                end = len(value) - size
-                # Field 1's length, one or two varint bytes (any Secret); else full treatment.
-                if end < framed or value[start] != 0x0A:
-                    continue
-                first = value[start + 1]
-                if first < 0x80:
-                    begin = framed
-                    length = first
-                elif value[framed] < 0x80:
-                    begin = framed + 1
-                    length = (first & 0x7F) | (value[framed] << 7)
-                else:
-                    continue
+                begin = begins[index]
                 nonce_at = begin + kmsv2.INFO_SIZE
                 sealed_at = nonce_at + kmsv2.NONCE_SIZE
-                if begin + length != end or end - sealed_at < kmsv2.TAG_SIZE:
-                    continue
+                end = len(value) - tail
                 if aead is None or not value.startswith(info, begin):
                     info = value[begin:nonce_at]
                     aead = deks.aead(kdf, info)
                 data: bytes | memoryview = value
                 if end - sealed_at > _COPY_MAX:
                     data = memoryview(value)
+                shapes[index] = shape
                 try:
                     plaintexts[index] = aead.decrypt(
                         data[nonce_at:sealed_at], data[sealed_at:end], aads[index]
                     )
                 except InvalidTag:
                     continue
-                shapes[index] = shape
         return KeptOpened(plaintexts, shapes)
 
     def open(self, value: bytes, *, aad: bytes) -> Opened:
@@ -691,6 +723,7 @@ class KmsV2:
                 # Kept only once the seed has opened a value (its tag vouches for the seed),
                 # and only as long as the header's entry: bounded like the header cache.
                 self._decoded[header] = (obj, True, kdf, epoch)
+                self._kept_count.n += 1
         else:
             plaintext = kmsv2.open_encrypted_data(
                 obj.dek_source_type, dek_source, memoryview(data)[begin:end], aad=aad

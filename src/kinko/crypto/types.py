@@ -64,9 +64,10 @@ class KeptOpened(NamedTuple):
 
     ``plaintexts[i]`` is value i's plaintext, or None if it was not opened here (open it one
     by one). ``opened[i]`` is how it opened: an :class:`Opened` with an empty plaintext,
-    shared by every value opened under the same key, or None with a None plaintext. No
-    object is made per value but its plaintext: a LIST that keeps a page alive makes the
-    garbage collector trace nothing more than an identity read would.
+    shared by every value tried under the same key. An Opened with a None plaintext: tried
+    and not opened (open it alone for its error; do not try it again). None for both: not
+    tried. No object is made per value but its plaintext: a LIST that keeps a page alive
+    makes the garbage collector trace nothing more than an identity read would.
     """
 
     plaintexts: list[bytes | None]
