@@ -428,23 +428,27 @@ def test_kms_v2_reads_decrypt_each_seed_once(cfg: Path) -> None:
     assert stale == {key(f"a{i}") for i in range(4)}
 
 
-def test_a_fresh_reader_opens_one_value_per_seed_alone_and_the_rest_with_its_page(
-    cfg: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _written_under_two_seeds(
+    cfg: Path, first: Mapping[str, bytes], second: Mapping[str, bytes]
+) -> tuple[CountingApi, MemoryStore]:
+    """``first`` written under KEY_A's seed, then ``second`` under KEY_B's (a rotation)."""
     api = CountingApi(LocalKeyPlugin(KEY_A))
     store = MemoryStore()
     writer = make_source(cfg, config(KMS), api)
     objects = EncryptedObjects(store, writer)
-    for i in range(5):
-        objects.write("secrets", key(f"a{i}"), b"a%d" % i, expect=0)
+    for name, value in first.items():
+        objects.write("secrets", key(name), value, expect=0)
     api.plugin = LocalKeyPlugin(KEY_B, retired_keys=[KEY_A])
     session = writer.kms_v2_session("plug")
     assert session is not None
     session.check()  # a new key_id: a fresh seed
-    for i in range(5):
-        objects.write("secrets", key(f"b{i}"), b"b%d" % i, expect=0)
-    store.txn([Put(key("c"), b"k8s:enc:kms:v2:plug:garbage")])
+    for name, value in second.items():
+        objects.write("secrets", key(name), value, expect=0)
+    return api, store
 
+
+def _opened_alone(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The AADs (storage keys) of the values KmsV2.open opens one by one from now on."""
     alone: list[bytes] = []
     one_by_one = KmsV2.open
 
@@ -453,6 +457,18 @@ def test_a_fresh_reader_opens_one_value_per_seed_alone_and_the_rest_with_its_pag
         return one_by_one(self, value, aad=aad)
 
     monkeypatch.setattr(KmsV2, "open", counted)
+    return alone
+
+
+def test_a_fresh_reader_opens_one_value_per_seed_alone_and_the_rest_with_its_page(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, store = _written_under_two_seeds(
+        cfg, {f"a{i}": b"a%d" % i for i in range(5)}, {f"b{i}": b"b%d" % i for i in range(5)}
+    )
+    store.txn([Put(key("c"), b"k8s:enc:kms:v2:plug:garbage")])
+
+    alone = _opened_alone(monkeypatch)
     reader_api = CountingApi(api.plugin)
     reader = EncryptedObjects(store, make_source(cfg, config(KMS), reader_api))
     page = reader.list("secrets", PREFIX)
@@ -469,27 +485,10 @@ def test_a_fresh_reader_opens_one_value_per_seed_alone_and_the_rest_with_its_pag
 def test_a_value_opened_alone_for_its_size_does_not_stop_the_page_pass_for_later_seeds(
     cfg: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api = CountingApi(LocalKeyPlugin(KEY_A))
-    store = MemoryStore()
-    writer = make_source(cfg, config(KMS), api)
-    objects = EncryptedObjects(store, writer)
     big = bytes(20_000)  # its encryptedData length takes three bytes: opened alone
-    objects.write("secrets", key("a0"), big, expect=0)
-    api.plugin = LocalKeyPlugin(KEY_B, retired_keys=[KEY_A])
-    session = writer.kms_v2_session("plug")
-    assert session is not None
-    session.check()
-    for i in range(5):
-        objects.write("secrets", key(f"b{i}"), b"b%d" % i, expect=0)
+    api, store = _written_under_two_seeds(cfg, {"a0": big}, {f"b{i}": b"b%d" % i for i in range(5)})
 
-    alone: list[bytes] = []
-    one_by_one = KmsV2.open
-
-    def counted(self: KmsV2, value: bytes, *, aad: bytes) -> Opened:
-        alone.append(aad)
-        return one_by_one(self, value, aad=aad)
-
-    monkeypatch.setattr(KmsV2, "open", counted)
+    alone = _opened_alone(monkeypatch)
     reader = EncryptedObjects(store, make_source(cfg, config(KMS), CountingApi(api.plugin)))
     page = reader.list("secrets", PREFIX)
     assert [i.value.plaintext for i in page.items] == [big, *(b"b%d" % i for i in range(5))]

@@ -692,9 +692,10 @@ def _open_page(
             unreadable.append(entry.key)
             continue
         items.append(ListItem(entry.key, _read_value(opened, entry.mod_revision)))
-        if mark is None or chain.kept_mark() == mark:
+        now = chain.kept_mark()
+        if mark is None or now == mark:
             continue
-        mark = chain.kept_mark()
+        mark = now
         # Not yet tried: neither opened nor tried and failed (those go one by one).
         left = [j for j in range(index + 1, len(entries)) if shapes[j] is None]
         more = _open_kept(chain, [values[j] for j in left], [aads[j] for j in left], observer)

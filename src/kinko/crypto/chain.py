@@ -42,16 +42,12 @@ class _Open(Protocol):
     def __call__(self, value: bytes, *, aad: bytes) -> Opened: ...
 
 
-class _OpenKept(Protocol):
-    def __call__(self, values: Sequence[bytes], aads: Sequence[bytes]) -> KeptOpened: ...
-
-
 class ProviderChain:
     """The transformers of one resource in EncryptionConfiguration order (never empty)."""
 
     __slots__ = (
+        "_first_kms_v2",
         "_first_open",
-        "_first_open_kept",
         "_first_prefix",
         "_later",
         "_read_unprefixed_as_identity",
@@ -76,10 +72,9 @@ class ProviderChain:
         # Most reads are of what the first transformer wrote: it is tried before the loop.
         self._first_prefix = self._transformers[0].prefix
         self._first_open: _Open = self._transformers[0].open
+        # A first KMS v2 transformer also opens LIST pages at once (open_kept).
         first = self._transformers[0]
-        self._first_open_kept: _OpenKept | None = (
-            first.open_kept if isinstance(first, KmsV2) else None
-        )
+        self._first_kms_v2 = first if isinstance(first, KmsV2) else None
         # The others, in order, as the search reads them: prefix and bound open.
         self._later: tuple[tuple[bytes, _Open], ...] = tuple(
             (t.prefix, t.open) for t in self._transformers[1:]
@@ -144,17 +139,15 @@ class ProviderChain:
         For a LIST page: the work per value shrinks to a lookup and a decryption, and no
         object but the plaintext is made per value. Raises nothing.
         """
-        open_kept = self._first_open_kept
-        if open_kept is None:
-            return None
-        return open_kept(values, aads)
+        kms = self._first_kms_v2
+        return None if kms is None else kms.open_kept(values, aads)
 
     def kept_mark(self) -> int | None:
         """The first transformer's :attr:`KmsV2.kept_mark` (None: not KMS v2). It changes
         when an :meth:`open` keeps a new seed, after which :meth:`open_kept` may open more of
         a page. Raises nothing."""
-        first = self._transformers[0]
-        return first.kept_mark if isinstance(first, KmsV2) else None
+        kms = self._first_kms_v2
+        return None if kms is None else kms.kept_mark
 
     def _search(
         self,

@@ -571,26 +571,29 @@ class KmsV2:
         """
         prefix = self.prefix
         start = len(prefix)
-        framed = start + 2
+        # Field 1's tag and a length of at most two bytes: encryptedData under 16 KiB.
+        latest_begin = start + 3
         decoded = self._decoded
         size = len(values)
         plaintexts: list[bytes | None] = [None] * size
         shapes: list[Opened | None] = [None] * size
         begins = [0] * size
-        # Pass 1: the values to try under each kept header, found by their suffix while it
-        # repeats, with where their encryptedData begins.
+        # Pass 1: the values to try under each kept header (a run of values shares one), with
+        # where their encryptedData begins.
         groups: dict[bytes, tuple[EncryptedObject, kmsv2.SeedKdf, int, list[int]]] = {}
         header = b""
         members: list[int] = []
         for index, value in enumerate(values):
             if not value.startswith(prefix):
                 continue
-            if not header or not value.endswith(header):
-                where = kmsv2.locate_encrypted_data(value, start)
-                if where is None or where[1] <= where[0]:
-                    header = b""
-                    continue
-                header = value[where[1] :]
+            where = kmsv2.locate_encrypted_data(value, start)
+            if where is None:
+                continue
+            begin, end = where
+            if begin > latest_begin or end - begin < _KMS_V2_INFO_NONCE + kmsv2.TAG_SIZE:
+                continue
+            if not header or len(value) - len(header) != end or not value.endswith(header):
+                header = value[end:]
                 group = groups.get(header)
                 if group is None:
                     entry = decoded.get(header)
@@ -600,22 +603,6 @@ class KmsV2:
                     # The entry as read now: another thread may drop the cache meanwhile.
                     group = groups[header] = (entry[0], entry[2], entry[3], [])
                 members = group[3]
-            # Field 1 right after the prefix, its length in one or two bytes, ending where
-            # the header begins: exactly where locate_encrypted_data finds it.
-            end = len(value) - len(header)
-            if end < framed or value[start] != 0x0A:
-                continue
-            first = value[start + 1]
-            if first < 0x80:
-                begin = framed
-                length = first
-            elif value[framed] < 0x80:
-                begin = framed + 1
-                length = (first & 0x7F) | (value[framed] << 7)
-            else:
-                continue
-            if begin + length != end or length < _KMS_V2_INFO_NONCE + kmsv2.TAG_SIZE:
-                continue
             begins[index] = begin
             members.append(index)
         if not groups:
