@@ -1,13 +1,25 @@
 """KMS v2 plugin Encrypt/Decrypt rpc/s next to a bare gRPC echo on the same kind of socket.
 
-kinko's plugin (``KmsV2Server`` over a plugin backend) runs on a temporary unix socket in
-this process, and the same server also serves a bare echo method, which returns its request
-bytes unparsed (``extra_handlers``): the echo goes through the very server, thread pool and
-socket kind the plugin's calls do, so the ratio plugin ÷ echo shows what kinko's plugin adds
-on top of gRPC itself (target ≥ 0.9). A second echo on a server of its own is shown beside
-(``echo on its own server``), as the baseline was measured before. The client side is the
-same grpcio channel setup for all. Rounds are interleaved (echo, echo on its own server,
-Encrypt, Decrypt, ...) and the best of each kept.
+What runs where. By default kinko's plugin (``KmsV2Server`` over a plugin backend) runs in a
+child process of its own, on a temporary unix socket, and the client (``GrpcKmsV2Api`` and
+the echo callers) runs in this process. In production the plugin is a process of its own
+(``kinko kms serve``) and its client, kube-apiserver, another; in one Python process the
+client's thread and the server's gRPC threads would share one GIL, so every microsecond of
+handler work would also hold up the client, which is not how the plugin is deployed.
+``--in-process`` runs the servers and the client in this one process instead, to compare the
+two set-ups. Child processes are started by the ``spawn`` method (a fresh interpreter, never
+a fork of a process that has initialised gRPC); each one builds its backend itself, says
+when it serves, and stops its server and cleans up when told to or when this process goes.
+
+The plugin's server also serves a bare echo method, which returns its request bytes
+unparsed (``extra_handlers``): the echo goes through the very server, thread pool, process
+and socket kind the plugin's calls do, so the ratio plugin ÷ echo shows what kinko's plugin
+adds on top of gRPC itself (target ≥ 0.9). A second echo on a server of its own (``echo on
+its own server``; in a child process of its own too unless ``--in-process``) is shown beside,
+as the baseline was measured before. The client side is the same grpcio channel setup for
+all. The client encrypts one 32-byte seed once, then measures Encrypt of that seed and
+Decrypt of that first answer. Rounds are interleaved (echo, echo on its own server, Encrypt,
+Decrypt, ...) and the best of each kept.
 
 Backends:
 
@@ -17,36 +29,40 @@ Backends:
   both sides, i.e. the highest ratio any plugin core can reach here;
 - ``local key file``: a local AES-256 key (``kinko kms serve --key-file``);
 - the same behind the metrics wrapper (``--metrics-listen``), to show what metrics cost;
-- ``root key, soft keystore``: a root key of the key service run in-process on a data folder
-  (SQLite store, soft keystore, fsynced audit log: ``kinko kms serve --key … --data-dir …``);
-  every Encrypt and Decrypt is a key service wrap or unwrap, audited;
-- ``root key, soft keystore, audit in memory``: the same with the audit log kept in memory,
-  to show how much of the cost is the audit log's fsync;
+- ``root key, soft keystore``: a root key of the key service run in the plugin's process on
+  a data folder (SQLite store, soft keystore, audit log: ``kinko kms serve --key …
+  --data-dir …``). Every Encrypt and Decrypt checks the root key's state through the key
+  service's key-record cache and seals or opens the seed under a local KEK (ADR 15); the
+  root key wraps the KEK once (at the set-up's first Encrypt), audited;
 - ``root key, SoftHSM2``: the same over a PKCS#11 token, when ``softhsm2-util`` and the
   module are installed (a throw-away token is initialised in a temporary folder).
 
 Both servers run on gRPC thread pools of the same size (``--workers``, default 4: the plugin's).
 
-Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S] [--only NAME] [--workers N]``
+Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S] [--only NAME] [--workers N]
+[--in-process]``
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
+import signal
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
-from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
 from kinko.hsm.port import Hsm
-from kinko.keys.audit import MemoryAuditSink
 from kinko.keys.auth import Principal, Role
 from kinko.keys.deployment import open_deployment
 from kinko.keys.service import KeyService
@@ -56,7 +72,6 @@ from kinko.kms.plugin import LocalKeyPlugin
 from kinko.kms.port import EncryptResult, KmsV2Api, StatusResult
 from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
-from kinko.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from benchmarks._softhsm import softhsm_token
@@ -176,21 +191,6 @@ def root_key_on_data_dir(work: Path, hsm: Hsm | None = None) -> Iterator[KmsV2Ap
 
 
 @contextlib.contextmanager
-def root_key_audit_in_memory(work: Path) -> Iterator[KmsV2Api]:
-    from kinko.hsm.soft import SoftKeystore
-
-    with SqliteStore(work / "data-memaudit.db") as store:
-        service = KeyService(
-            store,
-            SoftKeystore(work / "keystore-memaudit"),
-            audit=MemoryAuditSink(),
-            clock=lambda: datetime.now(UTC),
-            rng=os.urandom,
-        )
-        yield root_key_plugin(service)
-
-
-@contextlib.contextmanager
 def root_key_on_softhsm(work: Path) -> Iterator[KmsV2Api | None]:
     """None when SoftHSM2 is not installed."""
     with softhsm_token(work) as hsm:
@@ -207,9 +207,9 @@ class FixedAnswers:
 
     def __init__(self) -> None:
         self._encrypted = EncryptResult(
-            ciphertext=os.urandom(120),
+            ciphertext=os.urandom(60),  # nonce, 32-byte seed, tag
             key_id="kinko-rk-" + "0" * 36 + "-v" + "1" * 36,
-            annotations={"version.rootkey.kms.kinko.dev": b"1" * 36},
+            annotations={"kek.rootkey.kms.kinko.dev": b"k" * 228},  # a wrapped local KEK
         )
 
     def status(self) -> StatusResult:
@@ -235,9 +235,6 @@ def backend(name: str, work: Path) -> Iterator[KmsV2Api | None]:
     elif name == "root key, soft keystore":
         with root_key_on_data_dir(work) as api:
             yield api
-    elif name == "root key, soft keystore, audit in memory":
-        with root_key_audit_in_memory(work) as api:
-            yield api
     elif name == "root key, SoftHSM2":
         with root_key_on_softhsm(work) as maybe:
             yield maybe
@@ -245,14 +242,198 @@ def backend(name: str, work: Path) -> Iterator[KmsV2Api | None]:
         raise SystemExit(f"unknown backend {name!r}")
 
 
+# --------------------------------------------------------------------------- child processes
+
+#: Seconds a child process may take to import, build its backend and start serving.
+START_TIMEOUT = 120.0
+#: Seconds a child process may take to stop its server and clean up once told to.
+STOP_TIMEOUT = 30.0
+
+
+def _send(conn: Connection, state: str, text: str = "") -> None:
+    """Tell the parent ``state`` ("ready", "skipped", "failed"); it may be gone already."""
+    with contextlib.suppress(OSError):
+        conn.send((state, text))
+
+
+def _wait_for_stop(conn: Connection) -> None:
+    """Block until the parent says stop, or its end of the pipe closes (it has gone)."""
+    with contextlib.suppress(EOFError, OSError):
+        conn.recv()
+
+
+def serve_plugin(conn: Connection, name: str, work: Path, socket_path: Path, workers: int) -> None:
+    """Child process: backend ``name`` built in ``work`` served by ``KmsV2Server`` (with the
+    echo beside it) on ``socket_path`` until the parent says stop, then the server stopped
+    and the backend's context left (tokens, stores and keys closed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops us
+    with contextlib.ExitStack() as stack:
+        try:
+            core = stack.enter_context(backend(name, work))
+            if core is None:
+                _send(conn, "skipped")
+                return
+            server = KmsV2Server(
+                core, f"unix://{socket_path}", max_workers=workers, extra_handlers=[ECHO_HANDLER]
+            )
+            server.start()
+            stack.callback(server.stop, grace=0)
+        except Exception:
+            _send(conn, "failed", traceback.format_exc())
+            return
+        _send(conn, "ready")
+        _wait_for_stop(conn)
+
+
+def serve_echo(conn: Connection, socket_path: Path, workers: int) -> None:
+    """Child process: :func:`echo_server` on ``socket_path`` until the parent says stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        server = echo_server(socket_path, workers)
+    except Exception:
+        _send(conn, "failed", traceback.format_exc())
+        return
+    try:
+        _send(conn, "ready")
+        _wait_for_stop(conn)
+    finally:
+        server.stop(0).wait()
+
+
+@contextlib.contextmanager
+def child_process(what: str, target: Callable[..., None], *args: object) -> Iterator[str]:
+    """``target(conn, *args)`` in a spawned child process; yields its first word, "ready" or
+    "skipped", once it has said it. On leaving, the child is told to stop and waited for
+    (terminated after :data:`STOP_TIMEOUT`), also when the parent leaves by an exception or
+    Ctrl-C; a parent that dies closes the pipe, which stops the child too.
+
+    Raises RuntimeError: the child failed (its traceback in the message), ended or was not
+    ready within :data:`START_TIMEOUT`.
+    """
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(
+        target=target, args=(child, *args), name=f"kinko-bench {what}", daemon=True
+    )
+    # Started with SIGINT ignored (kept across exec), so a Ctrl-C while the child imports
+    # cannot kill it halfway; this process decides when it stops.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        child.close()
+    try:
+        if not parent.poll(START_TIMEOUT):
+            raise RuntimeError(f"{what}: not serving within {START_TIMEOUT:.0f} s")
+        try:
+            state, text = parent.recv()
+        except EOFError:
+            raise RuntimeError(f"{what}: child process ended before serving") from None
+        if state == "failed":
+            raise RuntimeError(f"{what}: failed in its child process:\n{text}")
+        yield str(state)
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        parent.close()
+        process.join(STOP_TIMEOUT)
+        if process.is_alive():
+            print(f"{what}: child process did not stop, terminating it", file=sys.stderr)
+            process.terminate()
+            process.join(5.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        elif process.exitcode:
+            print(f"{what}: child process exit code {process.exitcode}", file=sys.stderr)
+
+
 BACKENDS = (
     "gRPC shell only",
     "local key file",
     "local key file + metrics",
     "root key, soft keystore",
-    "root key, soft keystore, audit in memory",
     "root key, SoftHSM2",
 )
+
+
+def measure_plugin(
+    name: str,
+    where: str,
+    socket_path: Path,
+    echo_apart: Callable[[], object],
+    rounds: int,
+    seconds: float,
+) -> None:
+    """The client's side: KMS v2 calls and the echo on the plugin's socket, the echo on its
+    own server beside, from this process."""
+    endpoint = f"unix://{socket_path}"
+    same = _EchoCaller(socket_path)
+    try:
+        with GrpcKmsV2Api(endpoint) as api:
+            print(f"plugin backend: {name} ({where})")
+            measure(api, same.call, echo_apart, rounds, seconds)
+    finally:
+        same.close()
+
+
+def run_in_child_processes(args: argparse.Namespace, work: Path) -> None:
+    """Each plugin server in a child process of its own, the echo on its own server in one
+    more for the whole run; the client in this process."""
+    with child_process("echo on its own server", serve_echo, work / "echo.sock", args.workers):
+        apart = _EchoCaller(work / "echo.sock")
+        try:
+            for name in args.only or BACKENDS:
+                socket_path = work / "kms.sock"
+                with child_process(
+                    f"plugin backend {name}", serve_plugin, name, work, socket_path, args.workers
+                ) as state:
+                    if state == "skipped":
+                        print(f"plugin backend: {name}: skipped (not installed)")
+                        continue
+                    measure_plugin(
+                        name,
+                        "in a child process",
+                        socket_path,
+                        apart.call,
+                        args.rounds,
+                        args.seconds,
+                    )
+        finally:
+            apart.close()
+
+
+def run_in_process(args: argparse.Namespace, work: Path) -> None:
+    """Servers and client in this one process (``--in-process``)."""
+    echo = echo_server(work / "echo.sock", args.workers)
+    apart = _EchoCaller(work / "echo.sock")
+    try:
+        for name in args.only or BACKENDS:
+            with backend(name, work) as core:
+                if core is None:
+                    print(f"plugin backend: {name}: skipped (not installed)")
+                    continue
+                socket_path = work / "kms.sock"
+                server = KmsV2Server(
+                    core,
+                    f"unix://{socket_path}",
+                    max_workers=args.workers,
+                    extra_handlers=[ECHO_HANDLER],
+                )
+                server.start()
+                try:
+                    measure_plugin(
+                        name, "in-process", socket_path, apart.call, args.rounds, args.seconds
+                    )
+                finally:
+                    server.stop(grace=0)
+    finally:
+        apart.close()
+        echo.stop(0)
 
 
 def main() -> None:
@@ -263,34 +444,18 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=4, help="gRPC threads of both servers (the plugin's default)"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the servers in this process, beside the client (one GIL for both)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="kinko-bench-") as tmp:
-        work = Path(tmp)
-        echo = echo_server(work / "echo.sock", args.workers)
-        apart = _EchoCaller(work / "echo.sock")
-        try:
-            for name in args.only or BACKENDS:
-                with backend(name, work) as core:
-                    if core is None:
-                        print(f"plugin backend: {name}: skipped (not installed)")
-                        continue
-                    endpoint = f"unix://{work / 'kms.sock'}"
-                    server = KmsV2Server(
-                        core, endpoint, max_workers=args.workers, extra_handlers=[ECHO_HANDLER]
-                    )
-                    server.start()
-                    same = _EchoCaller(work / "kms.sock")
-                    try:
-                        with GrpcKmsV2Api(endpoint) as api:
-                            print(f"plugin backend: {name}")
-                            measure(api, same.call, apart.call, args.rounds, args.seconds)
-                    finally:
-                        same.close()
-                        server.stop(grace=0)
-        finally:
-            apart.close()
-            echo.stop(0)
+        if args.in_process:
+            run_in_process(args, Path(tmp))
+        else:
+            run_in_child_processes(args, Path(tmp))
     print("ratio = plugin rpc/s / bare gRPC echo rpc/s, same socket kind, same run")
     print("target: >= 0.90")
 

@@ -4,7 +4,9 @@ the key service and a fake monotonic clock for the plugin's health cache.
 
 The plugin reaches the service either in-process (:class:`ServiceRootKeys`) or, with
 ``remote=True``, through the real Key Protect REST app and :class:`KeyProtectClient` (over
-FastAPI's in-process transport), with a Reader token named ``kms-plugin``."""
+FastAPI's in-process transport), with a Reader token named ``kms-plugin``. A remote plugin
+may reuse a key's state for ``STATE_TTL`` on its monotonic clock, so every helper that changes
+the key lets that much time pass afterwards (:meth:`World.settle`)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from kinko.keys.audit import MemoryAuditSink
 from kinko.keys.auth import Principal, Role, TokenBook, issue_token
 from kinko.keys.client import KeyProtectClient
 from kinko.keys.service import KeyService
-from kinko.kms.rootkey import RootKeyAccess, RootKeyPlugin, ServiceRootKeys
+from kinko.kms.rootkey import STATE_TTL, RootKeyAccess, RootKeyPlugin, ServiceRootKeys
 from kinko.kms.rootkey_remote import RemoteRootKeys
 from kinko.store.memory import MemoryStore
 from kinko.store.port import Store
@@ -121,7 +123,7 @@ class World:
             self._client = KeyProtectClient(
                 "http://127.0.0.1", token=issued.token, instance=INSTANCE, http=http
             )
-        return RemoteRootKeys(self._client)
+        return RemoteRootKeys(self._client, clock=self.mono)
 
     def plugin(self, key_ref: str | None = None, **kwargs: object) -> RootKeyPlugin:
         access = self.access()
@@ -134,6 +136,11 @@ class World:
         self.plugins.append(plugin)
         return plugin
 
+    def settle(self) -> None:
+        """Let a state a remote plugin may hold run out (an in-process one sees changes at
+        once)."""
+        self.mono.advance(STATE_TTL)
+
     def new_key(self, name: str, **kwargs: object) -> str:
         view = self.service.create_key(ADMIN, INSTANCE, name=name, **kwargs)  # type: ignore[arg-type]
         return view.id
@@ -143,25 +150,31 @@ class World:
         version id."""
         self.clock.advance(hours=1, seconds=1)
         view = self.service.rotate(ADMIN, INSTANCE, key_ref or self.key_id)
+        self.settle()
         return view.key_version.id
 
     def disable(self) -> None:
         self.service.disable(ADMIN, INSTANCE, self.key_id)
+        self.settle()
 
     def enable(self) -> None:
         self.clock.advance(seconds=31)
         self.service.enable(ADMIN, INSTANCE, self.key_id)
+        self.settle()
 
     def delete(self, *, force: bool = False) -> None:
         self.service.delete_key(ADMIN, INSTANCE, self.key_id, force=force)
+        self.settle()
 
     def restore(self) -> None:
         self.clock.advance(seconds=31)
         self.service.restore_key(ADMIN, INSTANCE, self.key_id)
+        self.settle()
 
     def purge(self) -> None:
         self.clock.advance(hours=4, seconds=1)
         self.service.purge_key(PURGER, INSTANCE, self.key_id)
+        self.settle()
 
 
 def make_world(

@@ -60,7 +60,14 @@ def test_counters_histogram_and_key_id_hash_over_the_root_key_plugin() -> None:
     assert sample(reg, "kinko_kms_healthy") == 0
     assert sample(reg, "kinko_kms_operations_total", method="Status", outcome="unhealthy") == 1
 
-    forbidden = [SEED.hex(), base64.b64encode(SEED).decode(), r.ciphertext.decode(), r.key_id]
+    forbidden = [
+        SEED.hex(),
+        base64.b64encode(SEED).decode(),
+        r.ciphertext.hex(),
+        base64.b64encode(r.ciphertext).decode(),
+        *(value.decode() for value in r.annotations.values()),
+        r.key_id,
+    ]
     for value in all_label_values(reg):
         for form in forbidden:
             assert form not in value

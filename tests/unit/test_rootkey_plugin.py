@@ -1,8 +1,11 @@
-"""RootKeyPlugin over ServiceRootKeys(KeyService(MemoryStore, MemoryHsm, fake clocks)).
+"""RootKeyPlugin over ServiceRootKeys(KeyService(MemoryStore, MemoryHsm, fake clocks)), and
+over RemoteRootKeys (the REST app in-process).
 
 Round trips, rotation (key_id changes, never repeats, old data stays readable), every root key
 state of Key Protect's table (suspend, expire, delete, restore, purge), the cached health
-probe (HSM calls counted), key_id and annotation checks, aliases and retired root keys.
+probe (HSM calls counted), key_id and annotation checks, aliases and retired root keys, and
+the local KEKs (ADR 15): one root key wrap per KEK, one unwrap per KEK a plugin meets, every
+KEK dropped when the root key may no longer be used, values written before them still read.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kinko.crypto import kms_rules
 from kinko.errors import (
@@ -22,6 +27,7 @@ from kinko.errors import (
     KinkoError,
     NotFound,
     UnavailableError,
+    UnprocessableCiphertext,
     WrongState,
 )
 from kinko.hsm.memory import MemoryDevice
@@ -30,8 +36,13 @@ from kinko.kms.rootkey import (
     ANNOTATION_KEY,
     FAILURE_TTL,
     HEALTH_TTL,
+    KEK_AAD,
+    KEK_ANNOTATION,
     KEY_ID_PREFIX,
+    MAX_PLAINTEXT_SIZE,
     PROBE_AAD,
+    SEED_AAD,
+    STATE_TTL,
     RootKeyPlugin,
     ServiceRootKeys,
     key_id_for,
@@ -39,6 +50,7 @@ from kinko.kms.rootkey import (
 )
 from kinko.kms.server import grpc_status_for
 from tests.rootkey_world import (
+    ADMIN,
     CLUSTER,
     CLUSTER_CRN,
     INSTANCE,
@@ -88,7 +100,12 @@ def test_encrypt_decrypt_round_trip(w: World) -> None:
     assert (status.version, status.healthz) == ("v2", "ok")
     r = plugin.encrypt(SEED, uid="uid-1")
     assert r.key_id == status.key_id == key_id_for(w.key_id, latest_version(w))
-    assert dict(r.annotations) == {ANNOTATION_KEY: latest_version(w).encode()}
+    assert set(r.annotations) == {KEK_ANNOTATION}
+    assert len(r.ciphertext) == 12 + len(SEED) + 16  # nonce, seed, tag
+    # The annotation is the local KEK as the key service wrapped it, with the latest version.
+    kek = w.access().unwrap(w.key_id, r.annotations[KEK_ANNOTATION], aad=KEK_AAD)
+    assert kek.version_id == latest_version(w)
+    assert len(kek.plaintext) == 32
     kms_rules.check_key_id(r.key_id)
     kms_rules.check_encrypted_dek_source(r.ciphertext)
     kms_rules.check_annotations(r.annotations)
@@ -110,8 +127,8 @@ def test_key_id_is_public_and_parses_back(w: World) -> None:
 def test_the_audit_log_names_the_plugin_and_the_request_uid() -> None:
     # In-process only: over HTTPS the client sends a correlation id of its own per request.
     w = make_world()
-    plugin = w.plugin()
-    decrypt(plugin, plugin.encrypt(SEED, uid="uid-enc"), uid="uid-dec")
+    r = w.plugin().encrypt(SEED, uid="uid-enc")
+    decrypt(w.plugin(), r, uid="uid-dec")  # A plugin that has not seen the KEK yet.
     wraps = [r for r in w.audit.records if r.action == "kms.secrets.wrap"]
     unwraps = [r for r in w.audit.records if r.action == "kms.secrets.unwrap"]
     assert any(r.who == "kms-plugin" and r.correlation_id == "uid-enc" for r in wraps)
@@ -141,7 +158,8 @@ def test_rotation_changes_the_key_id_and_old_ciphertexts_still_decrypt(w: World)
     assert after.key_id == key_id_for(w.key_id, new_version)
     new = plugin.encrypt(b"n" * 32, uid="u")
     assert new.key_id == after.key_id
-    assert new.annotations[ANNOTATION_KEY] == new_version.encode()
+    assert parse_key_id(new.key_id)[1] == new_version
+    assert new.annotations[KEK_ANNOTATION] != old.annotations[KEK_ANNOTATION]
     assert decrypt(plugin, old) == SEED
     assert decrypt(plugin, new) == b"n" * 32
 
@@ -207,6 +225,7 @@ def test_an_expired_key_fails_encrypt_but_still_decrypts(remote: bool) -> None:
     plugin = w.plugin()
     r = plugin.encrypt(SEED, uid="u")
     w.clock.advance(days=2)
+    w.settle()
     with pytest.raises(WrongState, match=r"expired \(Deactivated, state 3\)") as info:
         plugin.encrypt(SEED, uid="u")
     assert "rotate to a new root key" in str(info.value)
@@ -315,15 +334,22 @@ def test_status_without_any_known_key_id_is_unavailable(w: World) -> None:
         plugin.status()
 
 
-def test_probes_use_their_own_aad_so_they_never_pass_for_seeds(w: World) -> None:
+def test_probes_keks_and_seeds_use_aads_of_their_own(w: World) -> None:
     plugin = w.plugin()
-    status = plugin.status()
+    assert plugin.status().healthz == "ok"
     r = plugin.encrypt(SEED, uid="u")
-    # A seed ciphertext does not open as a probe: the AADs differ.
     access = w.access()
-    with pytest.raises(DecryptionError):
-        access.unwrap(w.key_id, r.ciphertext, aad=PROBE_AAD)
-    assert status.healthz == "ok"
+    wrapped_kek = r.annotations[KEK_ANNOTATION]
+    # A wrapped local KEK opens only as a KEK: not as a probe, not as a seed.
+    for aad in (PROBE_AAD, SEED_AAD):
+        with pytest.raises(DecryptionError):
+            access.unwrap(w.key_id, wrapped_kek, aad=aad)
+    # A probe or a seed the root key wrapped does not pass for a KEK.
+    for aad in (PROBE_AAD, SEED_AAD):
+        other = access.wrap(w.key_id, bytes(32), aad=aad)
+        forged = {KEK_ANNOTATION: other.ciphertext}
+        with pytest.raises(DecryptionError):
+            plugin.decrypt(r.ciphertext, uid="u", key_id=r.key_id, annotations=forged)
 
 
 # -- request checks -----------------------------------------------------------------------
@@ -342,6 +368,12 @@ def test_decrypt_refuses_what_does_not_match(w: World) -> None:
     # The ciphertext of one version under the key_id of another: opaque refusal.
     with pytest.raises(DecryptionError):
         plugin.decrypt(r.ciphertext, uid="u", key_id=r2.key_id, annotations=r2.annotations)
+    # One version's KEK under the key_id of another, held or not: opaque refusal.
+    for reader in (plugin, w.plugin()):
+        with pytest.raises(DecryptionError):
+            reader.decrypt(r2.ciphertext, uid="u", key_id=r.key_id, annotations=r2.annotations)
+        with pytest.raises(DecryptionError):
+            reader.decrypt(r.ciphertext, uid="u", key_id=r2.key_id, annotations=r.annotations)
     tampered = bytearray(r.ciphertext)
     tampered[10] ^= 1
     with pytest.raises(DecryptionError):
@@ -367,18 +399,22 @@ def test_empty_fields_are_invalid(w: World, call: Callable[[RootKeyPlugin], obje
         call(w.plugin())
 
 
-def test_an_oversize_ciphertext_is_refused(w: World) -> None:
+def test_the_largest_plaintext_fits_the_kms_v2_limit(w: World) -> None:
     plugin = w.plugin()
-    with pytest.raises(InvalidArgument, match="over the 1024-byte KMS v2 limit"):
-        plugin.encrypt(b"x" * 700, uid="u")
+    big = b"x" * MAX_PLAINTEXT_SIZE
+    r = plugin.encrypt(big, uid="u")
+    assert len(r.ciphertext) == kms_rules.ENCRYPTED_DEK_SOURCE_MAX_SIZE
+    kms_rules.check_encrypted_dek_source(r.ciphertext)
+    assert decrypt(plugin, r) == big
 
 
 def test_a_plaintext_that_cannot_fit_is_refused_before_the_hsm(w: World) -> None:
     plugin = w.plugin()
     calls = counting(w).calls
-    with pytest.raises(InvalidArgument, match="expected fewer than 1024 bytes"):
-        plugin.encrypt(b"x" * 1024, uid="u")
+    with pytest.raises(InvalidArgument, match=f"expected at most {MAX_PLAINTEXT_SIZE} bytes"):
+        plugin.encrypt(b"x" * (MAX_PLAINTEXT_SIZE + 1), uid="u")
     assert counting(w).calls == calls
+    assert plugin.local_keks == 0
 
 
 def test_construction_is_checked(w: World) -> None:
@@ -389,6 +425,8 @@ def test_construction_is_checked(w: World) -> None:
         w.plugin(version="v1")
     with pytest.raises(InvalidArgument):
         w.plugin(health_ttl=0)
+    with pytest.raises(InvalidArgument):
+        w.plugin(kek_max_uses=0)
 
 
 # -- moving to a new root key -------------------------------------------------------------
@@ -414,7 +452,16 @@ def test_a_retired_root_key_still_decrypts_after_moving_to_a_new_one(w: World) -
 def test_no_message_carries_seed_or_ciphertext(w: World) -> None:
     plugin = w.plugin()
     r = plugin.encrypt(SEED, uid="u")
-    forms = [SEED.hex(), base64.b64encode(SEED).decode(), r.ciphertext.decode()]
+    kek = w.access().unwrap(w.key_id, r.annotations[KEK_ANNOTATION], aad=KEK_AAD).plaintext
+    forms = [
+        SEED.hex(),
+        base64.b64encode(SEED).decode(),
+        r.ciphertext.hex(),
+        base64.b64encode(r.ciphertext).decode(),
+        r.annotations[KEK_ANNOTATION].decode(),
+        kek.hex(),
+        base64.b64encode(kek).decode(),
+    ]
     messages: list[str] = []
     w.disable()
     for call in (
@@ -430,3 +477,187 @@ def test_no_message_carries_seed_or_ciphertext(w: World) -> None:
     for message in messages:
         for form in forms:
             assert form not in message
+
+
+# -- local KEKs (ADR 15) ------------------------------------------------------------------
+
+
+def kms_actions(w: World, action: str) -> int:
+    return sum(1 for r in w.audit.records if r.action == f"kms.secrets.{action}")
+
+
+def test_one_root_key_wrap_per_local_kek_and_one_unwrap_per_reader(w: World) -> None:
+    hsm = counting(w)
+    writer = w.plugin()
+    base = hsm.calls
+    seeds = [bytes([i]) * 32 for i in range(50)]
+    results = [writer.encrypt(seed, uid=f"u{i}") for i, seed in enumerate(seeds)]
+    assert hsm.calls - base == 1  # One wrap, for the one KEK.
+    assert len({r.annotations[KEK_ANNOTATION] for r in results}) == 1
+    assert len({r.ciphertext[:12] for r in results}) == 50  # a fresh nonce per seed
+    assert [decrypt(writer, r) for r in results] == seeds
+    assert hsm.calls - base == 1  # The writer holds its own KEK.
+    reader = w.plugin()
+    assert [decrypt(reader, r) for r in results] == seeds
+    assert hsm.calls - base == 2  # One unwrap, for the one KEK.
+    assert reader.local_keks == 1
+
+
+def test_a_local_kek_encrypts_at_most_kek_max_uses_seeds(w: World) -> None:
+    plugin = w.plugin(kek_max_uses=3)
+    results = [plugin.encrypt(bytes([i]) * 32, uid="u") for i in range(7)]
+    keks = [r.annotations[KEK_ANNOTATION] for r in results]
+    assert [keks.index(k) for k in keks] == [0, 0, 0, 3, 3, 3, 6]
+    reader = w.plugin()
+    assert [decrypt(reader, r) for r in results] == [bytes([i]) * 32 for i in range(7)]
+    assert reader.local_keks == 3
+
+
+def test_each_root_key_version_gets_its_own_local_kek(w: World) -> None:
+    plugin = w.plugin()
+    wraps = kms_actions(w, "wrap")
+    first = plugin.encrypt(SEED, uid="u")
+    again = plugin.encrypt(SEED, uid="u")
+    w.rotate()
+    rotated = plugin.encrypt(SEED, uid="u")
+    assert first.annotations == again.annotations != rotated.annotations
+    assert first.key_id == again.key_id != rotated.key_id
+    if not w.remote:  # Over HTTPS the audit log belongs to the remote service.
+        assert kms_actions(w, "wrap") - wraps == 2
+    reader = w.plugin()
+    assert decrypt(reader, first) == decrypt(reader, rotated) == SEED
+
+
+def test_a_refused_root_key_drops_every_local_kek_and_a_return_unwraps_again(w: World) -> None:
+    plugin = w.plugin()
+    r = plugin.encrypt(SEED, uid="u")
+    w.rotate()
+    r2 = plugin.encrypt(SEED, uid="u")
+    assert plugin.local_keks == 2
+    unwraps = kms_actions(w, "unwrap")
+    w.disable()
+    with pytest.raises(WrongState):
+        decrypt(plugin, r)
+    assert plugin.local_keks == 0
+    w.enable()
+    assert decrypt(plugin, r) == decrypt(plugin, r2) == SEED
+    assert plugin.local_keks == 2
+    if not w.remote:
+        assert kms_actions(w, "unwrap") - unwraps == 2  # Each KEK unwrapped again, audited.
+
+
+def test_an_expired_key_keeps_its_readers_keks_but_makes_no_new_one(remote: bool) -> None:
+    w = make_world(remote=remote, expiration_date=T0 + timedelta(days=1))
+    writer = w.plugin()
+    r = writer.encrypt(SEED, uid="u")
+    reader = w.plugin()
+    assert decrypt(reader, r) == SEED
+    w.clock.advance(days=2)
+    w.settle()
+    with pytest.raises(WrongState, match="expired"):
+        writer.encrypt(SEED, uid="u")
+    assert decrypt(reader, r) == decrypt(writer, r) == SEED
+
+
+def test_crypto_shredding_reaches_a_plugin_that_holds_the_kek(w: World) -> None:
+    plugin = w.plugin()
+    r = plugin.encrypt(SEED, uid="u")
+    assert decrypt(plugin, r) == SEED
+    w.delete()
+    with pytest.raises(Gone):
+        decrypt(plugin, r)
+    assert plugin.local_keks == 0
+    w.purge()
+    for reader in (plugin, w.plugin()):
+        with pytest.raises(NotFound, match="purged"):
+            decrypt(reader, r)
+        assert reader.local_keks == 0
+
+
+def test_a_change_through_the_same_service_applies_at_once() -> None:
+    # In-process, the plugin checks the key through the service's own key-record cache,
+    # which every write of the service empties (ADR 13).
+    w = make_world()
+    plugin = w.plugin()
+    r = plugin.encrypt(SEED, uid="u")
+    w.service.disable(ADMIN, INSTANCE, w.key_id)  # no time passes
+    with pytest.raises(WrongState, match="suspended"):
+        plugin.encrypt(SEED, uid="u")
+    with pytest.raises(WrongState, match="suspended"):
+        decrypt(plugin, r)
+
+
+def test_a_remote_plugin_reuses_a_state_for_at_most_state_ttl() -> None:
+    w = make_world(remote=True)
+    plugin = w.plugin()
+    r = plugin.encrypt(SEED, uid="u")
+    w.service.disable(ADMIN, INSTANCE, w.key_id)  # no time passes
+    assert decrypt(plugin, r) == SEED  # the state read a moment ago
+    w.mono.advance(STATE_TTL)
+    with pytest.raises(WrongState, match="suspended"):
+        decrypt(plugin, r)
+    # A refusal is never reused: an enable applies to the very next call.
+    w.clock.advance(seconds=31)
+    w.service.enable(ADMIN, INSTANCE, w.key_id)
+    assert decrypt(plugin, r) == SEED
+
+
+def test_values_the_root_key_wrapped_itself_still_decrypt(w: World) -> None:
+    # Written before local KEKs: the seed wrapped by the key service, the version annotated.
+    version = latest_version(w)
+    wrapped = w.access().wrap(w.key_id, SEED, aad=SEED_AAD)
+    legacy = EncryptResult(
+        ciphertext=wrapped.ciphertext,
+        key_id=key_id_for(w.key_id, version),
+        annotations={ANNOTATION_KEY: version.encode()},
+    )
+    plugin = w.plugin()
+    assert decrypt(plugin, legacy) == SEED
+    w.rotate()
+    assert decrypt(plugin, legacy) == SEED
+    with pytest.raises(InvalidArgument, match="annotations"):
+        plugin.decrypt(
+            legacy.ciphertext, uid="u", key_id=legacy.key_id, annotations={ANNOTATION_KEY: b"x"}
+        )
+    w.disable()
+    with pytest.raises(WrongState, match="suspended"):
+        decrypt(plugin, legacy)
+
+
+_PLUGIN_WORLD = make_world()
+_WRITER = _PLUGIN_WORLD.plugin()
+_SAMPLE = _WRITER.encrypt(SEED, uid="u")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    part=st.sampled_from(["ciphertext", "kek"]),
+    data=st.data(),
+)
+def test_any_change_to_a_ciphertext_or_its_kek_fails_opaquely(
+    part: str, data: st.DataObject
+) -> None:
+    original = _SAMPLE.ciphertext if part == "ciphertext" else _SAMPLE.annotations[KEK_ANNOTATION]
+    changed = bytearray(original)
+    kind = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
+    if kind == "flip":
+        at = data.draw(st.integers(0, len(changed) - 1))
+        changed[at] ^= data.draw(st.integers(1, 255))
+    elif kind == "truncate":
+        del changed[data.draw(st.integers(0, len(changed) - 1)) :]
+    else:
+        changed += data.draw(st.binary(min_size=1, max_size=8))
+    ciphertext = bytes(changed) if part == "ciphertext" else _SAMPLE.ciphertext
+    annotations = _SAMPLE.annotations if part == "ciphertext" else {KEK_ANNOTATION: bytes(changed)}
+    for reader in (_WRITER, _PLUGIN_WORLD.plugin()):
+        if not ciphertext or not annotations[KEK_ANNOTATION]:
+            with pytest.raises(InvalidArgument):
+                reader.decrypt(ciphertext, uid="u", key_id=_SAMPLE.key_id, annotations=annotations)
+            continue
+        with pytest.raises(DecryptionError) as info:
+            reader.decrypt(ciphertext, uid="u", key_id=_SAMPLE.key_id, annotations=annotations)
+        assert str(info.value) in (
+            str(DecryptionError()),
+            str(UnprocessableCiphertext()),
+            str(UnprocessableCiphertext(UnprocessableCiphertext.MALFORMED)),
+        )

@@ -34,6 +34,7 @@ __all__ = [
     "KeyPolicies",
     "KeyRing",
     "KeyRingList",
+    "KeyUse",
     "KeyView",
     "Registration",
     "RegistrationList",
@@ -142,6 +143,15 @@ class WrapResult:
     ciphertext: str
     key_version: VersionRef
     plaintext: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUse:
+    """What :meth:`~kinko.keys.service.KeyService.check_key_use` found: the key's id (never
+    an alias) and its latest version, the one a wrap would use now."""
+
+    key_id: str
+    latest_version: VersionRef
 
 
 @dataclass(frozen=True, slots=True)

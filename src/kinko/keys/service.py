@@ -127,6 +127,7 @@ from kinko.keys.results import (
     KeyList,
     KeyPolicies,
     KeyRingList,
+    KeyUse,
     KeyView,
     RegistrationList,
     RewrapResult,
@@ -739,6 +740,41 @@ class KeyService:
             return self._with_crypto_key(
                 now, instance, key_ref, key_ring, note, _check_rewrap, wrapped.version_id, attempt
             )
+
+    def check_key_use(
+        self,
+        principal: Principal,
+        instance: str,
+        key_ref: str,
+        *,
+        unwrap_version: str | None = None,
+        key_ring: str | None = None,
+    ) -> KeyUse:
+        """Whether ``principal`` could wrap with the key now (``unwrap_version`` None), or
+        unwrap a ciphertext of version ``unwrap_version``, without using the HSM: the checks
+        of :meth:`wrap` or :meth:`unwrap` (role, root key, state, expiry as of now, key
+        ring, the version's existence) on the key's record, read through the key-record
+        cache (ADR 13: a change made through this service applies at once, one made by
+        another process within ``key_cache_ttl``, and a cached record that refuses is read
+        again before the refusal counts).
+
+        For a caller that holds material the key wrapped earlier (the root-key KMS plugin's
+        local KEKs, ADR 15) and must stop using it as soon as the key may no longer be used.
+        Not audited: it reads metadata only, and the wraps and unwraps that gave the caller
+        its material were audited.
+
+        Raises Unauthorized, Forbidden (Reader and up), NotFound, NotAllowed
+        (``KEY_ROOT_REQ_ERR``), WrongState (wrap: not Active; unwrap: Suspended), Gone,
+        UnprocessableCiphertext (the key has no version ``unwrap_version``), CorruptMetadata,
+        StoreUnavailable.
+        """
+        now = self._now()
+        authorize(principal, Action.WRAP if unwrap_version is None else Action.UNWRAP, instance)
+        check = model.check_wrap if unwrap_version is None else model.check_unwrap
+        key, _ = self._crypto_key(now, instance, key_ref, key_ring, _Note(), check, unwrap_version)
+        if unwrap_version is not None and key.version(unwrap_version) is None:
+            raise UnprocessableCiphertext()
+        return KeyUse(key_id=key.id, latest_version=_ref(key.latest_version))
 
     # --- lifecycle actions -----------------------------------------------------------------
 

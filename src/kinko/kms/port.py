@@ -10,7 +10,7 @@ in-memory twin for fast tests. Field rules are those of kube-apiserver
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -21,11 +21,22 @@ class StatusResult:
     key_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class EncryptResult:
-    ciphertext: bytes = field(repr=False)
+    """A plugin's Encrypt answer. Its repr shows the key_id and the annotation names only:
+    annotation values may be wrapped keys (kinko's root-key plugin carries its wrapped local
+    KEK in one)."""
+
+    ciphertext: bytes
     key_id: str
     annotations: Mapping[str, bytes]
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{k!r}: <{len(v)} bytes>" for k, v in self.annotations.items())
+        return (
+            f"EncryptResult(<{len(self.ciphertext)} bytes>, key_id={self.key_id!r}, "
+            f"annotations={{{names}}})"
+        )
 
 
 class KmsV2Api(Protocol):

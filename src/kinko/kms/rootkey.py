@@ -1,8 +1,8 @@
 """A KMS v2 plugin core backed by a root key of a Key Protect-compatible key service.
 
-Job: :class:`RootKeyPlugin` implements :class:`~kinko.kms.port.KmsV2Api` by wrapping seeds
+Job: :class:`RootKeyPlugin` implements :class:`~kinko.kms.port.KmsV2Api` by protecting seeds
 with a customer root key. The root key is reached through :class:`RootKeyAccess`, a port of
-three methods with two adapters: :class:`ServiceRootKeys` (kinko's own
+four methods with two adapters: :class:`ServiceRootKeys` (kinko's own
 :class:`~kinko.keys.service.KeyService`, in-process) and ``RemoteRootKeys`` (a Key Protect
 API over HTTPS, in :mod:`kinko.kms.rootkey_remote`).
 
@@ -15,19 +15,33 @@ What the plugin answers:
   to another root key changes it too. Switching back to a root key that was not rotated in
   between reports its old key_id again, which is right: it names the same material, so data
   under it is not stale.
-- **Encrypt** wraps with the latest version and reports the key_id of the version the key
-  service actually wrapped with (read once, from the wrap's answer, so a rotation racing the
-  call can never pair one version's key_id with another's ciphertext). The ciphertext is the
-  key service's opaque wrap ciphertext (ASCII), at most 1 KiB (checked). One annotation,
-  ``version.rootkey.kms.kinko.dev: <version id>``.
+- **Local KEKs** (ADR 15, the key hierarchy of KEP-3299). Encrypt does not send each seed to
+  the key service: it encrypts the seed with AES-256-GCM under a **local KEK** (32 random
+  bytes; AAD = the key_id), and the KEK itself is wrapped once by the root key's latest
+  version (one audited key service wrap, Key Protect AAD ``kms.kinko.dev/v2-local-kek``). The
+  answer is ``nonce ‖ ciphertext ‖ tag`` (60 bytes for a 32-byte seed), the key_id of the
+  version that wrapped the KEK (read from the wrap's answer, so a rotation racing the call can
+  never pair one version's key_id with another's KEK), and one annotation,
+  ``kek.rootkey.kms.kinko.dev: <the wrapped KEK>``. A KEK encrypts at most ``kek_max_uses``
+  seeds (2**20); a new one is made when the root key's latest version changes.
 - **Decrypt** takes the root key from the request's key_id (the configured root key, or one
-  of the ``retired_key_refs`` given to the plugin), unwraps with the key service, which picks
-  the version from the ciphertext, and checks that version against the key_id and the
-  annotation. Any live version unwraps (Key Protect keeps every version until the key is
-  purged).
-- Seeds are wrapped with the Key Protect AAD ``kms.kinko.dev/v2-seed``, health probes with
-  ``kms.kinko.dev/v2-health-probe``: the plugin unwraps nothing that another user of the same
-  root key wrapped, so its socket is no general unwrap oracle for that key.
+  of the ``retired_key_refs`` given to the plugin). It uses the local KEK it holds for the
+  annotation, or unwraps it once with the key service (audited) and checks that the version
+  that wrapped it is the key_id's. Any live version unwraps (Key Protect keeps every version
+  until the key is purged). A value written before local KEKs (the seed wrapped by the key
+  service itself, annotation ``version.rootkey.kms.kinko.dev: <version id>``) is unwrapped
+  by the key service as before.
+- **Every call checks the root key first**, without the HSM (:meth:`RootKeyAccess.check`):
+  Encrypt that it may wrap, Decrypt that it may unwrap. In-process the check reads the key
+  service's key-record cache, so a change made through the same service applies to the next
+  call and one made by another process within 1 s (ADR 13); over HTTPS the plugin reuses the
+  key's metadata for at most 1 s (:data:`STATE_TTL`). A refusal is never served from a reused
+  state, and it drops every local KEK of that root key from memory: after an enable or a
+  restore each KEK is unwrapped again, audited.
+- Seeds (before local KEKs), local KEKs and health probes are wrapped with Key Protect AAD
+  strings of their own (``kms.kinko.dev/v2-seed``, ``…/v2-local-kek``,
+  ``…/v2-health-probe``): the plugin unwraps nothing that another user of the same root key
+  wrapped, so its socket is no general unwrap oracle for that key.
 - **States** (Key Protect: wrap only when Active; unwrap when Active or Deactivated):
   Suspended → both fail (:class:`~kinko.errors.WrongState`, gRPC FAILED_PRECONDITION);
   Deactivated (expired) → Encrypt fails with WrongState saying to move to a new root key,
@@ -43,26 +57,28 @@ What the plugin answers:
 Aliases: the plugin resolves an alias to its root key id on first use and stays bound to
 that key for its lifetime (restart it to follow an alias that was moved).
 
-Invariants: no message, healthz text or repr carries a seed, a probe, plaintext, ciphertext
-or key material; errors name key ids, version ids, states and sizes only. The plugin keeps no
-plaintext: every Decrypt asks the key service, so a root key suspended or deleted through
-that key service takes effect on the next call. (An in-process
-:class:`~kinko.keys.service.KeyService` caches key records for at most 1 s, so a change made
-by another process on the same store takes effect within 1 s; see its module docstring.)
+Invariants: no message, healthz text or repr carries a seed, a probe, a local KEK,
+plaintext, ciphertext or key material; errors name key ids, version ids, states and sizes
+only. The plugin keeps no seed and no plaintext; it holds local KEKs in memory only (at most
+:data:`KEK_CACHE_MAX`), never on disk, and only while their root key may be used.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import itertools
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kinko.crypto.kms_rules import ENCRYPTED_DEK_SOURCE_MAX_SIZE, KEY_ID_MAX_SIZE
 from kinko.crypto.types import Rng
@@ -70,6 +86,7 @@ from kinko.errors import (
     DecryptionError,
     Gone,
     InvalidArgument,
+    KeyServiceUnavailable,
     KinkoError,
     NotAllowed,
     NotFound,
@@ -92,6 +109,25 @@ PROBE_SIZE: Final = 32
 HEALTH_TTL: Final = 20.0
 FAILURE_TTL: Final = 3.0
 SUPPORTED_VERSIONS: Final = ("v2", "v2beta1")
+#: The annotation that carries a seed's local KEK, wrapped by the root key (ADR 15).
+KEK_ANNOTATION: Final = "kek.rootkey.kms.kinko.dev"
+#: Key Protect AAD of wrapped local KEKs (neither a seed's nor a probe's).
+KEK_AAD: Final = ("kms.kinko.dev/v2-local-kek",)
+KEK_SIZE: Final = 32
+NONCE_SIZE: Final = 12
+TAG_SIZE: Final = 16
+#: The largest seed Encrypt takes: its ciphertext (nonce, seed, tag) fits KMS v2's 1 KiB.
+MAX_PLAINTEXT_SIZE: Final = ENCRYPTED_DEK_SOURCE_MAX_SIZE - NONCE_SIZE - TAG_SIZE
+#: Seeds one local KEK encrypts before Encrypt makes the next (random 96-bit nonces: far
+#: fewer than the 2**32 one AES-GCM key may take).
+KEK_MAX_USES: Final = 1 << 20
+#: Local KEKs a plugin holds for Decrypt; it starts over (and unwraps again) when full.
+KEK_CACHE_MAX: Final = 1024
+#: The longest a wrapped local KEK may be (kinko's key service makes about 200 bytes).
+WRAPPED_KEK_MAX_SIZE: Final = 4096
+#: How long a root key's state may be reused between checks where it cannot be watched
+#: (a remote key service); a refusal is always read again first.
+STATE_TTL: Final = 1.0
 _HEALTHZ_MAX: Final = 240
 _UUID: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _KEY_ID_RE: Final = re.compile(
@@ -130,7 +166,8 @@ class Unwrapped:
 
 
 class RootKeyAccess(Protocol):
-    """What the plugin needs of a key service: one root key's metadata, wrap and unwrap.
+    """What the plugin needs of a key service: one root key's metadata, a check of its
+    state, wrap and unwrap.
 
     ``key_ref`` is a key id or an alias. ``correlation_id`` ties the call to a KMS request
     uid in the key service's audit log.
@@ -141,6 +178,25 @@ class RootKeyAccess(Protocol):
 
         Raises NotFound (no such key, or purged), NotAllowed (a standard key, not a root key),
         Unauthorized, Forbidden, UnavailableError.
+        """
+        ...
+
+    def check(
+        self,
+        key_ref: str,
+        *,
+        unwrap_version: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Without using key material: whether a wrap with the key would be allowed now
+        (``unwrap_version`` None), or an unwrap of a ciphertext of version
+        ``unwrap_version``. Returns the latest version's id, the one a wrap would use.
+
+        May answer from a record read up to :data:`STATE_TTL` (1 s) earlier, but never
+        refuses on such a record: a refusal is read again first. Raises WrongState (wrap:
+        not Active; unwrap: Suspended), Gone (Destroyed), NotFound, NotAllowed,
+        UnprocessableCiphertext (no such version, where the adapter can tell), Unauthorized,
+        Forbidden, UnavailableError.
         """
         ...
 
@@ -221,6 +277,25 @@ class ServiceRootKeys:
             version_id=view.key_version.id,
             version_created=view.key_version.creation_date,
         )
+
+    def check(
+        self,
+        key_ref: str,
+        *,
+        unwrap_version: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """See :meth:`RootKeyAccess.check`: ``KeyService.check_key_use``, through the
+        service's key-record cache (a change made through the same service applies at once).
+        Raises what that raises."""
+        use = self._service.check_key_use(
+            self._principal,
+            self._instance,
+            key_ref,
+            unwrap_version=unwrap_version,
+            key_ring=self._key_ring,
+        )
+        return use.latest_version.id
 
     def wrap(
         self,
@@ -361,15 +436,33 @@ class _Health:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Kek:
+    """A local KEK: its AES-256-GCM key, its wrap by one root key version, the key_id of that
+    version (also the AAD of every seed it encrypts), and the version a check named when it
+    was made (``for_version``; the writer is replaced when a check names another)."""
+
+    root_id: str
+    version_id: str
+    key_id: str
+    aad: bytes
+    for_version: str
+    aead: AESGCM = field(repr=False)
+    wrapped: bytes = field(repr=False)
+    #: Counts the uses after the first (the call that made the KEK).
+    uses: Iterator[int] = field(repr=False, default_factory=lambda: itertools.count(1))
+
+
 class RootKeyPlugin:
     """A KMS v2 plugin core over one root key (module docstring). Thread-safe.
 
     ``access``: the key service. ``key_ref``: the root key (id or alias) to encrypt with.
     ``retired_key_refs``: other root keys whose data Decrypt still accepts (after moving to a
-    new root key). ``clock``: monotonic seconds. ``rng``: makes health probes.
+    new root key). ``clock``: monotonic seconds. ``rng``: makes local KEKs, nonces and health
+    probes. ``kek_max_uses``: seeds one local KEK encrypts before the next is made.
 
     Raises InvalidArgument at construction: an empty key ref, an unsupported status version,
-    a non-positive TTL.
+    a non-positive TTL or ``kek_max_uses``.
     """
 
     def __init__(
@@ -383,6 +476,7 @@ class RootKeyPlugin:
         version: str = "v2",
         health_ttl: float = HEALTH_TTL,
         failure_ttl: float = FAILURE_TTL,
+        kek_max_uses: int = KEK_MAX_USES,
     ) -> None:
         if not key_ref:
             raise InvalidArgument("key_ref: expected a root key id or alias, got an empty one")
@@ -394,6 +488,8 @@ class RootKeyPlugin:
             raise InvalidArgument(
                 f"health TTLs must be positive, got {health_ttl} and {failure_ttl}"
             )
+        if kek_max_uses < 1:
+            raise InvalidArgument(f"kek_max_uses must be at least 1, got {kek_max_uses}")
         self._access = access
         self._key_ref = key_ref
         self._retired_refs = tuple(r for r in retired_key_refs if r and r != key_ref)
@@ -402,6 +498,7 @@ class RootKeyPlugin:
         self._version = version
         self._health_ttl = health_ttl
         self._failure_ttl = failure_ttl
+        self._kek_max_uses = kek_max_uses
         # Root key ids resolved so far (an id ref resolves to itself without a call).
         self._root_id: str | None = key_ref if is_key_id(key_ref) else None
         self._retired_ids: frozenset[str] = frozenset(r for r in self._retired_refs if is_key_id(r))
@@ -409,6 +506,10 @@ class RootKeyPlugin:
         self._probe_lock = threading.Lock()
         self._health: _Health | None = None
         self._last_key_id: str | None = None
+        # Local KEKs: the one Encrypt uses, and every one known, by its wrapped form.
+        self._kek_lock = threading.Lock()
+        self._writer: _Kek | None = None
+        self._keks: dict[bytes, _Kek] = {}
 
     @property
     def version(self) -> str:
@@ -417,6 +518,11 @@ class RootKeyPlugin:
     @property
     def key_ref(self) -> str:
         return self._key_ref
+
+    @property
+    def local_keks(self) -> int:
+        """How many local KEKs the plugin holds now (for tests and status output)."""
+        return len(self._keks)
 
     def refresh(self) -> None:
         """Forget the cached health, so that the next Status checks the key service again.
@@ -447,54 +553,60 @@ class RootKeyPlugin:
         return StatusResult(version=self._version, healthz=health.healthz, key_id=health.key_id)
 
     def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptResult:
-        """Wrap ``plaintext`` (a seed) with the root key's latest version.
+        """Encrypt ``plaintext`` (a seed) under the local KEK of the root key's latest
+        version, after checking that the root key may wrap now.
 
-        Raises InvalidArgument (empty uid or plaintext; a ciphertext over 1 KiB), WrongState
-        (Suspended; Deactivated = expired), Gone (Destroyed), NotFound (purged), and what the
-        key service raises (UnavailableError, Unauthorized, Forbidden, …).
+        Raises InvalidArgument (empty uid or plaintext; a plaintext over
+        :data:`MAX_PLAINTEXT_SIZE`), WrongState (Suspended; Deactivated = expired), Gone
+        (Destroyed), NotFound (purged), and what the key service raises (UnavailableError,
+        Unauthorized, Forbidden, …).
         """
         _check_uid(uid)
         if not plaintext:
             raise InvalidArgument("plaintext: expected non-empty bytes, got none")
-        if len(plaintext) >= ENCRYPTED_DEK_SOURCE_MAX_SIZE:
-            # No wrap ciphertext is shorter than its plaintext: refuse before using the HSM.
+        if len(plaintext) > MAX_PLAINTEXT_SIZE:
             raise InvalidArgument(
-                f"plaintext: expected fewer than {ENCRYPTED_DEK_SOURCE_MAX_SIZE} bytes (the KMS "
-                f"v2 limit on the wrapped result), got {len(plaintext)}"
+                f"plaintext: expected at most {MAX_PLAINTEXT_SIZE} bytes (a KMS v2 ciphertext "
+                f"holds at most {ENCRYPTED_DEK_SOURCE_MAX_SIZE}, with a {NONCE_SIZE}-byte nonce "
+                f"and a {TAG_SIZE}-byte tag), got {len(plaintext)}"
             )
         root_id = self._resolve(uid)
         try:
-            wrapped = self._access.wrap(root_id, plaintext, aad=SEED_AAD, correlation_id=uid)
+            latest = self._access.check(root_id, correlation_id=uid)
         except (WrongState, Gone, NotFound) as exc:
+            self._forget(root_id)
             raise self._explain(root_id, exc, encrypting=True, uid=uid) from exc
-        size = len(wrapped.ciphertext)
-        if size > ENCRYPTED_DEK_SOURCE_MAX_SIZE:
-            raise InvalidArgument(
-                f"the wrapped plaintext is {size} bytes, over the {ENCRYPTED_DEK_SOURCE_MAX_SIZE}"
-                f"-byte KMS v2 limit; a {len(plaintext)}-byte plaintext is too large for this "
-                "root key (a 32-byte seed fits)"
-            )
-        key_id = key_id_for(root_id, wrapped.version_id)
+        kek = self._writer
+        if (
+            kek is None
+            or kek.root_id != root_id
+            or kek.for_version != latest
+            or next(kek.uses) >= self._kek_max_uses
+        ):
+            kek = self._new_writer(root_id, latest, uid)
+        nonce = self._rng(NONCE_SIZE)
+        ciphertext = nonce + kek.aead.encrypt(nonce, plaintext, kek.aad)
         health = self._health
-        if health is not None and health.version_id != wrapped.version_id:
+        if health is not None and health.version_id != kek.version_id:
             # The key was rotated since the last probe: let the next Status look again.
             self._health = None
         return EncryptResult(
-            ciphertext=wrapped.ciphertext,
-            key_id=key_id,
-            annotations={ANNOTATION_KEY: wrapped.version_id.encode("ascii")},
+            ciphertext=ciphertext, key_id=kek.key_id, annotations={KEK_ANNOTATION: kek.wrapped}
         )
 
     def decrypt(
         self, ciphertext: bytes, *, uid: str, key_id: str, annotations: Mapping[str, bytes]
     ) -> bytes:
-        """Unwrap ``ciphertext`` with the root key and version its ``key_id`` names.
+        """Decrypt ``ciphertext`` with the local KEK its annotation carries, after checking
+        that the root key its ``key_id`` names may unwrap now; a value written before local
+        KEKs (annotation ``version.rootkey.kms.kinko.dev``) is unwrapped by the key service.
 
         Raises InvalidArgument (empty fields; a key_id not of this plugin or of a root key it
-        is not configured for; an annotation that disagrees with the key_id), DecryptionError
-        (the ciphertext does not unwrap, or was wrapped by another version than its key_id
-        says; opaque), WrongState (Suspended), Gone (Destroyed), NotFound (purged), and what
-        the key service raises (UnavailableError, Unauthorized, Forbidden, …).
+        is not configured for; no annotation of this plugin, or one that disagrees with the
+        key_id), DecryptionError (the ciphertext or the local KEK does not open, or the KEK was
+        wrapped by another version than the key_id says; opaque), WrongState (Suspended), Gone
+        (Destroyed), NotFound (purged), and what the key service raises (UnavailableError,
+        Unauthorized, Forbidden, …).
         """
         _check_uid(uid)
         if not ciphertext:
@@ -503,9 +615,113 @@ class RootKeyPlugin:
             raise InvalidArgument("key_id: expected a non-empty key_id, got an empty one")
         root_id, version_id = parse_key_id(key_id)
         self._check_known_root(root_id, uid)
+        wrapped_kek = annotations.get(KEK_ANNOTATION)
+        if wrapped_kek is None:
+            return self._unwrap_seed(ciphertext, root_id, version_id, annotations, uid)
+        if not wrapped_kek:
+            raise InvalidArgument(f"annotations: expected a wrapped local KEK in {KEK_ANNOTATION}")
+        try:
+            self._access.check(root_id, unwrap_version=version_id, correlation_id=uid)
+        except (WrongState, Gone, NotFound) as exc:
+            self._forget(root_id)
+            raise self._explain(root_id, exc, encrypting=False, uid=uid) from exc
+        kek = self._keks.get(wrapped_kek)
+        if kek is None or kek.key_id != key_id:
+            kek = self._unwrap_kek(root_id, version_id, key_id, wrapped_kek, uid)
+        if len(ciphertext) <= NONCE_SIZE + TAG_SIZE:
+            raise DecryptionError()
+        try:
+            return kek.aead.decrypt(ciphertext[:NONCE_SIZE], ciphertext[NONCE_SIZE:], kek.aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    # -- local KEKs -----------------------------------------------------------------------
+
+    def _new_writer(self, root_id: str, latest: str, uid: str) -> _Kek:
+        """The local KEK Encrypt uses: the current one if another call made it meanwhile,
+        else a new one, wrapped by the root key (one audited key service wrap)."""
+        with self._kek_lock:
+            kek = self._writer
+            if (
+                kek is not None
+                and kek.root_id == root_id
+                and kek.for_version == latest
+                and next(kek.uses) < self._kek_max_uses
+            ):
+                return kek
+            material = self._rng(KEK_SIZE)
+            try:
+                wrapped = self._access.wrap(root_id, material, aad=KEK_AAD, correlation_id=uid)
+            except (WrongState, Gone, NotFound) as exc:
+                self._forget_locked(root_id)
+                raise self._explain(root_id, exc, encrypting=True, uid=uid) from exc
+            _check_wrapped_kek(wrapped.ciphertext)
+            kek = self._kek(root_id, wrapped.version_id, material, wrapped.ciphertext, latest)
+            self._writer = kek
+            self._remember_locked(kek)
+            return kek
+
+    def _unwrap_kek(
+        self, root_id: str, version_id: str, key_id: str, wrapped_kek: bytes, uid: str
+    ) -> _Kek:
+        """A local KEK not held yet: one audited key service unwrap, then kept."""
+        try:
+            unwrapped = self._access.unwrap(root_id, wrapped_kek, aad=KEK_AAD, correlation_id=uid)
+        except (WrongState, Gone, NotFound) as exc:
+            self._forget(root_id)
+            raise self._explain(root_id, exc, encrypting=False, uid=uid) from exc
+        if unwrapped.version_id != version_id or len(unwrapped.plaintext) != KEK_SIZE:
+            raise DecryptionError()
+        kek = self._kek(root_id, version_id, unwrapped.plaintext, wrapped_kek, version_id)
+        assert kek.key_id == key_id  # Both name (root_id, version_id).
+        with self._kek_lock:
+            self._remember_locked(kek)
+        return kek
+
+    @staticmethod
+    def _kek(
+        root_id: str, version_id: str, material: bytes, wrapped: bytes, for_version: str
+    ) -> _Kek:
+        key_id = key_id_for(root_id, version_id)
+        return _Kek(
+            root_id=root_id,
+            version_id=version_id,
+            key_id=key_id,
+            aad=key_id.encode("ascii"),
+            for_version=for_version,
+            aead=AESGCM(material),
+            wrapped=wrapped,
+        )
+
+    def _remember_locked(self, kek: _Kek) -> None:
+        if len(self._keks) >= KEK_CACHE_MAX:
+            self._keks = {}
+        self._keks[kek.wrapped] = kek
+
+    def _forget(self, root_id: str) -> None:
+        """Drops every local KEK of a root key that may no longer be used (suspended,
+        expired, deleted, purged): it is unwrapped again, audited, if the key comes back."""
+        with self._kek_lock:
+            self._forget_locked(root_id)
+
+    def _forget_locked(self, root_id: str) -> None:
+        if self._writer is not None and self._writer.root_id == root_id:
+            self._writer = None
+        self._keks = {w: k for w, k in self._keks.items() if k.root_id != root_id}
+
+    def _unwrap_seed(
+        self,
+        ciphertext: bytes,
+        root_id: str,
+        version_id: str,
+        annotations: Mapping[str, bytes],
+        uid: str,
+    ) -> bytes:
+        """A seed the root key wrapped itself (written before local KEKs)."""
         if annotations.get(ANNOTATION_KEY) != version_id.encode("ascii"):
             raise InvalidArgument(
-                f"annotations: expected {ANNOTATION_KEY}={version_id} as in the key_id"
+                f"annotations: expected {KEK_ANNOTATION} (or {ANNOTATION_KEY}={version_id}, "
+                "as in the key_id)"
             )
         try:
             unwrapped = self._access.unwrap(root_id, ciphertext, aad=SEED_AAD, correlation_id=uid)
@@ -604,6 +820,14 @@ class RootKeyPlugin:
             key_id=key_id,
             version_id=wrapped.version_id,
             expires_at=started + self._health_ttl,
+        )
+
+
+def _check_wrapped_kek(wrapped: bytes) -> None:
+    if not wrapped or len(wrapped) > WRAPPED_KEK_MAX_SIZE:
+        raise KeyServiceUnavailable(
+            f"the key service wrapped a {KEK_SIZE}-byte local KEK into {len(wrapped)} bytes; "
+            f"expected 1 to {WRAPPED_KEK_MAX_SIZE}"
         )
 
 
