@@ -18,8 +18,11 @@ adds on top of gRPC itself (target ≥ 0.9). A second echo on a server of its ow
 its own server``; in a child process of its own too unless ``--in-process``) is shown beside,
 as the baseline was measured before. The client side is the same grpcio channel setup for
 all. The client encrypts one 32-byte seed once, then measures Encrypt of that seed and
-Decrypt of that first answer. Rounds are interleaved (echo, echo on its own server, Encrypt,
-Decrypt, ...) and the best of each kept.
+Decrypt of that first answer. The cases run in turn in blocks of 50 ms (``--block``), for
+``--rounds`` times ``--seconds`` seconds each; a case's ``ratio`` is the median, over the
+cycles, of its rate divided by the echo's in the same cycle (a paired measurement: the load
+of this shared machine drifts little within one cycle), and the rates are totals over all
+blocks.
 
 Backends:
 
@@ -39,8 +42,8 @@ Backends:
 
 Both servers run on gRPC thread pools of the same size (``--workers``, default 4: the plugin's).
 
-Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S] [--only NAME] [--workers N]
-[--in-process]``
+Usage: ``python benchmarks/plugin.py [--rounds N] [--seconds S] [--block S] [--only NAME]
+[--workers N] [--in-process]``
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -130,7 +134,8 @@ class _EchoCaller:
         self._channel.close()
 
 
-def calls_per_second(fn: Callable[[], object], seconds: float) -> float:
+def calls_in(fn: Callable[[], object], seconds: float) -> tuple[int, float]:
+    """Calls ``fn`` for about ``seconds``; the number of calls and the time they took."""
     n = 0
     start = time.perf_counter()
     deadline = start + seconds
@@ -139,7 +144,7 @@ def calls_per_second(fn: Callable[[], object], seconds: float) -> float:
         n += 1
         now = time.perf_counter()
         if now >= deadline:
-            return n / (now - start)
+            return n, now - start
 
 
 def measure(
@@ -148,7 +153,16 @@ def measure(
     echo_apart: Callable[[], object],
     rounds: int,
     seconds: float,
+    block: float,
 ) -> None:
+    """Runs the cases in short blocks of ``block`` seconds, one block of each case per cycle
+    (the order rotating from cycle to cycle), for ``rounds * seconds`` seconds per case.
+
+    A cycle's blocks run within a few hundred milliseconds of each other, so the machine's
+    load drifts little between them: the ratio of a case to the echo in the same cycle is a
+    paired measurement, and the median of those ratios is what is printed as ``ratio`` (the
+    rates are the totals over all blocks).
+    """
     wrapped = api.encrypt(SEED, uid="bench")
     cases: dict[str, Callable[[], object]] = {
         "echo": echo,
@@ -161,16 +175,35 @@ def measure(
             annotations=wrapped.annotations,
         ),
     }
-    best = dict.fromkeys(cases, 0.0)
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            best[name] = max(best[name], calls_per_second(fn, seconds))
-    for name in ("Encrypt", "Decrypt"):
+    for fn in cases.values():
+        calls_in(fn, block)  # warm every path up
+    names = list(cases)
+    calls = dict.fromkeys(names, 0)
+    spent = dict.fromkeys(names, 0.0)
+    paired: dict[str, list[float]] = {
+        f"{m}/{e}": [] for m in ("Encrypt", "Decrypt") for e in ("echo", "echo apart")
+    }
+    cycles = max(1, round(rounds * seconds / block))
+    for cycle in range(cycles):
+        shift = cycle % len(names)
+        rate: dict[str, float] = {}
+        for name in names[shift:] + names[:shift]:
+            n, took = calls_in(cases[name], block)
+            calls[name] += n
+            spent[name] += took
+            rate[name] = n / took
+        for key, values in paired.items():
+            method, base = key.split("/")
+            values.append(rate[method] / rate[base])
+    total = {name: calls[name] / spent[name] for name in names}
+    for method in ("Encrypt", "Decrypt"):
         print(
-            f"  {name:<8} {best[name]:>9,.0f} rpc/s   bare echo {best['echo']:>9,.0f} rpc/s   "
-            f"ratio {best[name] / best['echo']:.2f}   "
-            f"(echo on its own server {best['echo apart']:>7,.0f} rpc/s, "
-            f"ratio {best[name] / best['echo apart']:.2f})"
+            f"  {method:<8} {total[method]:>9,.0f} rpc/s   "
+            f"bare echo {total['echo']:>9,.0f} rpc/s   "
+            f"ratio {statistics.median(paired[f'{method}/echo']):.2f}   "
+            f"(echo on its own server {total['echo apart']:>7,.0f} rpc/s, "
+            f"ratio {statistics.median(paired[f'{method}/echo apart']):.2f}; "
+            f"{cycles} cycles)"
         )
 
 
@@ -366,8 +399,7 @@ def measure_plugin(
     where: str,
     socket_path: Path,
     echo_apart: Callable[[], object],
-    rounds: int,
-    seconds: float,
+    args: argparse.Namespace,
 ) -> None:
     """The client's side: KMS v2 calls and the echo on the plugin's socket, the echo on its
     own server beside, from this process."""
@@ -376,7 +408,7 @@ def measure_plugin(
     try:
         with GrpcKmsV2Api(endpoint) as api:
             print(f"plugin backend: {name} ({where})")
-            measure(api, same.call, echo_apart, rounds, seconds)
+            measure(api, same.call, echo_apart, args.rounds, args.seconds, args.block)
     finally:
         same.close()
 
@@ -400,8 +432,7 @@ def run_in_child_processes(args: argparse.Namespace, work: Path) -> None:
                         "in a child process",
                         socket_path,
                         apart.call,
-                        args.rounds,
-                        args.seconds,
+                        args,
                     )
         finally:
             apart.close()
@@ -426,9 +457,7 @@ def run_in_process(args: argparse.Namespace, work: Path) -> None:
                 )
                 server.start()
                 try:
-                    measure_plugin(
-                        name, "in-process", socket_path, apart.call, args.rounds, args.seconds
-                    )
+                    measure_plugin(name, "in-process", socket_path, apart.call, args)
                 finally:
                     server.stop(grace=0)
     finally:
@@ -438,8 +467,11 @@ def run_in_process(args: argparse.Namespace, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per case and round")
+    parser.add_argument(
+        "--block", type=float, default=0.05, help="seconds per block of one case (see measure)"
+    )
     parser.add_argument("--only", choices=BACKENDS, action="append", help="repeatable")
     parser.add_argument(
         "--workers", type=int, default=4, help="gRPC threads of both servers (the plugin's default)"

@@ -1,6 +1,7 @@
 """A key service and a root-key KMS plugin on in-memory twins, shared by unit and integration
 tests: MemoryStore, a MemoryHsm that counts its wrap and unwrap calls, a fake wall clock for
-the key service and a fake monotonic clock for the plugin's health cache.
+the key service and a fake monotonic clock for the plugin's health cache and the key
+service's caches.
 
 The plugin reaches the service either in-process (:class:`ServiceRootKeys`) or, with
 ``remote=True``, through the real Key Protect REST app and :class:`KeyProtectClient` (over
@@ -187,8 +188,8 @@ def make_world(
     """A fresh world whose root key ``kms-root`` (alias ``kms-root-alias``) exists."""
     store = store if store is not None else MemoryStore()
     hsm = hsm if hsm is not None else CountingHsm()
-    audit, clock = MemoryAuditSink(), WallClock()
-    service = KeyService(store, hsm, audit=audit, clock=clock, rng=os.urandom)
+    audit, clock, mono = MemoryAuditSink(), WallClock(), MonoClock()
+    service = KeyService(store, hsm, audit=audit, clock=clock, rng=os.urandom, monotonic=mono)
     view = service.create_key(
         ADMIN,
         INSTANCE,
@@ -196,4 +197,4 @@ def make_world(
         aliases=("kms-root-alias",),
         **key_options,  # type: ignore[arg-type]
     )
-    return World(store, hsm, audit, clock, MonoClock(), service, view.id, remote=remote)
+    return World(store, hsm, audit, clock, mono, service, view.id, remote=remote)

@@ -8,7 +8,9 @@ once for changes that allow one (enable, a new version for its own ciphertexts);
 record whose HSM material another process purged is read again and the call retried, so
 the caller gets the store's answer (not found) and one audit record; state and expiry are
 evaluated against ``now`` on every call; a fill racing a write never caches the older
-record; TTL 0 turns the cache off.
+record; TTL 0 turns the cache off. And ``check_key_use`` (the root-key plugin's check, ADR
+15): the same answers as wrap and unwrap without the HSM or an audit record, reused without a
+store read while they hold, and the same bounds for writes here and elsewhere.
 """
 
 from __future__ import annotations
@@ -448,3 +450,117 @@ def test_ttl_zero_reads_the_store_on_every_call(tmp_path: Path) -> None:
 def test_a_negative_or_nan_ttl_is_refused(ttl: float) -> None:
     with pytest.raises(errors.InvalidArgument, match="key_cache_ttl"):
         one(ttl=ttl)
+
+
+# --- check_key_use: the root-key plugin's check before it uses a local KEK (ADR 15) ---------
+
+
+def test_check_key_use_answers_as_wrap_and_unwrap_would_without_the_hsm() -> None:
+    svc, clock, _ = one()
+    key = svc.create_key(ALICE, INST, name="root-1", aliases=["the-alias"])
+    version = key.key_version.id
+    use = svc.check_key_use(READER, INST, "the-alias")
+    assert (use.key_id, use.latest_version.id) == (key.id, version)
+    assert svc.check_key_use(READER, INST, key.id, unwrap_version=version).key_id == key.id
+    other = "00000000-0000-4000-8000-000000000000"
+    with pytest.raises(errors.UnprocessableCiphertext):
+        svc.check_key_use(READER, INST, key.id, unwrap_version=other)
+    assert reason(lambda: svc.check_key_use(P("nobody"), INST, key.id)) == "FORBIDDEN_ERR"
+    stranger = Principal(name="x", instance="inst-2", roles=frozenset({Role.READER}))
+    assert reason(lambda: svc.check_key_use(stranger, INST, key.id)) == "UNAUTHORIZED_ERR"
+    standard = svc.create_key(ALICE, INST, name="std", extractable=True)
+    assert reason(lambda: svc.check_key_use(READER, INST, standard.id)) == "KEY_ROOT_REQ_ERR"
+    clock.now += HOUR
+    rotated = svc.rotate(ALICE, INST, key.id).key_version.id
+    assert svc.check_key_use(READER, INST, key.id).latest_version.id == rotated  # at once
+    assert svc.check_key_use(READER, INST, key.id, unwrap_version=version).key_id == key.id
+
+
+def test_check_key_use_is_not_audited_and_reads_no_store_while_its_answer_holds() -> None:
+    counted = _CountingStore(MemoryStore())
+    audit = MemoryAuditSink()
+    tick = Tick()
+    svc = KeyService(
+        counted,  # type: ignore[arg-type]
+        MemoryHsm(),
+        audit=audit,
+        clock=Clock(),
+        rng=os.urandom,
+        monotonic=tick,
+    )
+    key = svc.create_key(ALICE, INST, name="root-1")
+    records, reads = len(audit.records), counted.gets
+    for _ in range(100):
+        svc.check_key_use(READER, INST, key.id)
+    assert counted.gets - reads == 1
+    assert len(audit.records) == records
+    tick.t += TTL
+    svc.check_key_use(READER, INST, key.id)
+    assert counted.gets - reads == 2
+
+
+@pytest.mark.parametrize(
+    ("write", "wrap_reason", "unwrap_reason"),
+    [
+        (_disable, "KEY_ACTION_INVALID_STATE_ERR", "KEY_ACTION_INVALID_STATE_ERR"),
+        (_delete, "KEY_DELETED_ERR", "KEY_DELETED_ERR"),
+    ],
+)
+def test_check_key_use_sees_a_write_through_the_service_at_once(
+    write: Callable[[KeyService, str], None], wrap_reason: str, unwrap_reason: str
+) -> None:
+    svc, _, _ = one()
+    key = svc.create_key(ALICE, INST, name="root-1")
+    version = key.key_version.id
+    svc.check_key_use(READER, INST, key.id)
+    svc.check_key_use(READER, INST, key.id, unwrap_version=version)
+    write(svc, key.id)  # no time passes
+    assert reason(lambda: svc.check_key_use(READER, INST, key.id)) == wrap_reason
+    assert (
+        reason(lambda: svc.check_key_use(READER, INST, key.id, unwrap_version=version))
+        == unwrap_reason
+    )
+
+
+def test_check_key_use_applies_expiry_on_every_call() -> None:
+    svc, clock, _ = one()
+    key = svc.create_key(ALICE, INST, name="root-1", expiration_date=T0 + DAY)
+    version = key.key_version.id
+    svc.check_key_use(READER, INST, key.id)
+    clock.now = T0 + DAY  # The monotonic clock stands still: the answer would still hold.
+    assert reason(lambda: svc.check_key_use(READER, INST, key.id)) == (
+        "KEY_ACTION_INVALID_STATE_ERR"
+    )
+    assert svc.check_key_use(READER, INST, key.id, unwrap_version=version).key_id == key.id
+
+
+def test_check_key_use_sees_another_process_within_the_ttl_and_an_enable_at_once(
+    two: Two,
+) -> None:
+    key = two.a.create_key(ALICE, INST, name="root-1")
+    two.a.check_key_use(READER, INST, key.id)
+    two.b.disable(ALICE, INST, key.id)
+    two.tick.t += TTL / 2
+    assert two.a.check_key_use(READER, INST, key.id).key_id == key.id  # the documented bound
+    two.tick.t += TTL / 2
+    assert reason(lambda: two.a.check_key_use(READER, INST, key.id)) == (
+        "KEY_ACTION_INVALID_STATE_ERR"
+    )
+    two.clock.now += MIN
+    two.b.enable(ALICE, INST, key.id)
+    assert two.a.check_key_use(READER, INST, key.id).key_id == key.id  # a refusal is not kept
+
+
+class _CountingStore:
+    """Counts the store reads of a key service."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.gets = 0
+
+    def get(self, key: bytes) -> Entry | None:
+        self.gets += 1
+        return self.inner.get(key)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)

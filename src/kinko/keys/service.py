@@ -182,6 +182,17 @@ class _CachedKey:
     expires: float
 
 
+@dataclass(frozen=True, slots=True)
+class _HeldUse:
+    """A check_key_use answer, the cache generation it was read in, the monotonic time until
+    which it holds, and the expiration date that ends a wrap answer sooner."""
+
+    use: KeyUse
+    generation: int
+    until: float
+    expires: datetime | None
+
+
 @dataclass(slots=True)
 class _Note:
     """What the audit record of the current call should name (filled in as it goes)."""
@@ -336,6 +347,8 @@ class KeyService:
         self._key_cache: dict[tuple[str, str], _CachedKey] = {}
         self._key_cache_lock = threading.Lock()
         self._key_cache_generation = 0
+        # check_key_use answers, each kept while its record may be used (see there).
+        self._use_memo: dict[tuple[str, str, str | None, str | None], _HeldUse] = {}
 
     # --- authentication --------------------------------------------------------------------
 
@@ -756,7 +769,10 @@ class KeyService:
         ring, the version's existence) on the key's record, read through the key-record
         cache (ADR 13: a change made through this service applies at once, one made by
         another process within ``key_cache_ttl``, and a cached record that refuses is read
-        again before the refusal counts).
+        again before the refusal counts). A successful answer is reused while the record it
+        came from may be, until the next write of this service, and for a wrap until the
+        key's expiration date (compared with the clock on every call); a refusal is never
+        kept.
 
         For a caller that holds material the key wrapped earlier (the root-key KMS plugin's
         local KEKs, ADR 15) and must stop using it as soon as the key may no longer be used.
@@ -768,13 +784,36 @@ class KeyService:
         UnprocessableCiphertext (the key has no version ``unwrap_version``), CorruptMetadata,
         StoreUnavailable.
         """
-        now = self._now()
         authorize(principal, Action.WRAP if unwrap_version is None else Action.UNWRAP, instance)
+        memo = (instance, key_ref, key_ring, unwrap_version)
+        held = self._use_memo.get(memo)
+        if (
+            held is not None
+            and held.generation == self._key_cache_generation
+            and self._monotonic() < held.until
+            and (held.expires is None or self._clock() < held.expires)
+        ):
+            return held.use
+        generation = self._key_cache_generation
+        now = self._now()
         check = model.check_wrap if unwrap_version is None else model.check_unwrap
-        key, _ = self._crypto_key(now, instance, key_ref, key_ring, _Note(), check, unwrap_version)
+        key, cached = self._crypto_key(
+            now, instance, key_ref, key_ring, _Note(), check, unwrap_version
+        )
         if unwrap_version is not None and key.version(unwrap_version) is None:
             raise UnprocessableCiphertext()
-        return KeyUse(key_id=key.id, latest_version=_ref(key.latest_version))
+        use = KeyUse(key_id=key.id, latest_version=_ref(key.latest_version))
+        if self._key_cache_ttl > 0:
+            # The answer holds as long as the record it came from may be used (ADR 13), no
+            # write of this service runs, and, for a wrap, the key has not expired.
+            until = (
+                cached.expires if cached is not None else self._monotonic() + self._key_cache_ttl
+            )
+            expires = key.expiration_date if unwrap_version is None else None
+            if len(self._use_memo) >= _KEY_CACHE_MAX:
+                self._use_memo = {}
+            self._use_memo[memo] = _HeldUse(use, generation, until, expires)
+        return use
 
     # --- lifecycle actions -----------------------------------------------------------------
 
