@@ -1,8 +1,20 @@
 """Key service wrap and unwrap over HTTPS next to a bare echo route of the same stack.
 
-One process runs kinko's REST app (uvicorn, TLS with the generated CA, the body cap and
-correlation middleware, FastAPI) with its benchmark-only echo routes; a
-keep-alive httpx client calls, one request at a time:
+What runs where. By default kinko's REST app (uvicorn, TLS with the generated CA, the body
+cap and correlation middleware, FastAPI) with its benchmark-only echo routes runs in a child
+process of its own for each key store, and the client, a keep-alive httpx client that calls
+one request at a time, runs in this process. In production the key service is a process of
+its own (``kinko keys serve``) and its clients (the KMS plugin, IBM's SDK) are other
+processes; in one Python process the client and the server would share one GIL, so every
+microsecond of server work would also hold up the client, which is not how the key service
+is deployed. ``--in-process`` runs the server (on a thread) and the client in this one
+process instead, to compare the two set-ups. Child processes are started by the ``spawn``
+method (a fresh interpreter); each one builds its key store, creates the key and the client's
+token, makes the TLS files, starts the server on a free port and sends back the port, the
+key id, the token and the CA file; it stops its server and cleans up when told to or when
+this process goes.
+
+The cases, all on the same server:
 
 - ``echo``: a JSON body the size of a wrap request, parsed and sent back (no token, no key
   service): what the HTTP stack alone costs, through a sync route (shown as ``vs sync echo``);
@@ -14,11 +26,16 @@ keep-alive httpx client calls, one request at a time:
 - ``wrap``: ``POST /api/v2/keys/{id}/actions/wrap`` of a 32-byte DEK with two AAD strings
   (token check, key lookup through the key service's key-record cache, which reads the store
   at most once a second here (ADR 13), AES-GCM in the keystore, audit record);
-- ``unwrap``: the same ciphertext back.
+- ``unwrap``: the same ciphertext back (wrapped once by the client before measuring).
 
-Rounds are interleaved (echo, wrap, unwrap, …); each line shows ops/s, p50 and p99 of the
-round with the best throughput, and the ratio wrap ÷ echo-p (target ≥ 0.8, p99 < 10 ms),
-with the ratios to echo-a and the sync echo beside.
+After a warm-up of 50 calls per case, the cases run in turn in blocks of 50 ms (``--block``),
+one block of each case per cycle with the order rotating from cycle to cycle, for ``--rounds``
+times ``--seconds`` seconds per case in all. Each line shows a case's ops/s (all its requests
+over all its blocks' time) and the p50 and p99 of all its requests' latencies. The ``ratio``
+of wrap and unwrap is the median, over the cycles, of the case's rate divided by echo-p's
+rate in the same cycle (a paired measurement: the load of this shared machine drifts little
+within one cycle); the ratios to echo-a and to the sync echo beside are computed the same way.
+Target: ratio ≥ 0.8, p99 < 10 ms.
 
 Key stores, in separate runs of the same stack:
 
@@ -29,7 +46,8 @@ Key stores, in separate runs of the same stack:
 - ``SoftHSM2``: the same data folder with root keys in a SoftHSM2 token (PKCS#11), when
   ``softhsm2-util`` and the module are installed (a throw-away token in a temporary folder).
 
-Usage: ``python benchmarks/keyservice.py [--rounds N] [--requests N] [--only NAME]``
+Usage: ``python benchmarks/keyservice.py [--rounds N] [--seconds S] [--block S] [--only NAME]
+[--in-process]``
 """
 
 from __future__ import annotations
@@ -37,14 +55,19 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import multiprocessing
 import os
+import signal
 import ssl
 import statistics
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,26 +91,8 @@ INSTANCE = "bench-instance"
 ADMIN = Principal("bench-admin", INSTANCE, frozenset({Role.MANAGER, Role.WRITER}))
 DEK = base64.b64encode(os.urandom(32)).decode()
 AAD = ["kube-system", "secrets"]
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    ops_per_second: float
-    p50_ms: float
-    p99_ms: float
-
-
-def timed(fn: Callable[[], object], requests: int) -> Stats:
-    """Calls ``fn`` ``requests`` times in a row; throughput and latency percentiles."""
-    latencies: list[float] = []
-    start = time.perf_counter()
-    for _ in range(requests):
-        t0 = time.perf_counter()
-        fn()
-        latencies.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - start
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Stats(requests / elapsed, cuts[49] * 1000, cuts[98] * 1000)
+#: Calls of each case before measuring (connections, caches, first-call paths).
+WARM_UP_CALLS = 50
 
 
 def _token(store: Store) -> str:
@@ -143,89 +148,296 @@ def backend(name: str, work: Path) -> Iterator[tuple[KeyService, str] | None]:
 BACKENDS = ("soft keystore", "soft keystore, audit fsync per record", "SoftHSM2")
 
 
-def measure(service: KeyService, token: str, work: Path, rounds: int, requests: int) -> None:
-    tls = ensure_server_tls(work / "tls-home")
-    app = create_keyprotect_app(service, echo=True)
-    key_id = service.create_key(ADMIN, INSTANCE, name="bench-root").id
-    headers = {"authorization": f"Bearer {token}", "bluemix-instance": INSTANCE}
-    with (
-        BackgroundServer(
+# --------------------------------------------------------------------------- server side
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the client needs to call a running server."""
+
+    port: int
+    key_id: str
+    token: str
+    ca_file: Path
+
+    def to_message(self) -> tuple[int, str, str, str]:
+        """Plain values for the pipe (a class of a spawned ``__main__`` would not unpickle)."""
+        return self.port, self.key_id, self.token, str(self.ca_file)
+
+    @classmethod
+    def from_message(cls, message: object) -> Target:
+        if not isinstance(message, tuple) or len(message) != 4:
+            raise RuntimeError(f"unexpected message from the server's process: {message!r}")
+        port, key_id, token, ca_file = message
+        return cls(int(port), str(key_id), str(token), Path(ca_file))
+
+
+@contextlib.contextmanager
+def serving(name: str, work: Path) -> Iterator[Target | None]:
+    """Key store ``name`` built in ``work``, a root key and a reader's token in it, the REST
+    app with its echo routes served over HTTPS on a free loopback port (a thread of this
+    process) until the context is left. None when the key store is not installed."""
+    with backend(name, work) as running:
+        if running is None:
+            yield None
+            return
+        service, token = running
+        tls = ensure_server_tls(work / "tls-home")
+        key_id = service.create_key(ADMIN, INSTANCE, name="bench-root").id
+        app = create_keyprotect_app(service, echo=True)
+        with BackgroundServer(
             app, ListenAddress("127.0.0.1", 0), tls=TlsConfig(tls.cert, tls.key)
-        ) as server,
-        httpx.Client(
-            base_url=f"https://127.0.0.1:{server.port}",
-            verify=ssl.create_default_context(cafile=tls.ca_cert),
-            headers=headers,
-        ) as http,
-    ):
-        wrap_body = {"plaintext": DEK, "aad": AAD}
-        ciphertext = http.post(f"/api/v2/keys/{key_id}/actions/wrap", json=wrap_body).json()[
-            "ciphertext"
-        ]
-        unwrap_body = {"ciphertext": ciphertext, "aad": AAD}
+        ) as server:
+            yield Target(server.port, key_id, token, tls.ca_cert)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def calls_in(fn: Callable[[], object], seconds: float, latencies: list[float]) -> tuple[int, float]:
+    """Calls ``fn`` for about ``seconds``, each call's latency appended to ``latencies``; the
+    number of calls and the time they took."""
+    n = 0
+    start = now = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        t0 = now
+        fn()
+        n += 1
+        now = time.perf_counter()
+        latencies.append(now - t0)
+        if now >= deadline:
+            return n, now - start
+
+
+def _percentiles_ms(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds (Python 3.11's ``quantiles`` needs two points at least)."""
+    points = latencies if len(latencies) > 1 else latencies * 2
+    cuts = statistics.quantiles(points, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+def measure(target: Target, rounds: int, seconds: float, block: float) -> None:
+    """Calls the cases over HTTPS from this process in blocks of ``block`` seconds, one block
+    of each case per cycle (the order rotating from cycle to cycle), for ``rounds * seconds``
+    seconds per case.
+
+    A cycle's blocks run within a few hundred milliseconds of each other, so the machine's
+    load drifts little between them: the ratio of a case to an echo in the same cycle is a
+    paired measurement, and the median of those ratios is what is printed (the rates are the
+    totals over all blocks, the percentiles over all requests).
+    """
+    headers = {"authorization": f"Bearer {target.token}", "bluemix-instance": INSTANCE}
+    with httpx.Client(
+        base_url=f"https://127.0.0.1:{target.port}",
+        verify=ssl.create_default_context(cafile=str(target.ca_file)),
+        headers=headers,
+    ) as http:
+
+        def post(path: str, body: Mapping[str, object]) -> httpx.Response:
+            response = http.post(path, json=body)
+            if response.status_code != 200:
+                raise SystemExit(f"{path}: HTTP {response.status_code}")
+            return response
 
         def call(path: str, body: Mapping[str, object]) -> Callable[[], object]:
-            def once() -> object:
-                response = http.post(path, json=body)
-                if response.status_code != 200:
-                    raise SystemExit(f"{path}: HTTP {response.status_code}")
-                return response
+            return lambda: post(path, body)
 
-            return once
-
+        wrap_path = f"/api/v2/keys/{target.key_id}/actions/wrap"
+        wrap_body = {"plaintext": DEK, "aad": AAD}
+        ciphertext = post(wrap_path, wrap_body).json()["ciphertext"]
+        unwrap_body = {"ciphertext": ciphertext, "aad": AAD}
         cases = {
             "echo": call("/api/v2/_echo", wrap_body),
             "echo-a": call("/api/v2/_echo_async", wrap_body),
             "echo-p": call("/api/v2/_echo_plain", wrap_body),
-            "wrap": call(f"/api/v2/keys/{key_id}/actions/wrap", wrap_body),
-            "unwrap": call(f"/api/v2/keys/{key_id}/actions/unwrap", unwrap_body),
+            "wrap": call(wrap_path, wrap_body),
+            "unwrap": call(f"/api/v2/keys/{target.key_id}/actions/unwrap", unwrap_body),
         }
         for fn in cases.values():  # warm up connections, caches and the first-call paths
-            for _ in range(50):
+            for _ in range(WARM_UP_CALLS):
                 fn()
-        best: dict[str, Stats] = {}
-        for _ in range(rounds):
-            for name, fn in cases.items():
-                stats = timed(fn, requests)
-                if name not in best or stats.ops_per_second > best[name].ops_per_second:
-                    best[name] = stats
-    echo = best["echo"]
-    echo_async = best["echo-a"]
-    echo_plain = best["echo-p"]
-    for name in ("echo", "echo-a", "echo-p"):
-        stats = best[name]
-        print(
-            f"  {name:<7} {stats.ops_per_second:>8,.0f} ops/s   p50 {stats.p50_ms:6.2f} ms   "
-            f"p99 {stats.p99_ms:6.2f} ms"
+        names = list(cases)
+        calls = dict.fromkeys(names, 0)
+        spent = dict.fromkeys(names, 0.0)
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+        paired: dict[str, list[float]] = {
+            f"{m}/{e}": [] for m in ("wrap", "unwrap") for e in ("echo-p", "echo-a", "echo")
+        }
+        cycles = max(1, round(rounds * seconds / block))
+        for cycle in range(cycles):
+            shift = cycle % len(names)
+            rate: dict[str, float] = {}
+            for name in names[shift:] + names[:shift]:
+                n, took = calls_in(cases[name], block, latencies[name])
+                calls[name] += n
+                spent[name] += took
+                rate[name] = n / took
+            for key, values in paired.items():
+                method, base = key.split("/")
+                values.append(rate[method] / rate[base])
+    for name in names:
+        p50, p99 = _percentiles_ms(latencies[name])
+        line = (
+            f"  {name:<7} {calls[name] / spent[name]:>8,.0f} ops/s   p50 {p50:6.2f} ms   "
+            f"p99 {p99:6.2f} ms"
         )
-    for name in ("wrap", "unwrap"):
-        stats = best[name]
-        print(
-            f"  {name:<7} {stats.ops_per_second:>8,.0f} ops/s   p50 {stats.p50_ms:6.2f} ms   "
-            f"p99 {stats.p99_ms:6.2f} ms   "
-            f"ratio {stats.ops_per_second / echo_plain.ops_per_second:.2f}"
-            f"   (vs echo-a {stats.ops_per_second / echo_async.ops_per_second:.2f}, "
-            f"vs sync echo {stats.ops_per_second / echo.ops_per_second:.2f})"
-        )
+        if name in ("wrap", "unwrap"):
+            line += (
+                f"   ratio {statistics.median(paired[f'{name}/echo-p']):.2f}"
+                f"   (vs echo-a {statistics.median(paired[f'{name}/echo-a']):.2f}, "
+                f"vs sync echo {statistics.median(paired[f'{name}/echo']):.2f}; "
+                f"{cycles} cycles)"
+            )
+        print(line)
+
+
+# --------------------------------------------------------------------------- child processes
+
+#: Seconds a child process may take to import, build its key store and start serving.
+START_TIMEOUT = 120.0
+#: Seconds a child process may take to stop its server and clean up once told to.
+STOP_TIMEOUT = 30.0
+
+
+def _send(conn: Connection, state: str, payload: object = None) -> None:
+    """Tell the parent ``state`` ("ready", "skipped", "failed"); it may be gone already."""
+    with contextlib.suppress(OSError):
+        conn.send((state, payload))
+
+
+def _wait_for_stop(conn: Connection) -> None:
+    """Block until the parent says stop, or its end of the pipe closes (it has gone)."""
+    with contextlib.suppress(EOFError, OSError):
+        conn.recv()
+
+
+def serve_keyservice(conn: Connection, name: str, work: Path) -> None:
+    """Child process: :func:`serving` of key store ``name`` in ``work`` until the parent says
+    stop, then the server stopped and the key store's context left (tokens, stores and keys
+    closed). Sends "ready" with :meth:`Target.to_message`, "skipped" or "failed" with the
+    traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops us
+    with contextlib.ExitStack() as stack:
+        try:
+            target = stack.enter_context(serving(name, work))
+            if target is None:
+                _send(conn, "skipped")
+                return
+        except Exception:
+            _send(conn, "failed", traceback.format_exc())
+            return
+        _send(conn, "ready", target.to_message())
+        _wait_for_stop(conn)
+
+
+@contextlib.contextmanager
+def child_process(
+    what: str, target: Callable[..., None], *args: object
+) -> Iterator[tuple[str, object]]:
+    """``target(conn, *args)`` in a spawned child process; yields its first message, ("ready",
+    payload) or ("skipped", None), once it has sent it. On leaving, the child is told to stop
+    and waited for (terminated after :data:`STOP_TIMEOUT`), also when the parent leaves by an
+    exception or Ctrl-C; a parent that dies closes the pipe, which stops the child too.
+
+    Raises RuntimeError: the child failed (its traceback in the message), ended or was not
+    ready within :data:`START_TIMEOUT`.
+    """
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(
+        target=target, args=(child, *args), name=f"kinko-bench {what}", daemon=True
+    )
+    # Started with SIGINT ignored (kept across exec), so a Ctrl-C while the child imports
+    # cannot kill it halfway; this process decides when it stops.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        child.close()
+    try:
+        if not parent.poll(START_TIMEOUT):
+            raise RuntimeError(f"{what}: not serving within {START_TIMEOUT:.0f} s")
+        try:
+            state, payload = parent.recv()
+        except EOFError:
+            raise RuntimeError(f"{what}: child process ended before serving") from None
+        if state == "failed":
+            raise RuntimeError(f"{what}: failed in its child process:\n{payload}")
+        yield str(state), payload
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        parent.close()
+        process.join(STOP_TIMEOUT)
+        if process.is_alive():
+            print(f"{what}: child process did not stop, terminating it", file=sys.stderr)
+            process.terminate()
+            process.join(5.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        elif process.exitcode:
+            print(f"{what}: child process exit code {process.exitcode}", file=sys.stderr)
+
+
+def _work_dir(tmp: Path, name: str) -> Path:
+    work = tmp / name.replace(" ", "-").replace(",", "")
+    work.mkdir()
+    return work
+
+
+def run_in_child_processes(args: argparse.Namespace, tmp: Path) -> None:
+    """Each key store's server in a child process of its own; the client in this process."""
+    for name in args.only or BACKENDS:
+        work = _work_dir(tmp, name)
+        with child_process(f"key service {name}", serve_keyservice, name, work) as started:
+            state, payload = started
+            if state == "skipped":
+                print(f"key service: {name}: skipped (not installed)")
+                continue
+            print(f"key service over HTTPS: {name} (in a child process)")
+            measure(Target.from_message(payload), args.rounds, args.seconds, args.block)
+
+
+def run_in_process(args: argparse.Namespace, tmp: Path) -> None:
+    """Server and client in this one process (``--in-process``)."""
+    for name in args.only or BACKENDS:
+        with serving(name, _work_dir(tmp, name)) as target:
+            if target is None:
+                print(f"key service: {name}: skipped (not installed)")
+                continue
+            print(f"key service over HTTPS: {name} (in-process)")
+            measure(target, args.rounds, args.seconds, args.block)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=1000, help="per round and case")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per case and round")
+    parser.add_argument(
+        "--block", type=float, default=0.05, help="seconds per block of one case (see measure)"
+    )
     parser.add_argument("--only", choices=BACKENDS, action="append", help="repeatable")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the server in this process, beside the client (one GIL for both)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kinko-bench-") as tmp:
-        for name in args.only or BACKENDS:
-            work = Path(tmp) / name.replace(" ", "-").replace(",", "")
-            work.mkdir()
-            with backend(name, work) as running:
-                if running is None:
-                    print(f"key service: {name}: skipped (not installed)")
-                    continue
-                print(f"key service over HTTPS: {name}")
-                measure(*running, work, args.rounds, args.requests)
-    print("ratio = key service ops/s / bare plain echo (echo-p) ops/s, same HTTPS stack, same run")
+        if args.in_process:
+            run_in_process(args, Path(tmp))
+        else:
+            run_in_child_processes(args, Path(tmp))
+    print(
+        "ratio = median over cycles of key service ops/s / bare plain echo (echo-p) ops/s in "
+        "the same cycle, same HTTPS stack, same run"
+    )
     print(
         "echo-p is the like-for-like baseline: like wrap and unwrap it is a plain Starlette "
         "route that reads and parses its JSON body itself and runs on the event loop; echo-a "

@@ -176,6 +176,11 @@ def serve(
       --key-file FILE                         a local AES-256 key
       --key ID --data-dir DIR                 a root key of the in-process key service
       --key ID --url URL                      a root key of a Key Protect API service
+
+    With a root key, seeds are sealed under local KEKs that the root key wraps (one
+    key service wrap per KEK, audited), and every call first checks the root key's
+    state: a suspended, expired or deleted key is refused at once (within 1 s when
+    the change is made by another process or the key service is remote).
     """
     chosen = [
         name
