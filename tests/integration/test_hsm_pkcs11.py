@@ -1,5 +1,6 @@
 """The HSM contract against a real PKCS#11 token (SoftHSM2), plus what only PKCS#11 has:
-token attributes, other sessions and other processes, login and module failures."""
+token attributes, session copies, other sessions and other processes, login and module
+failures."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from typing import Any
 import pkcs11
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from kinko.errors import HsmUnavailable, NotFound
-from kinko.hsm.pkcs11 import Pkcs11Hsm
+from kinko.errors import HsmUnavailable, InvalidArgument, NotFound
+from kinko.hsm.pkcs11 import VERIFY_INTERVAL, Pkcs11Hsm
 from kinko.hsm.port import Hsm
 from tests.hsm_contract import AAD, DEK, NONCE, HsmContract, fresh_label
 from tests.integration.hsm_fixture import SoftHsmToken
@@ -29,20 +30,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def _fresh_session_objects(token: SoftHsmToken, handle: str) -> Iterator[list[Any]]:
-    """Key objects with CKA_ID = handle, as a new R/W session on the token sees them.
+def _fresh_session_objects(
+    token: SoftHsmToken, handle: str, *, on_token: bool | None = True
+) -> Iterator[list[Any]]:
+    """Key objects with CKA_ID = handle, as a new R/W session on the token sees them: the
+    token objects (``on_token`` True), the adapter's session copies (False), or both (None).
 
     The new session shares the application's login (PKCS#11 login state is per application),
-    so it sees private objects without logging in again; its search runs to the end, and the
-    objects are usable only while the context is open.
+    so it sees private objects and this process's session objects without logging in again;
+    its search runs to the end, and the objects are usable only while the context is open.
     """
+    template: dict[Attribute, Any] = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.ID: bytes.fromhex(handle),
+    }
+    if on_token is not None:
+        template[Attribute.TOKEN] = on_token
     tok = pkcs11.lib(token.module).get_token(token_label=token.label)
     with tok.open(rw=True) as session:
-        yield list(
-            session.get_objects(
-                {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: bytes.fromhex(handle)}
-            )
-        )
+        yield list(session.get_objects(template))
 
 
 def _assert_sensitive(key: Any) -> None:
@@ -78,8 +84,8 @@ class TestPkcs11Hsm(HsmContract):
         return reopened
 
     def assert_material_gone(self, hsm: Hsm, handle: str, material: bytes) -> None:
-        with _fresh_session_objects(self.token, handle) as found:
-            assert found == []
+        with _fresh_session_objects(self.token, handle, on_token=None) as found:
+            assert found == []  # neither the token object nor a session copy
 
     def assert_material_unreadable(self, hsm: Hsm, handle: str) -> None:
         with _fresh_session_objects(self.token, handle) as (key,):
@@ -120,15 +126,103 @@ def test_softhsm_is_not_hsm_grade_and_says_so(adapter: Pkcs11Hsm) -> None:
     assert "not HSM-grade" in adapter.description
 
 
-def test_key_destroyed_by_another_session_is_not_found(
+class _Tick:
+    """A fake monotonic clock (seconds)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_key_destroyed_by_another_session_is_not_found_within_the_verify_interval(
+    softhsm: SoftHsmToken,
+) -> None:
+    tick = _Tick()
+    with Pkcs11Hsm(softhsm.module, softhsm.label, softhsm.pin, monotonic=tick) as adapter:
+        handle = adapter.generate_key(fresh_label())
+        wrapped = adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)  # uses the session copy
+        with _fresh_session_objects(softhsm, handle) as (key,):
+            key.destroy()
+        # Within the interval the copy still serves; then the token object is looked up
+        # again, found gone, and the copy destroyed with it.
+        tick.t += VERIFY_INTERVAL / 2
+        assert adapter.unwrap(handle, wrapped, aad=AAD, nonce=NONCE) == DEK
+        tick.t += VERIFY_INTERVAL / 2
+        with pytest.raises(NotFound):
+            adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)
+        with _fresh_session_objects(softhsm, handle, on_token=None) as found:
+            assert found == []
+
+
+def test_with_no_verify_interval_a_destroyed_key_is_not_found_at_once(
+    softhsm: SoftHsmToken,
+) -> None:
+    with Pkcs11Hsm(softhsm.module, softhsm.label, softhsm.pin, verify_interval=0) as adapter:
+        handle = adapter.generate_key(fresh_label())
+        adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)
+        with _fresh_session_objects(softhsm, handle) as (key,):
+            key.destroy()
+        with pytest.raises(NotFound):
+            adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)
+    with pytest.raises(InvalidArgument):
+        Pkcs11Hsm(softhsm.module, softhsm.label, softhsm.pin, verify_interval=-1)
+
+
+def test_wrap_and_unwrap_run_on_a_sensitive_session_copy(
     softhsm: SoftHsmToken, adapter: Pkcs11Hsm
 ) -> None:
-    handle = adapter.generate_key(fresh_label())
-    adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)  # caches the key object
-    with _fresh_session_objects(softhsm, handle) as (key,):
-        key.destroy()
+    material = os.urandom(32)
+    handle = adapter.import_key(fresh_label(), material)
+    wrapped = adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)
+    assert wrapped == AESGCM(material).encrypt(NONCE, DEK, AAD)
+    with _fresh_session_objects(softhsm, handle, on_token=False) as (copy,):
+        assert copy[Attribute.TOKEN] is False
+        assert copy[Attribute.SENSITIVE] is True
+        assert copy[Attribute.EXTRACTABLE] is False
+        with pytest.raises(p11e.AttributeSensitive):
+            copy[Attribute.VALUE]
+        with pytest.raises(p11e.PKCS11Error):
+            copy[Attribute.SENSITIVE] = False
+    adapter.destroy(handle)  # the copy and the token object
+    with _fresh_session_objects(softhsm, handle, on_token=None) as found:
+        assert found == []
     with pytest.raises(NotFound):
-        adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)
+        adapter.unwrap(handle, wrapped, aad=AAD, nonce=NONCE)
+
+
+def test_a_key_the_token_will_not_copy_is_used_on_the_token(
+    softhsm: SoftHsmToken, adapter: Pkcs11Hsm
+) -> None:
+    handle = "ab" * 16
+    material = os.urandom(32)
+    tok = pkcs11.lib(softhsm.module).get_token(token_label=softhsm.label)
+    with tok.open(rw=True) as session:
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.VALUE: material,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.ENCRYPT: True,
+                Attribute.DECRYPT: True,
+                Attribute.COPYABLE: False,
+                Attribute.LABEL: fresh_label(),
+                Attribute.ID: bytes.fromhex(handle),
+            }
+        )
+    wrapped = adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)
+    assert wrapped == AESGCM(material).encrypt(NONCE, DEK, AAD)
+    assert adapter.unwrap(handle, wrapped, aad=AAD, nonce=NONCE) == DEK
+    with _fresh_session_objects(softhsm, handle, on_token=False) as copies:
+        assert copies == []
+    adapter.destroy(handle)
+    with _fresh_session_objects(softhsm, handle, on_token=None) as found:
+        assert found == []
 
 
 def test_adapters_on_one_token_share_the_session(softhsm: SoftHsmToken) -> None:
