@@ -31,11 +31,11 @@ socket and reached by ``EncryptionConfigSource`` over gRPC (``kms: apiVersion: v
 plugin core is wrapped to count its calls.
 
 SQLite runs on files in a temporary directory (``--dir`` chooses the disk) with the store's own
-settings: WAL, ``synchronous=FULL``. etcd: the script starts a single-member etcd-server on
-loopback ports with its data in that directory (``$KINKO_ETCD_BIN`` or ``etcd`` on the PATH)
-for every section; without the binary the etcd parts are skipped with a note. ``--etcd URL``
-(repeatable) points the store-level section at another etcd instead; its keys go under a
-fresh prefix that is deleted afterwards.
+settings: WAL, ``synchronous=FULL``. etcd: the script starts a fresh single-member etcd-server
+on loopback ports with its data in that directory (``$KINKO_ETCD_BIN`` or ``etcd`` on the
+PATH) for every section and stops it when the section ends; without the binary the etcd
+parts are skipped with a note. ``--etcd URL`` (repeatable) points the store-level section at
+another etcd instead; its keys go under a fresh prefix that is deleted afterwards.
 
 The machine is shared and noisy: only the order of magnitude and the ratios mean much.
 
@@ -317,6 +317,11 @@ def sqlite_backend(folder: Path) -> Backend:
         return store, store.close
 
     return Backend("sqlite", open_)
+
+
+def backends(folder: Path, etcd_url: str | None) -> list[Backend]:
+    """SQLite in ``folder``, and etcd at ``etcd_url`` when there is one."""
+    return [sqlite_backend(folder)] + ([etcd_backend(etcd_url)] if etcd_url else [])
 
 
 def etcd_backend(url: str) -> Backend:
@@ -637,26 +642,36 @@ def main() -> None:
         plugin = CountingKmsV2Api(LocalKeyPlugin(os.urandom(32)))
         stack.enter_context(KmsV2Server(plugin, endpoint))
         configs = Configs.write(folder, endpoint)
-        etcd_url = stack.enter_context(local_etcd(folder))
+
+        def section_etcd(section: str, section_stack: contextlib.ExitStack) -> str | None:
+            """A fresh etcd member for one section, stopped when the section ends: the
+            store-level section alone leaves some 200 MB of keys, and the snapshots and
+            backend commits they cause would slow and disturb the next section."""
+            data = folder / f"etcd-{section}"
+            data.mkdir()
+            return section_stack.enter_context(local_etcd(data))
 
         if "store" in sections:
-            store_etcd = args.etcd or ([etcd_url] if etcd_url else [])
-            store_section(folder, store_etcd, args.rounds, args.seconds)
-        backends = [sqlite_backend(folder)]
-        if etcd_url is not None:
-            backends.append(etcd_backend(etcd_url))
+            with contextlib.ExitStack() as section_stack:
+                etcd_url = None if args.etcd else section_etcd("store", section_stack)
+                store_etcd = args.etcd or ([etcd_url] if etcd_url else [])
+                store_section(folder, store_etcd, args.rounds, args.seconds)
         if "create" in sections:
-            for backend in backends:
-                result = create_section(backend, configs, args.rounds, args.create_seconds)
-                creates[backend.name] = result
-                print_create(backend.name, result, args.rounds, args.create_seconds)
+            with contextlib.ExitStack() as section_stack:
+                etcd_url = section_etcd("create", section_stack)
+                for backend in backends(folder, etcd_url):
+                    result = create_section(backend, configs, args.rounds, args.create_seconds)
+                    creates[backend.name] = result
+                    print_create(backend.name, result, args.rounds, args.create_seconds)
         if "cold" in sections:
             sizes = {"sqlite": args.n_sqlite, "etcd": args.n_etcd}
-            for backend in backends:
-                n = sizes[backend.name]
-                cold = cold_section(backend, configs, plugin, n, args.seeds, args.rounds)
-                colds[backend.name] = cold
-                print_cold(backend.name, cold, args.rounds)
+            with contextlib.ExitStack() as section_stack:
+                etcd_url = section_etcd("cold", section_stack)
+                for backend in backends(folder, etcd_url):
+                    n = sizes[backend.name]
+                    cold = cold_section(backend, configs, plugin, n, args.seeds, args.rounds)
+                    colds[backend.name] = cold
+                    print_cold(backend.name, cold, args.rounds)
         counts = ", ".join(f"{method} {n}" for method, n in plugin.snapshot().items())
     summary(creates, colds, counts)
 
