@@ -55,12 +55,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import multiprocessing
 import os
 import signal
 import ssl
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -83,8 +81,10 @@ from kinko.keys.service import KeyService
 from kinko.store.port import Store
 
 if TYPE_CHECKING:
+    from benchmarks._child import child_process, send, wait_for_stop
     from benchmarks._softhsm import softhsm_token
 else:  # run as a script: this folder is first on sys.path
+    from _child import child_process, send, wait_for_stop
     from _softhsm import softhsm_token
 
 INSTANCE = "bench-instance"
@@ -294,23 +294,6 @@ def measure(target: Target, rounds: int, seconds: float, block: float) -> None:
 
 # --------------------------------------------------------------------------- child processes
 
-#: Seconds a child process may take to import, build its key store and start serving.
-START_TIMEOUT = 120.0
-#: Seconds a child process may take to stop its server and clean up once told to.
-STOP_TIMEOUT = 30.0
-
-
-def _send(conn: Connection, state: str, payload: object = None) -> None:
-    """Tell the parent ``state`` ("ready", "skipped", "failed"); it may be gone already."""
-    with contextlib.suppress(OSError):
-        conn.send((state, payload))
-
-
-def _wait_for_stop(conn: Connection) -> None:
-    """Block until the parent says stop, or its end of the pipe closes (it has gone)."""
-    with contextlib.suppress(EOFError, OSError):
-        conn.recv()
-
 
 def serve_keyservice(conn: Connection, name: str, work: Path) -> None:
     """Child process: :func:`serving` of key store ``name`` in ``work`` until the parent says
@@ -322,67 +305,13 @@ def serve_keyservice(conn: Connection, name: str, work: Path) -> None:
         try:
             target = stack.enter_context(serving(name, work))
             if target is None:
-                _send(conn, "skipped")
+                send(conn, "skipped")
                 return
         except Exception:
-            _send(conn, "failed", traceback.format_exc())
+            send(conn, "failed", traceback.format_exc())
             return
-        _send(conn, "ready", target.to_message())
-        _wait_for_stop(conn)
-
-
-@contextlib.contextmanager
-def child_process(
-    what: str, target: Callable[..., None], *args: object
-) -> Iterator[tuple[str, object]]:
-    """``target(conn, *args)`` in a spawned child process; yields its first message, ("ready",
-    payload) or ("skipped", None), once it has sent it. On leaving, the child is told to stop
-    and waited for (terminated after :data:`STOP_TIMEOUT`), also when the parent leaves by an
-    exception or Ctrl-C; a parent that dies closes the pipe, which stops the child too.
-
-    Raises RuntimeError: the child failed (its traceback in the message), ended or was not
-    ready within :data:`START_TIMEOUT`.
-    """
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(
-        target=target, args=(child, *args), name=f"kinko-bench {what}", daemon=True
-    )
-    # Started with SIGINT ignored (kept across exec), so a Ctrl-C while the child imports
-    # cannot kill it halfway; this process decides when it stops.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        process.start()
-    except BaseException:
-        parent.close()
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        child.close()
-    try:
-        if not parent.poll(START_TIMEOUT):
-            raise RuntimeError(f"{what}: not serving within {START_TIMEOUT:.0f} s")
-        try:
-            state, payload = parent.recv()
-        except EOFError:
-            raise RuntimeError(f"{what}: child process ended before serving") from None
-        if state == "failed":
-            raise RuntimeError(f"{what}: failed in its child process:\n{payload}")
-        yield str(state), payload
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        process.join(STOP_TIMEOUT)
-        if process.is_alive():
-            print(f"{what}: child process did not stop, terminating it", file=sys.stderr)
-            process.terminate()
-            process.join(5.0)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        elif process.exitcode:
-            print(f"{what}: child process exit code {process.exitcode}", file=sys.stderr)
+        send(conn, "ready", target.to_message())
+        wait_for_stop(conn)
 
 
 def _work_dir(tmp: Path, name: str) -> Path:

@@ -55,11 +55,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -84,8 +82,10 @@ from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
 
 if TYPE_CHECKING:
+    from benchmarks._child import child_process, send, wait_for_stop
     from benchmarks._softhsm import softhsm_token
 else:  # run as a script: this folder is first on sys.path
+    from _child import child_process, send, wait_for_stop
     from _softhsm import softhsm_token
 
 SEED = os.urandom(32)
@@ -340,23 +340,6 @@ def backend(name: str, work: Path) -> Iterator[KmsV2Api | None]:
 
 # --------------------------------------------------------------------------- child processes
 
-#: Seconds a child process may take to import, build its backend and start serving.
-START_TIMEOUT = 120.0
-#: Seconds a child process may take to stop its server and clean up once told to.
-STOP_TIMEOUT = 30.0
-
-
-def _send(conn: Connection, state: str, text: str = "") -> None:
-    """Tell the parent ``state`` ("ready", "skipped", "failed"); it may be gone already."""
-    with contextlib.suppress(OSError):
-        conn.send((state, text))
-
-
-def _wait_for_stop(conn: Connection) -> None:
-    """Block until the parent says stop, or its end of the pipe closes (it has gone)."""
-    with contextlib.suppress(EOFError, OSError):
-        conn.recv()
-
 
 def serve_plugin(conn: Connection, name: str, work: Path, socket_path: Path, workers: int) -> None:
     """Child process: backend ``name`` built in ``work`` served by ``KmsV2Server`` (with the
@@ -367,7 +350,7 @@ def serve_plugin(conn: Connection, name: str, work: Path, socket_path: Path, wor
         try:
             core = stack.enter_context(backend(name, work))
             if core is None:
-                _send(conn, "skipped")
+                send(conn, "skipped")
                 return
             server = KmsV2Server(
                 core, f"unix://{socket_path}", max_workers=workers, extra_handlers=[ECHO_HANDLER]
@@ -375,10 +358,10 @@ def serve_plugin(conn: Connection, name: str, work: Path, socket_path: Path, wor
             server.start()
             stack.callback(server.stop, grace=0)
         except Exception:
-            _send(conn, "failed", traceback.format_exc())
+            send(conn, "failed", traceback.format_exc())
             return
-        _send(conn, "ready")
-        _wait_for_stop(conn)
+        send(conn, "ready")
+        wait_for_stop(conn)
 
 
 def serve_echo(conn: Connection, socket_path: Path, workers: int) -> None:
@@ -387,65 +370,13 @@ def serve_echo(conn: Connection, socket_path: Path, workers: int) -> None:
     try:
         server = echo_server(socket_path, workers)
     except Exception:
-        _send(conn, "failed", traceback.format_exc())
+        send(conn, "failed", traceback.format_exc())
         return
     try:
-        _send(conn, "ready")
-        _wait_for_stop(conn)
+        send(conn, "ready")
+        wait_for_stop(conn)
     finally:
         server.stop(0).wait()
-
-
-@contextlib.contextmanager
-def child_process(what: str, target: Callable[..., None], *args: object) -> Iterator[str]:
-    """``target(conn, *args)`` in a spawned child process; yields its first word, "ready" or
-    "skipped", once it has said it. On leaving, the child is told to stop and waited for
-    (terminated after :data:`STOP_TIMEOUT`), also when the parent leaves by an exception or
-    Ctrl-C; a parent that dies closes the pipe, which stops the child too.
-
-    Raises RuntimeError: the child failed (its traceback in the message), ended or was not
-    ready within :data:`START_TIMEOUT`.
-    """
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(
-        target=target, args=(child, *args), name=f"kinko-bench {what}", daemon=True
-    )
-    # Started with SIGINT ignored (kept across exec), so a Ctrl-C while the child imports
-    # cannot kill it halfway; this process decides when it stops.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        process.start()
-    except BaseException:
-        parent.close()
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        child.close()
-    try:
-        if not parent.poll(START_TIMEOUT):
-            raise RuntimeError(f"{what}: not serving within {START_TIMEOUT:.0f} s")
-        try:
-            state, text = parent.recv()
-        except EOFError:
-            raise RuntimeError(f"{what}: child process ended before serving") from None
-        if state == "failed":
-            raise RuntimeError(f"{what}: failed in its child process:\n{text}")
-        yield str(state)
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        process.join(STOP_TIMEOUT)
-        if process.is_alive():
-            print(f"{what}: child process did not stop, terminating it", file=sys.stderr)
-            process.terminate()
-            process.join(5.0)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        elif process.exitcode:
-            print(f"{what}: child process exit code {process.exitcode}", file=sys.stderr)
 
 
 BACKENDS = (
@@ -490,7 +421,7 @@ def run_in_child_processes(args: argparse.Namespace, work: Path) -> None:
                 socket_path = work / "kms.sock"
                 with child_process(
                     f"plugin backend {name}", serve_plugin, name, work, socket_path, args.workers
-                ) as state:
+                ) as (state, _):
                     if state == "skipped":
                         print(f"plugin backend: {name}: skipped (not installed)")
                         continue
