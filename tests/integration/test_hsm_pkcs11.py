@@ -4,6 +4,7 @@ failures."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import exceptions as p11e
 
 from kinko.errors import HsmUnavailable, InvalidArgument, NotFound
-from kinko.hsm.pkcs11 import VERIFY_INTERVAL, Pkcs11Hsm
+from kinko.hsm.pkcs11 import IDLE_COPY_SECONDS, VERIFY_INTERVAL, Pkcs11Hsm
 from kinko.hsm.port import Hsm
 from tests.hsm_contract import AAD, DEK, NONCE, HsmContract, fresh_label
 from tests.integration.hsm_fixture import SoftHsmToken
@@ -124,6 +125,10 @@ def test_softhsm_is_not_hsm_grade_and_says_so(adapter: Pkcs11Hsm) -> None:
     assert adapter.hsm_grade is False
     assert "kinko-test" in adapter.description
     assert "not HSM-grade" in adapter.description
+
+
+#: python-pkcs11's object class (compiled, untyped), whose copy is C_CopyObject.
+_P11_OBJECT: Any = importlib.import_module("pkcs11._pkcs11").Object
 
 
 class _Tick:
@@ -290,3 +295,56 @@ def test_unknown_token_label_is_unavailable(softhsm: SoftHsmToken) -> None:
 def test_missing_module_is_unavailable(softhsm: SoftHsmToken, tmp_path: Path) -> None:
     with pytest.raises(HsmUnavailable, match="cannot load PKCS#11 module"):
         Pkcs11Hsm(str(tmp_path / "missing.so"), softhsm.label, softhsm.pin)
+
+
+def test_a_copy_the_token_has_no_memory_for_leaves_the_token_object_in_use(
+    softhsm: SoftHsmToken, adapter: Pkcs11Hsm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection at the library seam: C_CopyObject answers CKR_DEVICE_MEMORY.
+    def out_of_memory(self: object, attrs: object) -> object:
+        raise p11e.DeviceMemory()
+
+    material = os.urandom(32)
+    monkeypatch.setattr(_P11_OBJECT, "copy", out_of_memory)
+    handle = adapter.import_key(fresh_label(), material)  # no orphan: the create succeeds
+    wrapped = adapter.wrap(handle, DEK, aad=AAD, nonce=NONCE)  # on the token object
+    assert wrapped == AESGCM(material).encrypt(NONCE, DEK, AAD)
+    with _fresh_session_objects(softhsm, handle, on_token=None) as found:
+        assert len(found) == 1
+    monkeypatch.undo()
+    adapter.destroy(handle)
+    with _fresh_session_objects(softhsm, handle, on_token=None) as found:
+        assert found == []
+
+
+def test_a_failed_copy_is_tried_again_and_idle_copies_are_destroyed(
+    softhsm: SoftHsmToken, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tick = _Tick()
+    with Pkcs11Hsm(softhsm.module, softhsm.label, softhsm.pin, monotonic=tick) as adapter:
+        used, idle = adapter.generate_key(fresh_label()), adapter.generate_key(fresh_label())
+        original = _P11_OBJECT.copy
+
+        def out_of_memory(self: object, attrs: object) -> object:
+            raise p11e.DeviceMemory()
+
+        monkeypatch.setattr(_P11_OBJECT, "copy", out_of_memory)
+        adapter.wrap(used, DEK, aad=AAD, nonce=NONCE)
+        monkeypatch.setattr(_P11_OBJECT, "copy", original)
+        adapter.wrap(idle, DEK, aad=AAD, nonce=NONCE)
+        with _fresh_session_objects(softhsm, used, on_token=False) as copies:
+            assert copies == []
+        tick.t += VERIFY_INTERVAL  # the next use looks the token object up and copies it
+        adapter.wrap(used, DEK, aad=AAD, nonce=NONCE)
+        with _fresh_session_objects(softhsm, used, on_token=False) as copies:
+            assert len(copies) == 1
+        tick.t += IDLE_COPY_SECONDS  # idle's copy goes at the next lookup of any key
+        adapter.wrap(used, DEK, aad=AAD, nonce=NONCE)
+        with _fresh_session_objects(softhsm, idle, on_token=False) as copies:
+            assert copies == []
+        assert (
+            adapter.unwrap(
+                idle, adapter.wrap(idle, DEK, aad=AAD, nonce=NONCE), aad=AAD, nonce=NONCE
+            )
+            == DEK
+        )

@@ -564,3 +564,37 @@ class _CountingStore:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
+
+
+class _SlowReads(_CountingStore):
+    """Key record reads that take ``seconds`` of the fake monotonic clock."""
+
+    def __init__(self, inner: MemoryStore, tick: Tick, seconds: float) -> None:
+        super().__init__(inner)
+        self.tick, self.seconds = tick, seconds
+
+    def get(self, key: bytes) -> Entry | None:
+        entry = super().get(key)
+        if key.startswith(b"/kinko/keys/"):
+            self.tick.t += self.seconds
+        return entry
+
+
+def test_a_check_key_use_answer_holds_from_before_its_store_read() -> None:
+    tick = Tick()
+    store = _SlowReads(MemoryStore(), tick, 0.4)
+    svc = KeyService(
+        store,  # type: ignore[arg-type]
+        MemoryHsm(),
+        audit=MemoryAuditSink(),
+        clock=Clock(),
+        rng=os.urandom,
+        monotonic=tick,
+    )
+    key = svc.create_key(ALICE, INST, name="root-1")
+    started = tick.t
+    svc.check_key_use(READER, INST, key.id)  # reads the record: 0.4 s pass
+    reads = store.gets
+    tick.t = started + TTL  # the record read then may no longer be used
+    svc.check_key_use(READER, INST, key.id)
+    assert store.gets == reads + 1

@@ -11,7 +11,7 @@ KEK dropped when the root key may no longer be used, values written before them 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import pytest
@@ -43,8 +43,12 @@ from kinko.kms.rootkey import (
     PROBE_AAD,
     SEED_AAD,
     STATE_TTL,
+    RootKeyAccess,
+    RootKeyInfo,
     RootKeyPlugin,
     ServiceRootKeys,
+    Unwrapped,
+    Wrapped,
     key_id_for,
     parse_key_id,
 )
@@ -661,3 +665,95 @@ def test_any_change_to_a_ciphertext_or_its_kek_fails_opaquely(
             str(UnprocessableCiphertext()),
             str(UnprocessableCiphertext(UnprocessableCiphertext.MALFORMED)),
         )
+
+
+class _RefusalDuringUnwrap:
+    """RootKeyAccess over the service whose next unwrap of a local KEK first runs ``during``
+    (another thread's refusal, made to land exactly there)."""
+
+    def __init__(self, inner: RootKeyAccess, during: Callable[[], None]) -> None:
+        self.inner = inner
+        self.during: Callable[[], None] | None = during
+
+    def current(self, key_ref: str, *, correlation_id: str | None = None) -> RootKeyInfo:
+        return self.inner.current(key_ref, correlation_id=correlation_id)
+
+    def check(
+        self, key_ref: str, *, unwrap_version: str | None = None, correlation_id: str | None = None
+    ) -> str:
+        return self.inner.check(
+            key_ref, unwrap_version=unwrap_version, correlation_id=correlation_id
+        )
+
+    def wrap(
+        self,
+        key_ref: str,
+        plaintext: bytes,
+        *,
+        aad: Sequence[str],
+        correlation_id: str | None = None,
+    ) -> Wrapped:
+        return self.inner.wrap(key_ref, plaintext, aad=aad, correlation_id=correlation_id)
+
+    def unwrap(
+        self,
+        key_ref: str,
+        ciphertext: bytes,
+        *,
+        aad: Sequence[str],
+        correlation_id: str | None = None,
+    ) -> Unwrapped:
+        result = self.inner.unwrap(key_ref, ciphertext, aad=aad, correlation_id=correlation_id)
+        during, self.during = self.during, None
+        if during is not None:
+            during()
+        return result
+
+
+def test_a_kek_unwrapped_while_a_refusal_comes_serves_its_call_but_is_not_kept() -> None:
+    w = make_world()
+    r = w.plugin().encrypt(SEED, uid="u")
+    plugin: RootKeyPlugin | None = None
+
+    def suspend_and_refuse() -> None:
+        w.disable()
+        assert plugin is not None
+        with pytest.raises(WrongState):
+            decrypt(plugin, r)
+
+    plugin = RootKeyPlugin(
+        _RefusalDuringUnwrap(w.access(), suspend_and_refuse), w.key_id, clock=w.mono
+    )
+    assert decrypt(plugin, r) == SEED  # checked before the suspend: this call is served
+    assert plugin.local_keks == 0  # ... but its KEK is not kept past the refusal
+    w.enable()
+    unwraps = kms_actions(w, "unwrap")
+    assert decrypt(plugin, r) == SEED
+    assert kms_actions(w, "unwrap") - unwraps == 1  # unwrapped again, audited
+
+
+def test_an_expired_keys_refused_encrypts_keep_the_readers_keks() -> None:
+    w = make_world(expiration_date=T0 + timedelta(days=1))
+    plugin = w.plugin()
+    r = plugin.encrypt(SEED, uid="u")
+    w.clock.advance(days=2)
+    w.settle()
+    hsm = counting(w)
+    unwraps = hsm.unwraps
+    for _ in range(5):
+        with pytest.raises(WrongState, match="expired"):
+            plugin.encrypt(SEED, uid="u")
+        assert decrypt(plugin, r) == SEED
+    assert hsm.unwraps == unwraps  # the KEK stayed: no unwrap, no audit record
+    assert plugin.local_keks == 1
+
+
+def test_a_ciphertext_too_short_to_open_costs_no_unwrap(w: World) -> None:
+    r = w.plugin().encrypt(SEED, uid="u")
+    reader = w.plugin()
+    calls = counting(w).calls
+    for short in (b"x", r.ciphertext[:28]):
+        with pytest.raises(DecryptionError):
+            reader.decrypt(short, uid="u", key_id=r.key_id, annotations=r.annotations)
+    assert counting(w).calls == calls
+    assert reader.local_keks == 0

@@ -22,8 +22,10 @@ operation, 4 on a session object; 28 against 15 µs in a loop). A token that ref
 again (an object search, about 200 µs) when the copy was last checked more than
 ``verify_interval`` ago (1 s): a key another process destroyed stops working here within
 that interval, its copy destroyed, the caller told NotFound. :meth:`Pkcs11Hsm.destroy`
-destroys the copy and the token object at once. A stale cached object is looked up again
-once.
+destroys the copy and the token object at once. A copy is made on a key's first use; one
+that fails (a token short of memory) leaves the token object in use and is tried again at
+the next lookup; a key unused for ``IDLE_COPY_SECONDS`` (60 s) loses its copy at the next
+lookup of any key. A stale cached object is looked up again once.
 
 Invariants:
 
@@ -72,6 +74,8 @@ T = TypeVar("T")
 
 #: How long a session copy is used before the token object is looked up again (seconds).
 VERIFY_INTERVAL: Final = 1.0
+#: A key not used for this long loses its session copy at the next lookup of any key.
+IDLE_COPY_SECONDS: Final = 60.0
 
 #: Errors meaning the device or session is gone: the connection is dropped and reopened.
 _DEVICE_ERRORS: tuple[type[Exception], ...] = (
@@ -350,9 +354,8 @@ class Pkcs11Hsm:
         with conn.lock:
             try:
                 held = conn.keys.pop(handle, None)
-                if held is not None and held.copy is not None:
-                    with contextlib.suppress(*_STALE_OBJECT):
-                        held.copy.destroy()
+                if held is not None:
+                    self._destroy_copy(held)
                 found = self._find(handle)
                 if not found:
                     raise NotFound("no key with that handle")
@@ -376,8 +379,7 @@ class Pkcs11Hsm:
                 )
                 if existing:
                     raise Conflict(f"expected a new key label, got {label!r}, which is in use")
-                token = create(session)
-                conn.keys[handle] = _Held(token, self._copy(token), self._monotonic())
+                create(session)  # Its session copy is made on first use (_key).
             except p11e.PKCS11Error as exc:
                 raise self._unavailable("create a key", exc) from exc
         return handle
@@ -400,25 +402,41 @@ class Pkcs11Hsm:
 
     def _key(self, handle: str) -> Any:
         """The object to use for ``handle``: its session copy (or the token object), looked
-        up again when last checked more than ``verify_interval`` ago. Call with the lock held.
-        Raises NotFound (destroying a copy whose token object is gone)."""
+        up again when last checked more than ``verify_interval`` ago; a copy that could not
+        be made is tried again then. Call with the lock held. Raises NotFound (destroying a
+        copy whose token object is gone)."""
         conn = self._conn
         held = conn.keys.get(handle)
         now = self._monotonic()
         if held is not None and now - held.verified < self._verify_interval:
             return held.usable
+        self._sweep(now, keep=handle)
         found = self._find(handle)
         if not found:
             if held is not None:
                 del conn.keys[handle]
-                if held.copy is not None:
-                    with contextlib.suppress(*_STALE_OBJECT):
-                        held.copy.destroy()
+                self._destroy_copy(held)
             raise NotFound("no key with that handle")
         (token,) = found
-        copy = held.copy if held is not None else self._copy(token)
+        copy = held.copy if held is not None and held.copy is not None else self._copy(token)
         conn.keys[handle] = _Held(token, copy, now)
         return token if copy is None else copy
+
+    def _sweep(self, now: float, *, keep: str) -> None:
+        """Destroys the session copies of keys (other than ``keep``) not used for
+        :data:`IDLE_COPY_SECONDS`, so the session keeps no copy of a key it no longer uses."""
+        keys = self._conn.keys
+        idle = [
+            h for h, held in keys.items() if h != keep and now - held.verified >= IDLE_COPY_SECONDS
+        ]
+        for handle in idle:
+            self._destroy_copy(keys.pop(handle))
+
+    @staticmethod
+    def _destroy_copy(held: _Held) -> None:
+        if held.copy is not None:
+            with contextlib.suppress(*_STALE_OBJECT):
+                held.copy.destroy()
 
     def _find(self, handle: str) -> list[Any]:
         """The token objects with CKA_ID = handle (never session copies): none or one.
@@ -440,10 +458,13 @@ class Pkcs11Hsm:
 
     @staticmethod
     def _copy(token: Any) -> Any:
-        """A session copy of a token key, or None if the token refuses to copy it. Raises the
-        device's errors."""
+        """A session copy of a token key, or None if the token will not make one now (it
+        refuses copies, or is short of memory): the token object is used instead. Raises the
+        errors that mean the device or session is gone."""
         try:
             return token.copy({Attribute.TOKEN: False})
+        except (p11e.DeviceMemory, p11e.HostMemory):
+            return None
         except _DEVICE_ERRORS:
             raise
         except p11e.PKCS11Error:

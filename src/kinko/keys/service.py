@@ -795,6 +795,9 @@ class KeyService:
         ):
             return held.use
         generation = self._key_cache_generation
+        # Read before the record is: a record read from the store holds from no later
+        # than this (as _crypto_key dates its cache entry), however long the read takes.
+        started = self._monotonic()
         now = self._now()
         check = model.check_wrap if unwrap_version is None else model.check_unwrap
         key, cached = self._crypto_key(
@@ -806,9 +809,7 @@ class KeyService:
         if self._key_cache_ttl > 0:
             # The answer holds as long as the record it came from may be used (ADR 13), no
             # write of this service runs, and, for a wrap, the key has not expired.
-            until = (
-                cached.expires if cached is not None else self._monotonic() + self._key_cache_ttl
-            )
+            until = cached.expires if cached is not None else started + self._key_cache_ttl
             expires = key.expiration_date if unwrap_version is None else None
             if len(self._use_memo) >= _KEY_CACHE_MAX:
                 self._use_memo = {}

@@ -36,8 +36,10 @@ What the plugin answers:
   service's key-record cache, so a change made through the same service applies to the next
   call and one made by another process within 1 s (ADR 13); over HTTPS the plugin reuses the
   key's metadata for at most 1 s (:data:`STATE_TTL`). A refusal is never served from a reused
-  state, and it drops every local KEK of that root key from memory: after an enable or a
-  restore each KEK is unwrapped again, audited.
+  state, and it drops every local KEK of that root key from memory (only the one Encrypt
+  uses when the key merely expired, as it still unwraps): after an enable or a restore each
+  KEK is unwrapped again, audited. A KEK unwrapped or wrapped while a refusal came serves
+  its own call and is not kept.
 - Seeds (before local KEKs), local KEKs and health probes are wrapped with Key Protect AAD
   strings of their own (``kms.kinko.dev/v2-seed``, ``…/v2-local-kek``,
   ``…/v2-health-probe``): the plugin unwraps nothing that another user of the same root key
@@ -386,12 +388,16 @@ def suspended_error(root_key_id: str) -> WrongState:
     )
 
 
+#: The reason code of :func:`expired_error`.
+EXPIRED_REASON: Final = "KEY_EXPIRED_ERR"
+
+
 def expired_error(root_key_id: str) -> WrongState:
     return WrongState(
         f"root key {root_key_id} expired (Deactivated, state 3): it still decrypts but no "
         "longer encrypts; rotate to a new root key (serve the plugin with --key NEW "
         f"--retired-key {root_key_id}) and migrate the data",
-        reason_code="KEY_EXPIRED_ERR",
+        reason_code=EXPIRED_REASON,
     )
 
 
@@ -507,9 +513,14 @@ class RootKeyPlugin:
         self._health: _Health | None = None
         self._last_key_id: str | None = None
         # Local KEKs: the one Encrypt uses, and every one known, by its wrapped form.
+        # _kek_lock guards changes to both (never held across a key service call);
+        # _writer_lock makes one writer at a time. _forgets counts refusals: a KEK unwrapped
+        # or wrapped across one is used for its call but not kept.
         self._kek_lock = threading.Lock()
+        self._writer_lock = threading.Lock()
         self._writer: _Kek | None = None
         self._keks: dict[bytes, _Kek] = {}
+        self._forgets = 0
 
     @property
     def version(self) -> str:
@@ -574,8 +585,7 @@ class RootKeyPlugin:
         try:
             latest = self._access.check(root_id, correlation_id=uid)
         except (WrongState, Gone, NotFound) as exc:
-            self._forget(root_id)
-            raise self._explain(root_id, exc, encrypting=True, uid=uid) from exc
+            raise self._refused(root_id, exc, encrypting=True, uid=uid) from exc
         kek = self._writer
         if (
             kek is None
@@ -623,13 +633,12 @@ class RootKeyPlugin:
         try:
             self._access.check(root_id, unwrap_version=version_id, correlation_id=uid)
         except (WrongState, Gone, NotFound) as exc:
-            self._forget(root_id)
-            raise self._explain(root_id, exc, encrypting=False, uid=uid) from exc
+            raise self._refused(root_id, exc, encrypting=False, uid=uid) from exc
+        if len(ciphertext) <= NONCE_SIZE + TAG_SIZE:
+            raise DecryptionError()
         kek = self._keks.get(wrapped_kek)
         if kek is None or kek.key_id != key_id:
             kek = self._unwrap_kek(root_id, version_id, key_id, wrapped_kek, uid)
-        if len(ciphertext) <= NONCE_SIZE + TAG_SIZE:
-            raise DecryptionError()
         try:
             return kek.aead.decrypt(ciphertext[:NONCE_SIZE], ciphertext[NONCE_SIZE:], kek.aad)
         except InvalidTag:
@@ -640,7 +649,7 @@ class RootKeyPlugin:
     def _new_writer(self, root_id: str, latest: str, uid: str) -> _Kek:
         """The local KEK Encrypt uses: the current one if another call made it meanwhile,
         else a new one, wrapped by the root key (one audited key service wrap)."""
-        with self._kek_lock:
+        with self._writer_lock:
             kek = self._writer
             if (
                 kek is not None
@@ -649,33 +658,37 @@ class RootKeyPlugin:
                 and next(kek.uses) < self._kek_max_uses
             ):
                 return kek
+            forgets = self._forgets
             material = self._rng(KEK_SIZE)
             try:
                 wrapped = self._access.wrap(root_id, material, aad=KEK_AAD, correlation_id=uid)
             except (WrongState, Gone, NotFound) as exc:
-                self._forget_locked(root_id)
-                raise self._explain(root_id, exc, encrypting=True, uid=uid) from exc
+                raise self._refused(root_id, exc, encrypting=True, uid=uid) from exc
             _check_wrapped_kek(wrapped.ciphertext)
             kek = self._kek(root_id, wrapped.version_id, material, wrapped.ciphertext, latest)
-            self._writer = kek
-            self._remember_locked(kek)
+            with self._kek_lock:
+                if self._forgets == forgets:
+                    self._writer = kek
+                    self._remember_locked(kek)
             return kek
 
     def _unwrap_kek(
         self, root_id: str, version_id: str, key_id: str, wrapped_kek: bytes, uid: str
     ) -> _Kek:
-        """A local KEK not held yet: one audited key service unwrap, then kept."""
+        """A local KEK not held yet: one audited key service unwrap, then kept (unless a
+        refusal came meanwhile: the KEK serves this call only)."""
+        forgets = self._forgets
         try:
             unwrapped = self._access.unwrap(root_id, wrapped_kek, aad=KEK_AAD, correlation_id=uid)
         except (WrongState, Gone, NotFound) as exc:
-            self._forget(root_id)
-            raise self._explain(root_id, exc, encrypting=False, uid=uid) from exc
+            raise self._refused(root_id, exc, encrypting=False, uid=uid) from exc
         if unwrapped.version_id != version_id or len(unwrapped.plaintext) != KEK_SIZE:
             raise DecryptionError()
         kek = self._kek(root_id, version_id, unwrapped.plaintext, wrapped_kek, version_id)
         assert kek.key_id == key_id  # Both name (root_id, version_id).
         with self._kek_lock:
-            self._remember_locked(kek)
+            if self._forgets == forgets:
+                self._remember_locked(kek)
         return kek
 
     @staticmethod
@@ -698,16 +711,22 @@ class RootKeyPlugin:
             self._keks = {}
         self._keks[kek.wrapped] = kek
 
-    def _forget(self, root_id: str) -> None:
-        """Drops every local KEK of a root key that may no longer be used (suspended,
-        expired, deleted, purged): it is unwrapped again, audited, if the key comes back."""
+    def _refused(
+        self, root_id: str, exc: KinkoError, *, encrypting: bool, uid: str | None
+    ) -> KinkoError:
+        """The clear error for a refusal caused by the root key's state, after dropping the
+        local KEKs that may no longer be used: the writer only when the key merely expired
+        (it still unwraps), every KEK of the root key otherwise (suspended, deleted,
+        purged); each is unwrapped again, audited, if the key comes back."""
+        error = self._explain(root_id, exc, encrypting=encrypting, uid=uid)
+        expired = error.reason_code == EXPIRED_REASON
         with self._kek_lock:
-            self._forget_locked(root_id)
-
-    def _forget_locked(self, root_id: str) -> None:
-        if self._writer is not None and self._writer.root_id == root_id:
-            self._writer = None
-        self._keks = {w: k for w, k in self._keks.items() if k.root_id != root_id}
+            self._forgets += 1
+            if self._writer is not None and self._writer.root_id == root_id:
+                self._writer = None
+            if not expired:
+                self._keks = {w: k for w, k in self._keks.items() if k.root_id != root_id}
+        return error
 
     def _unwrap_seed(
         self,
@@ -726,7 +745,7 @@ class RootKeyPlugin:
         try:
             unwrapped = self._access.unwrap(root_id, ciphertext, aad=SEED_AAD, correlation_id=uid)
         except (WrongState, Gone, NotFound) as exc:
-            raise self._explain(root_id, exc, encrypting=False, uid=uid) from exc
+            raise self._refused(root_id, exc, encrypting=False, uid=uid) from exc
         if unwrapped.version_id != version_id:
             raise DecryptionError()
         return unwrapped.plaintext
