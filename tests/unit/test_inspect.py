@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 
@@ -67,7 +68,11 @@ def test_kms_v2_reports_the_envelope_fields() -> None:
     keys = Base64KmsV2Keys(
         SEED,
         key_id="crk-v7",
-        annotations={"version.encryption.remote.io": b"1", "wrapped.example.com": b"\x00\xff"},
+        annotations={
+            "version.encryption.remote.io": b"1",
+            "wrapped.example.com": b"\x00\xff",
+            "kek.example.com": b"A" * 41,
+        },
     )
     value = KmsV2("kms-provider", keys, rng=os.urandom).seal(b"0123456789", aad=AAD)
     info = inspect_value(value)
@@ -77,9 +82,13 @@ def test_kms_v2_reports_the_envelope_fields() -> None:
     assert info.encrypted_data_size == 32 + 12 + 10 + 16
     assert info.encrypted_dek_source_size == len(base64.b64encode(SEED))
     assert [(a.key, a.value_size, a.value) for a in info.annotations] == [
+        ("kek.example.com", 41, None),  # printable, but too long to be an id: maybe a key
         ("version.encryption.remote.io", 1, "1"),
         ("wrapped.example.com", 2, None),
     ]
+    fingerprints = [a.value_fingerprint for a in info.annotations]
+    assert fingerprints[0] == "sha256:" + hashlib.sha256(b"A" * 41).hexdigest()
+    assert len(set(fingerprints)) == 3
 
 
 def test_values_under_one_seed_share_a_fingerprint_until_rotation() -> None:

@@ -7,9 +7,13 @@ prefix, and for KMS v2 the ``EncryptedObject`` fields other than ``encryptedData
 Invariants:
 
 - Pure and key-free: no provider, plugin or key is consulted.
-- Only sizes, names, the key_id and printable-ASCII annotation values are reported; never
-  ciphertext or wrapped keys. ``dek_source_fingerprint`` is ``sha256:<hex>`` of the wrapped
-  DEK source, so values sharing a seed (KMS v2) can be counted without exposing it.
+- Only sizes, names, the key_id and short printable-ASCII annotation values (at most
+  :data:`ANNOTATION_SHOWN_MAX` characters: versions and ids) are reported; never ciphertext
+  or wrapped keys. Every annotation value, and the wrapped DEK source, is also given as
+  ``sha256:<hex>`` (``value_fingerprint``, ``dek_source_fingerprint``), so values sharing a
+  seed or a wrapped key can be counted without exposing it: a plugin's annotation may carry
+  a wrapped key (kinko's root-key plugin carries its wrapped local KEK, 228 base64
+  characters).
 - A value that does not start with ``k8s:enc:`` is reported as ``identity``. An unknown
   ``k8s:enc:`` prefix raises ``InvalidArgument``; a malformed KMS v2 envelope raises
   ``EnvelopeError``; a truncated KMS v1 header raises ``InvalidArgument``.
@@ -50,14 +54,21 @@ _PROVIDERS: tuple[tuple[bytes, str, str | None], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class AnnotationInfo:
-    """One KMS v2 annotation: its key, its value's size, and the value if printable ASCII."""
+    """One KMS v2 annotation: its key, its value's size and fingerprint, and the value itself
+    when it is short printable ASCII."""
 
     key: str
     value_size: int
     value: str | None
+    value_fingerprint: str
 
     def to_json_dict(self) -> dict[str, JsonValue]:
-        return {"key": self.key, "value_size": self.value_size, "value": self.value}
+        return {
+            "key": self.key,
+            "value_size": self.value_size,
+            "value": self.value,
+            "value_fingerprint": self.value_fingerprint,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +116,13 @@ class ValueInfo:
         }
 
 
-def _printable(value: bytes) -> str | None:
-    if all(0x20 <= b <= 0x7E for b in value):
+#: The longest annotation value shown as text (a UUID is 36 characters).
+ANNOTATION_SHOWN_MAX = 40
+
+
+def _shown(value: bytes) -> str | None:
+    """The annotation value as text if it is short printable ASCII, else None."""
+    if len(value) <= ANNOTATION_SHOWN_MAX and all(0x20 <= b <= 0x7E for b in value):
         return value.decode("ascii")
     return None
 
@@ -160,7 +176,12 @@ def inspect_value(value: bytes) -> ValueInfo:
     if version == "v2":
         obj = kmsv2.decode_encrypted_object(payload)
         annotations = tuple(
-            AnnotationInfo(key=key, value_size=len(data), value=_printable(data))
+            AnnotationInfo(
+                key=key,
+                value_size=len(data),
+                value=_shown(data),
+                value_fingerprint=_fingerprint(data),
+            )
             for key, data in sorted(obj.annotations.items())
         )
         return dataclasses.replace(
