@@ -2,8 +2,9 @@
 
 Job: :func:`child_process` runs a server function in a ``spawn``-ed child process (a fresh
 interpreter, never a fork of a process that has initialised gRPC or OpenSSL), waits until it
-says it serves, and stops it on the way out whatever happens. The child side reports with
-:func:`send` and waits with :func:`wait_for_stop`. A benchmark's server runs as it is
+says it serves, and stops it on the way out whatever happens. The server function hands
+:func:`serve` what starts its server; :func:`serve` reports to the parent and waits to be
+told to stop. A benchmark's server runs as it is
 deployed, in a process of its own, so its client does not share a GIL with it.
 
 Plain functions and a context manager, no pytest: the scripts run as ``python
@@ -17,8 +18,12 @@ import contextlib
 import multiprocessing
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+
+#: What a ``start`` function of :func:`serve` returns when its backend is not installed.
+SKIPPED: object = object()
 
 #: Seconds a child process may take to import, build its backend and start serving.
 START_TIMEOUT = 120.0
@@ -33,11 +38,25 @@ def send(conn: Connection, state: str, payload: object = None) -> None:
         conn.send((state, payload))
 
 
-def wait_for_stop(conn: Connection) -> None:
-    """Child side: block until the parent says stop, or its end of the pipe closes (it has
-    gone)."""
-    with contextlib.suppress(EOFError, OSError):
-        conn.recv()
+def serve(conn: Connection, start: Callable[[contextlib.ExitStack], object]) -> None:
+    """Child side: ``start(stack)`` starts the server, entering into ``stack`` what must be
+    stopped and closed afterwards, and returns the picklable payload of "ready" (or
+    :data:`SKIPPED`); then this waits until the parent says stop, or its end of the pipe
+    closes, and leaves ``stack``. A failure of ``start`` is sent as "failed" with its
+    traceback. Ctrl-C is ignored here: it is the parent's, which stops the child."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.ExitStack() as stack:
+        try:
+            payload = start(stack)
+        except Exception:
+            send(conn, "failed", traceback.format_exc())
+            return
+        if payload is SKIPPED:
+            send(conn, "skipped")
+            return
+        send(conn, "ready", payload)
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv()
 
 
 @contextlib.contextmanager

@@ -56,12 +56,10 @@ import argparse
 import base64
 import contextlib
 import os
-import signal
 import ssl
 import statistics
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,10 +79,10 @@ from kinko.keys.service import KeyService
 from kinko.store.port import Store
 
 if TYPE_CHECKING:
-    from benchmarks._child import child_process, send, wait_for_stop
+    from benchmarks._child import SKIPPED, child_process, serve
     from benchmarks._softhsm import softhsm_token
 else:  # run as a script: this folder is first on sys.path
-    from _child import child_process, send, wait_for_stop
+    from _child import SKIPPED, child_process, serve
     from _softhsm import softhsm_token
 
 INSTANCE = "bench-instance"
@@ -300,18 +298,12 @@ def serve_keyservice(conn: Connection, name: str, work: Path) -> None:
     stop, then the server stopped and the key store's context left (tokens, stores and keys
     closed). Sends "ready" with :meth:`Target.to_message`, "skipped" or "failed" with the
     traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops us
-    with contextlib.ExitStack() as stack:
-        try:
-            target = stack.enter_context(serving(name, work))
-            if target is None:
-                send(conn, "skipped")
-                return
-        except Exception:
-            send(conn, "failed", traceback.format_exc())
-            return
-        send(conn, "ready", target.to_message())
-        wait_for_stop(conn)
+
+    def start(stack: contextlib.ExitStack) -> object:
+        target = stack.enter_context(serving(name, work))
+        return SKIPPED if target is None else target.to_message()
+
+    serve(conn, start)
 
 
 def _work_dir(tmp: Path, name: str) -> Path:

@@ -56,11 +56,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import statistics
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from multiprocessing.connection import Connection
@@ -82,10 +80,10 @@ from kinko.kms.rootkey import RootKeyPlugin, ServiceRootKeys
 from kinko.kms.server import KmsV2Server
 
 if TYPE_CHECKING:
-    from benchmarks._child import child_process, send, wait_for_stop
+    from benchmarks._child import SKIPPED, child_process, serve
     from benchmarks._softhsm import softhsm_token
 else:  # run as a script: this folder is first on sys.path
-    from _child import child_process, send, wait_for_stop
+    from _child import SKIPPED, child_process, serve
     from _softhsm import softhsm_token
 
 SEED = os.urandom(32)
@@ -345,38 +343,30 @@ def serve_plugin(conn: Connection, name: str, work: Path, socket_path: Path, wor
     """Child process: backend ``name`` built in ``work`` served by ``KmsV2Server`` (with the
     echo beside it) on ``socket_path`` until the parent says stop, then the server stopped
     and the backend's context left (tokens, stores and keys closed)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops us
-    with contextlib.ExitStack() as stack:
-        try:
-            core = stack.enter_context(backend(name, work))
-            if core is None:
-                send(conn, "skipped")
-                return
-            server = KmsV2Server(
-                core, f"unix://{socket_path}", max_workers=workers, extra_handlers=[ECHO_HANDLER]
-            )
-            server.start()
-            stack.callback(server.stop, grace=0)
-        except Exception:
-            send(conn, "failed", traceback.format_exc())
-            return
-        send(conn, "ready")
-        wait_for_stop(conn)
+
+    def start(stack: contextlib.ExitStack) -> object:
+        core = stack.enter_context(backend(name, work))
+        if core is None:
+            return SKIPPED
+        server = KmsV2Server(
+            core, f"unix://{socket_path}", max_workers=workers, extra_handlers=[ECHO_HANDLER]
+        )
+        server.start()
+        stack.callback(server.stop, grace=0)
+        return None
+
+    serve(conn, start)
 
 
 def serve_echo(conn: Connection, socket_path: Path, workers: int) -> None:
     """Child process: :func:`echo_server` on ``socket_path`` until the parent says stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+
+    def start(stack: contextlib.ExitStack) -> object:
         server = echo_server(socket_path, workers)
-    except Exception:
-        send(conn, "failed", traceback.format_exc())
-        return
-    try:
-        send(conn, "ready")
-        wait_for_stop(conn)
-    finally:
-        server.stop(0).wait()
+        stack.callback(lambda: server.stop(0).wait())
+        return None
+
+    serve(conn, start)
 
 
 BACKENDS = (

@@ -419,8 +419,8 @@ class Pkcs11Hsm:
             raise NotFound("no key with that handle")
         (token,) = found
         copy = held.copy if held is not None and held.copy is not None else self._copy(token)
-        conn.keys[handle] = _Held(token, copy, now)
-        return token if copy is None else copy
+        held = conn.keys[handle] = _Held(token, copy, now)
+        return held.usable
 
     def _sweep(self, now: float, *, keep: str) -> None:
         """Destroys the session copies of keys (other than ``keep``) not used for
