@@ -901,6 +901,7 @@ def test_a_client_gone_before_its_body_came_is_bad_body() -> None:
 
     from starlette.requests import Request
 
+    from kinko.api import kp_auth
     from kinko.api.keyprotect import (
         _WRAP_BODY,
         action_request,
@@ -912,7 +913,11 @@ def test_a_client_gone_before_its_body_came_is_bad_body() -> None:
 
     scope = {"type": "http", "method": "POST", "headers": [], "path": "/", "query_string": b""}
     request = Request(scope, receive)
+    service = KeyService(
+        MemoryStore(), MemoryHsm(), audit=MemoryAuditSink(), clock=Clock(), rng=os.urandom
+    )
+    authenticator = kp_auth.Authenticator(service)
     with pytest.raises(InvalidArgument) as caught:
-        asyncio.run(action_request(request, _WRAP_BODY, required=False))
+        asyncio.run(action_request(request, authenticator, _WRAP_BODY, required=False))
     assert caught.value.reason_code == "BAD_BODY_ERR"
     assert "could not be read" in str(caught.value)

@@ -25,8 +25,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from starlette.concurrency import run_in_threadpool
 
@@ -39,9 +38,12 @@ DEFAULT_TTL: Final = 1.0
 DEFAULT_SIZE: Final = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Headers:
-    """Key Protect's request headers, parsed (``instance`` None when missing)."""
+class Headers(NamedTuple):
+    """Key Protect's request headers, parsed (``instance`` None when missing).
+
+    Named tuples, this and :class:`RawHeaders`: one of each is built for every request, and
+    a frozen dataclass costs about three times as much to build.
+    """
 
     token: str | None
     instance: str | None
@@ -69,8 +71,7 @@ def read_headers(headers: Mapping[str, str]) -> Headers:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RawHeaders:
+class RawHeaders(NamedTuple):
     """The values of the headers the routes read, unparsed (None when missing)."""
 
     authorization: str | None

@@ -47,7 +47,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -126,10 +126,12 @@ class _Held:
     token: Any
     copy: Any
     verified: float
+    #: The object wraps and unwraps run on: the copy, else the token object (a field, not a
+    #: property: it is read on every call).
+    usable: Any = field(init=False)
 
-    @property
-    def usable(self) -> Any:
-        return self.token if self.copy is None else self.copy
+    def __post_init__(self) -> None:
+        self.usable = self.token if self.copy is None else self.copy
 
 
 class _Connection:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 from kinko.errors import InvalidArgument, UnavailableError
 
@@ -49,9 +49,13 @@ SUCCESS: Final = "success"
 FAILURE: Final = "failure"
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """One audited action. Every field is an id, a name, a code or a time."""
+class AuditRecord(NamedTuple):
+    """One audited action. Every field is an id, a name, a code or a time.
+
+    A named tuple rather than a frozen dataclass: every key service call makes one, and a
+    frozen dataclass sets each of its eleven fields through ``object.__setattr__`` (three
+    times the cost of building the tuple).
+    """
 
     timestamp: datetime
     action: str

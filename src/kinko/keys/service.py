@@ -281,7 +281,8 @@ class _Audited:
         self._sink.record(
             AuditRecord(
                 timestamp=self._now,
-                action=self._action.value,
+                # A StrEnum member is its value: no lookup of .value (a property).
+                action=self._action,
                 outcome=outcome,
                 who=self._principal.name,
                 instance=self._instance,
