@@ -410,7 +410,8 @@ async def action_request(
     try:
         raw = await _read_body(request)
         document: object = raw
-        if raw and _is_json_content(headers.content_type):
+        content_type = headers.content_type
+        if raw and (content_type == "application/json" or _is_json_content(content_type)):
             document = json.loads(raw)
     except json.JSONDecodeError:
         raise wire.bad_body("the body is not valid JSON") from None

@@ -325,7 +325,7 @@ class Pkcs11Hsm:
 
     def unwrap(self, handle: str, ciphertext: bytes, *, aad: bytes, nonce: bytes) -> bytes:
         """AES-256-GCM decrypt on the token. Raises DecryptionError, NotFound, HsmUnavailable."""
-        check_handle(handle)
+        # Both branches go through _with_key, which checks the handle first.
         if not unwrap_input_ok(ciphertext, aad=aad, nonce=nonce):
             # Still resolve the handle, so an unknown key is NotFound whatever the input.
             self._with_key(handle, lambda key: None, "unwrap")

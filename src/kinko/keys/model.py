@@ -1409,15 +1409,23 @@ def _malformed() -> UnprocessableCiphertext:
 
 
 def _b64(text: object) -> bytes:
-    if not isinstance(text, str):
+    """Canonical padded base64, given as text or as its ASCII bytes. Raises
+    UnprocessableCiphertext (MALFORMED)."""
+    if isinstance(text, str):
+        if not text.isascii():
+            raise _malformed()
+        encoded = text.encode("ascii")
+    elif isinstance(text, bytes):
+        encoded = text
+    else:
         raise _malformed()
     try:
-        data = binascii.a2b_base64(text, strict_mode=True)
+        data = binascii.a2b_base64(encoded, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _malformed() from None
     # Canonical only (zero padding bits): every change to the text is a change to the bytes.
     # Whatever a decoder accepts, only the text that re-encodes to itself passes here.
-    if binascii.b2a_base64(data, newline=False).decode("ascii") != text:
+    if binascii.b2a_base64(data, newline=False) != encoded:
         raise _malformed()
     return data
 
@@ -1437,9 +1445,11 @@ def parse_ciphertext(text: str) -> WrappedDek:
     canonical = _WRAP_DOC_RE.fullmatch(raw)
     if canonical is not None:
         # What encode_ciphertext writes: the same fields json.loads would give, already
-        # known to be strings of the right alphabets, the version checked by the pattern.
-        fields = canonical.group(1, 2, 3)
-        ciphertext_text, iv_text, handle = (f.decode("ascii") for f in fields)
+        # known to be of the right alphabets (so ASCII), the version checked by the pattern.
+        ciphertext_field, iv_field, handle_field = canonical.group(1, 2, 3)
+        ciphertext = _b64(ciphertext_field)
+        iv = _b64(iv_field)
+        handle = handle_field.decode("ascii")
     else:
         try:
             doc = json.loads(raw.decode("utf-8"))
@@ -1452,9 +1462,8 @@ def parse_ciphertext(text: str) -> WrappedDek:
         handle = doc["handle"]
         if not isinstance(handle, str) or not is_key_id(handle):
             raise _malformed()
-        ciphertext_text, iv_text = doc["ciphertext"], doc["iv"]
-    ciphertext = _b64(ciphertext_text)
-    iv = _b64(iv_text)
+        ciphertext = _b64(doc["ciphertext"])
+        iv = _b64(doc["iv"])
     if len(iv) != WRAP_NONCE_BYTES or len(ciphertext) < WRAP_TAG_BYTES:
         raise _malformed()
     return WrappedDek(ciphertext=ciphertext, iv=iv, version_id=handle)
