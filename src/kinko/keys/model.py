@@ -549,6 +549,11 @@ def check_plaintext(plaintext: bytes) -> bytes:
     return plaintext
 
 
+#: What ``aad`` must not be: one string (a tuple, not ``str | bytes``, which would build a
+#: union type on every wrap).
+_SINGLE_VALUES: Final = (str, bytes)
+
+
 def check_aad(aad: Sequence[str]) -> tuple[str, ...]:
     """Returns the AAD strings as a tuple if each has at most 255 characters and is
     encodable as UTF-8 (the wrap AAD holds their UTF-8 bytes; a JSON body can carry a lone
@@ -556,7 +561,7 @@ def check_aad(aad: Sequence[str]) -> tuple[str, ...]:
 
     Raises InvalidArgument (``BAD_BODY_ERR``) naming the position and length, never the text.
     """
-    if isinstance(aad, str | bytes):
+    if isinstance(aad, _SINGLE_VALUES):
         raise InvalidArgument("expected aad as a list of strings, got a single value")
     out: list[str] = []
     for i, item in enumerate(aad):
