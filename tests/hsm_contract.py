@@ -156,6 +156,10 @@ class HsmContract:
             hsm.wrap(handle, DEK, aad=AAD, nonce=NONCE)
         with pytest.raises(NotFound):
             hsm.unwrap(handle, bytes(48), aad=AAD, nonce=NONCE)
+        # Whatever the input: an unknown key is NotFound before any ciphertext is looked at.
+        for ciphertext, nonce in ((b"", NONCE), (bytes(48), b""), (bytes(48), NONCE + b"\x00")):
+            with pytest.raises(NotFound):
+                hsm.unwrap(handle, ciphertext, aad=AAD, nonce=nonce)
         with pytest.raises(NotFound):
             hsm.destroy(handle)
 
