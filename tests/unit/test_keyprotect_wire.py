@@ -753,6 +753,22 @@ def test_no_token_plaintext_or_ciphertext_in_logs(
 # --- the authentication cache ----------------------------------------------------------------
 
 
+def test_parsed_headers_never_show_the_bearer_token() -> None:
+    from kinko.api import kp_auth
+
+    token = "kinko_" + "s3cret" * 7
+    raw = kp_auth.scan_headers(
+        [(b"authorization", f"Bearer {token}".encode()), (b"bluemix-instance", b"inst")]
+    )
+    parsed = kp_auth.parse_headers(raw)
+    assert parsed.token == token  # kept for authentication...
+    for shown in (repr(raw), repr(parsed), str(raw), str(parsed), f"{parsed!r}"):
+        assert token not in shown  # ...never shown
+        assert "<redacted>" in shown
+        assert "'inst'" in shown
+    assert "token=None" in repr(kp_auth.parse_headers(kp_auth.scan_headers([])))
+
+
 def test_successful_authentications_are_remembered_for_the_ttl_only() -> None:
     import asyncio
 

@@ -51,6 +51,14 @@ class Headers(NamedTuple):
     correlation_id: str | None
     representation: bool
 
+    def __repr__(self) -> str:
+        # The bearer token is a secret: its repr says only whether there is one.
+        return (
+            f"Headers(token={_shown(self.token)}, instance={self.instance!r}, "
+            f"key_ring={self.key_ring!r}, correlation_id={self.correlation_id!r}, "
+            f"representation={self.representation!r})"
+        )
+
 
 def read_headers(headers: Mapping[str, str]) -> Headers:
     """Parses ``authorization``, ``bluemix-instance``, ``x-kms-key-ring``, ``correlation-id``
@@ -80,6 +88,19 @@ class RawHeaders(NamedTuple):
     correlation_id: str | None
     prefer: str | None
     content_type: str | None
+
+    def __repr__(self) -> str:
+        return (
+            f"RawHeaders(authorization={_shown(self.authorization)}, "
+            f"instance={self.instance!r}, key_ring={self.key_ring!r}, "
+            f"correlation_id={self.correlation_id!r}, prefer={self.prefer!r}, "
+            f"content_type={self.content_type!r})"
+        )
+
+
+def _shown(secret: str | None) -> str:
+    """How a repr shows a credential: None, or that one was given."""
+    return "None" if secret is None else "'<redacted>'"
 
 
 #: The headers :func:`scan_headers` looks for (ASGI header names are lowercase), each with
