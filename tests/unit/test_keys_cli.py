@@ -273,6 +273,7 @@ def test_options_and_variables_win_over_the_data_folder(k: Cli, tmp_path: Path) 
     result = k.raw([*argv, "--ca", str(ca)], env={"KINKO_INSTANCE": INST})
     assert result.exit_code == 0, result.output
     assert k.connections[-1] == Connection(url=UP_URL, token=k.tokens["bob"], instance=INST, ca=ca)
+    assert k.tokens["bob"] not in repr(k.connections[-1])  # a bearer token is never shown
     result = k.raw(["keys", "list", "--data-dir", str(up), "--instance", INST, "--token", "t"])
     assert result.exit_code == 8
     assert (k.connections[-1].token, k.connections[-1].instance) == ("t", INST)

@@ -47,7 +47,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
@@ -92,7 +92,7 @@ class Connection:
     """Where and as whom the commands talk to the key service."""
 
     url: str
-    token: str
+    token: str = field(repr=False)  # a bearer token: never shown
     instance: str
     ca: Path | None = None
     key_ring: str | None = None
