@@ -59,7 +59,7 @@ class KeyCreateResource(_In):
     name: str = Field(max_length=1024)
     description: str | None = Field(default=None, max_length=4096)
     extractable: bool = False
-    payload: str | None = None
+    payload: str | None = Field(default=None, repr=False)  # key material
     encryptedNonce: str | None = Field(default=None, max_length=1024)
     iv: str | None = Field(default=None, max_length=1024)
     encryptionAlgorithm: str | None = Field(default=None, max_length=64)
@@ -101,31 +101,35 @@ class KeyPatchBody(_In):
 # --- actions -------------------------------------------------------------------------------
 
 
+# Fields that carry key material, plaintext or ciphertext are left out of the models' reprs
+# (``Field(repr=False)``): in KeyCreateResource above and in the action models below.
+
+
 class WrapBody(_In):
     """``actions/wrap``: omit ``plaintext`` to have a 32-byte DEK generated."""
 
-    plaintext: str | None = None
+    plaintext: str | None = Field(default=None, repr=False)
     aad: list[str] | None = None
 
 
 class UnwrapBody(_In):
     """``actions/unwrap``: a ciphertext from wrap, with the AAD it was wrapped with."""
 
-    ciphertext: str
+    ciphertext: str = Field(repr=False)
     aad: list[str] | None = None
 
 
 class RewrapBody(_In):
     """``actions/rewrap``: re-encrypt a ciphertext under the key's latest version."""
 
-    ciphertext: str
+    ciphertext: str = Field(repr=False)
     aad: list[str] | None = None
 
 
 class RotateBody(_In):
     """``actions/rotate``: empty for generated keys; new material for imported ones."""
 
-    payload: str | None = None
+    payload: str | None = Field(default=None, repr=False)
     encryptedNonce: str | None = Field(default=None, max_length=1024)
     iv: str | None = Field(default=None, max_length=1024)
     encryptionAlgorithm: str | None = Field(default=None, max_length=64)
@@ -134,10 +138,10 @@ class RotateBody(_In):
 class KeyActionBody(_In):
     """The deprecated ``POST /api/v2/keys/{id}?action=…``: the union of the action bodies."""
 
-    plaintext: str | None = None
-    ciphertext: str | None = None
+    plaintext: str | None = Field(default=None, repr=False)
+    ciphertext: str | None = Field(default=None, repr=False)
     aad: list[str] | None = None
-    payload: str | None = None
+    payload: str | None = Field(default=None, repr=False)
     encryptedNonce: str | None = Field(default=None, max_length=1024)
     iv: str | None = Field(default=None, max_length=1024)
     encryptionAlgorithm: str | None = Field(default=None, max_length=64)
@@ -269,20 +273,20 @@ class ResourceCollectionOut(_Out):
 
 
 class WrapOut(_Out):
-    ciphertext: str
+    ciphertext: str = Field(repr=False)
     keyVersion: KeyVersionOut
-    plaintext: str | None = None
+    plaintext: str | None = Field(default=None, repr=False)
 
 
 class UnwrapOut(_Out):
-    plaintext: str
+    plaintext: str = Field(repr=False)
     keyVersion: KeyVersionOut
-    ciphertext: str | None = None
+    ciphertext: str | None = Field(default=None, repr=False)
     rewrappedKeyVersion: KeyVersionOut | None = None
 
 
 class RewrapOut(_Out):
-    ciphertext: str
+    ciphertext: str = Field(repr=False)
     keyVersion: KeyVersionOut
     rewrappedKeyVersion: KeyVersionOut
 

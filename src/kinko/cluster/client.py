@@ -210,7 +210,7 @@ class ListPage:
     """One list answer: its ``items`` as sent, the ``continue`` token of the next page (None
     on the last), the list's ``resourceVersion``, and what kinko left out as unreadable."""
 
-    items: tuple[KubeObject, ...]
+    items: tuple[KubeObject, ...] = field(repr=False)  # a Secret's data among them
     continue_token: str | None = None
     resource_version: str = ""
     unreadable: Unreadable = Unreadable()

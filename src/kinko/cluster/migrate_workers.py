@@ -39,7 +39,7 @@ import multiprocessing
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Final
@@ -92,7 +92,7 @@ class Sealed:
     """
 
     target: str
-    outcomes: list[Outcome]
+    outcomes: list[Outcome] = field(repr=False)  # sealed values (plaintext under identity)
     error: KinkoError | None = None
 
 

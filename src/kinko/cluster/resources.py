@@ -133,6 +133,15 @@ class Secret:
     type: str = TYPE_OPAQUE
     immutable: bool | None = None
 
+    def __repr__(self) -> str:
+        # Not the metadata's annotations: kubectl's last-applied-configuration is a copy of
+        # the whole Secret, data included.
+        meta = self.metadata
+        return (
+            f"Secret(name={meta.name!r}, namespace={meta.namespace!r}, type={self.type!r}, "
+            f"keys={sorted(self.data)!r}, immutable={self.immutable!r})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ConfigMap:

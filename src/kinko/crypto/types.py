@@ -73,6 +73,11 @@ class KeptOpened(NamedTuple):
     plaintexts: list[bytes | None]
     opened: list[Opened | None]
 
+    def __repr__(self) -> str:
+        # Plaintexts are never shown; how many were opened is.
+        opened = sum(p is not None for p in self.plaintexts)
+        return f"KeptOpened({opened} of {len(self.plaintexts)} values opened)"
+
 
 class Transformer(Protocol):
     """One (provider, key) with its full prefix. Implementations never log or leak bytes."""
@@ -114,7 +119,7 @@ class EncryptedObject:
     encrypted_data: bytes = field(repr=False)
     key_id: str
     encrypted_dek_source: bytes = field(repr=False)
-    annotations: Mapping[str, bytes]
+    annotations: Mapping[str, bytes] = field(repr=False)  # may hold a wrapped key (ADR 15)
     dek_source_type: DekSourceType
 
 
@@ -125,7 +130,7 @@ class KmsWriteState:
     seed: bytes = field(repr=False)
     key_id: str
     encrypted_dek_source: bytes = field(repr=False)
-    annotations: Mapping[str, bytes]
+    annotations: Mapping[str, bytes] = field(repr=False)  # may hold a wrapped key (ADR 15)
 
 
 class KmsV2Keys(Protocol):

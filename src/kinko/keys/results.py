@@ -140,7 +140,7 @@ class WrapResult:
     ``plaintext`` is the generated DEK when the request carried none, else None.
     """
 
-    ciphertext: str
+    ciphertext: str = field(repr=False)
     key_version: VersionRef
     plaintext: bytes | None = field(default=None, repr=False)
 
@@ -165,7 +165,7 @@ class UnwrapResult:
 
     plaintext: bytes = field(repr=False)
     key_version: VersionRef
-    ciphertext: str | None = None
+    ciphertext: str | None = field(default=None, repr=False)
     rewrapped_key_version: VersionRef | None = None
 
 
@@ -174,7 +174,7 @@ class RewrapResult:
     """The ciphertext rewrapped under the latest version; ``key_version`` is the version that
     had wrapped the input, ``rewrapped_key_version`` the latest."""
 
-    ciphertext: str
+    ciphertext: str = field(repr=False)
     key_version: VersionRef
     rewrapped_key_version: VersionRef
 
