@@ -21,7 +21,7 @@ from kinko.api.kp_models import (
 )
 from kinko.cluster.client import ListPage
 from kinko.cluster.migrate_workers import Sealed
-from kinko.cluster.resources import ObjectMeta, Secret
+from kinko.cluster.resources import ConfigMap, ObjectMeta, Secret
 from kinko.crypto.types import DekSourceType, EncryptedObject, KeptOpened, KmsWriteState
 from kinko.keys.results import RewrapResult, UnwrapResult, VersionRef, WrapResult
 
@@ -79,6 +79,11 @@ CASES: dict[str, Callable[[], object]] = {
             name="db", annotations={LAST_APPLIED: f'{{"data":{{"password":"{SECRET}"}}}}'}
         ),
         data={"password": RAW},
+    ),
+    "ConfigMap": lambda: ConfigMap(
+        metadata=ObjectMeta(name="cfg", annotations={LAST_APPLIED: SECRET}),
+        data={"a": SECRET},
+        binary_data={"b": RAW},
     ),
 }
 

@@ -152,6 +152,15 @@ class ConfigMap:
     binary_data: Mapping[str, bytes] = field(default_factory=dict)
     immutable: bool | None = None
 
+    def __repr__(self) -> str:
+        # Its values are stored encrypted like a Secret's, so they are kept out alike.
+        meta = self.metadata
+        return (
+            f"ConfigMap(name={meta.name!r}, namespace={meta.namespace!r}, "
+            f"keys={sorted(self.data)!r}, binary_keys={sorted(self.binary_data)!r}, "
+            f"immutable={self.immutable!r})"
+        )
+
 
 # ---------------------------------------------------------------------------------------------
 # Names and keys
