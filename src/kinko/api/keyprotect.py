@@ -348,6 +348,8 @@ _REWRAP_BODY: Final = TypeAdapter(RewrapBody)
 def _is_json_content(content_type: str | None) -> bool:
     """Whether FastAPI would parse a body of ``content_type`` as JSON: ``application/json``
     or ``application/*+json`` (the rule of ``fastapi.routing``, parameters ignored)."""
+    if content_type == "application/json":  # what nearly every client sends
+        return True
     if not content_type:
         return False
     media = content_type.partition(";")[0].strip().lower()
@@ -410,8 +412,7 @@ async def action_request(
     try:
         raw = await _read_body(request)
         document: object = raw
-        content_type = headers.content_type
-        if raw and (content_type == "application/json" or _is_json_content(content_type)):
+        if raw and _is_json_content(headers.content_type):
             document = json.loads(raw)
     except json.JSONDecodeError:
         raise wire.bad_body("the body is not valid JSON") from None

@@ -149,7 +149,7 @@ def parse_headers(raw: RawHeaders) -> Headers:
         instance=instance,
         key_ring=ring,
         correlation_id=raw.correlation_id,
-        representation=False if raw.prefer is None else wire.parse_prefer(raw.prefer),
+        representation=wire.parse_prefer(raw.prefer),
     )
 
 
